@@ -1,0 +1,126 @@
+"""The public Python API: what the notebooks call, and what the CLI is a thin
+layer over. One ``Runtime`` per state root (the daemon's role in Docker:
+it owns the images and the containers).
+
+    >>> import minicontainer as mc
+    >>> rt = mc.Runtime()
+    >>> rt.run("busybox", ["echo", "hello"], remove=True).stdout
+    'hello\\n'
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from . import container as _c
+from .state import StateRoot
+
+
+class Runtime:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.state = StateRoot(root)
+        self._store = None
+
+    @property
+    def root(self) -> Path:
+        return self.state.root
+
+    @property
+    def store(self):  # type: ignore[no-untyped-def]
+        """The image store (OCI image layout + unpacked layers)."""
+        if self._store is None:
+            from .image.store import ImageStore
+
+            self._store = ImageStore(self.state.images)
+        return self._store
+
+    # -- containers
+
+    def create(self, image: str, command: list[str] | None = None, **options) -> _c.Container:  # type: ignore[no-untyped-def]
+        """Make a container without starting it. Options are ``run``'s, by keyword:
+        name, hostname, env, workdir, user, volumes, memory, cpus, pids_limit,
+        network, namespaces, entrypoint, tty, interactive, init, remove."""
+        if "namespaces" in options:
+            options["namespaces_"] = options.pop("namespaces")
+        options["auto_remove"] = options.pop("remove", False)
+        return _c.create(self.state, self.store, image, command, **options)
+
+    def run(
+        self,
+        image: str,
+        command: list[str] | None = None,
+        *,
+        detach: bool = False,
+        input: bytes | str | None = None,
+        **options,
+    ) -> _c.RunResult | _c.Container:  # type: ignore[no-untyped-def]
+        """Like ``docker run``. In the foreground, returns a RunResult with the
+        exit code and the captured output; with detach=True, the running Container."""
+        container = self.create(image, command, detach=detach, **options)
+        if detach:
+            try:
+                container.start_detached()
+            except Exception:
+                if container.dir.exists() and container.spec.auto_remove:
+                    _c.remove_files(self.state, container.id)
+                raise
+            return container
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        def sink(stream: str, data: bytes) -> None:
+            (out if stream == "stdout" else err).append(data)
+
+        stdin = None
+        if input is not None:
+            # A temporary file, not a pipe: no deadlock however large the input.
+            tmp = tempfile.TemporaryFile()
+            tmp.write(input.encode() if isinstance(input, str) else input)
+            tmp.seek(0)
+            stdin = os.dup(tmp.fileno())
+            tmp.close()
+        try:
+            state = container.run_attached(sink=sink, stdin=stdin)
+        finally:
+            if stdin is not None:
+                os.close(stdin)
+        return _c.RunResult(
+            id=container.id,
+            name=container.spec.name,
+            exit_code=state.exit_code if state.exit_code is not None else -1,
+            stdout=b"".join(out).decode(errors="replace"),
+            stderr=b"".join(err).decode(errors="replace"),
+            oom_killed=state.oom_killed,
+        )
+
+    def container(self, ref: str) -> _c.Container:
+        """A container by name, id or unique id prefix."""
+        return _c.lookup(self.state, ref)
+
+    def containers(self, all: bool = False) -> list[_c.Container]:  # noqa: A002 - docker ps -a
+        return _c.list_containers(self.state, all)
+
+    # -- images
+
+    def images(self):  # type: ignore[no-untyped-def]
+        return self.store.images()
+
+    def image(self, ref: str):  # type: ignore[no-untyped-def]
+        return self.store.resolve(ref)
+
+    def remove_image(self, ref: str, force: bool = False) -> list[str]:
+        return self.store.remove(ref, force=force, in_use=self._image_in_use)
+
+    def _image_in_use(self, image_id: str) -> bool:
+        return any(c.spec.image_id == image_id for c in self.containers(all=True))
+
+    def import_image(self, tarball: str | Path, ref: str | None = None):  # type: ignore[no-untyped-def]
+        return self.store.import_tar(tarball, ref)
+
+    def bootstrap(self, force: bool = False):  # type: ignore[no-untyped-def]
+        """Build the local base images (busybox, hello-world) from this machine."""
+        from .image.bootstrap import bootstrap
+
+        return bootstrap(self.store, force=force)

@@ -1,0 +1,438 @@
+"""The command line: one small function per verb, each a thin layer over the
+Python API (api.py). The verbs, flags and exit codes mirror Docker's:
+125 when minicontainer itself fails, 126 when the command cannot be executed,
+127 when it is not found, otherwise the container's own exit code.
+
+Imports are lazy: ``minicontainer run`` must start fast, so only the verb
+that runs loads what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import EXIT_RUNTIME, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}. See '{self.prog} --help'.")
+
+
+def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .api import Runtime
+
+    return Runtime(args.root)
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+# --- containers
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    command = args.command or None
+    container = rt.create(
+        args.image,
+        command,
+        name=args.name,
+        hostname=args.hostname,
+        env=args.env,
+        workdir=args.workdir,
+        user=args.user,
+        volumes=args.volume,
+        memory=args.memory,
+        cpus=args.cpus,
+        pids_limit=args.pids_limit,
+        network=args.network,
+        entrypoint=args.entrypoint,
+        tty=args.tty,
+        interactive=args.interactive,
+        init=args.init,
+        remove=args.rm,
+        detach=args.detach,
+    )
+    if args.detach:
+        try:
+            container.start_detached()
+        except UserError:
+            if args.rm and container.dir.exists():
+                from .container import remove_files
+
+                remove_files(rt.state, container.id)
+            raise
+        print(container.id)
+        return 0
+
+    def sink(stream: str, data: bytes) -> None:
+        _write(1 if stream == "stdout" else 2, data)
+
+    tty_stdin = 0 if args.tty and args.interactive else None
+    stdin = 0 if args.interactive and not args.tty else None
+    state = container.run_attached(sink=sink, stdin=stdin, tty_stdin=tty_stdin)
+    return state.exit_code if state.exit_code is not None else EXIT_RUNTIME
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from .container import status_text
+
+    rt = _runtime(args)
+    rows = []
+    for c in rt.containers(all=args.all):
+        spec, state = c.spec, c.state()
+        if args.quiet:
+            rows.append([c.id[:12]])
+            continue
+        command = " ".join(spec.args)
+        command = command if len(command) <= 20 else command[:19] + "…"
+        rows.append(
+            [
+                c.id[:12],
+                spec.image,
+                f'"{command}"',
+                spec.created[:19].replace("T", " "),
+                status_text(state),
+                spec.name,
+            ]
+        )
+    if args.quiet:
+        for row in rows:
+            print(row[0])
+        return 0
+    _table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows)
+    return 0
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        print("   ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    container = _runtime(args).container(args.container)
+    for stream, text in container.logs(follow=args.follow):
+        _write(1 if stream == "stdout" else 2, text.encode())
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    container = _runtime(args).container(args.container)
+
+    def sink(stream: str, data: bytes) -> None:
+        _write(1 if stream == "stdout" else 2, data)
+
+    return container.exec(
+        args.command,
+        env=args.env,
+        workdir=args.workdir,
+        user=args.user,
+        tty=args.tty,
+        stdin=0 if args.interactive and not args.tty else None,
+        sink=sink,
+        tty_stdin=0 if args.tty and args.interactive else None,
+    )
+
+
+def _each(args: argparse.Namespace, action) -> int:  # type: ignore[no-untyped-def]
+    """Apply ``action`` to every named container; report each failure, like Docker."""
+    rt = _runtime(args)
+    status = 0
+    for ref in args.containers:
+        try:
+            action(rt.container(ref))
+            print(ref)
+        except UserError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _each(args, lambda c: c.stop(args.time))
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    return _each(args, lambda c: c.kill(args.signal))
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    return _each(args, lambda c: c.remove(force=args.force))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .errors import ContainerNotFound, ImageNotFound
+
+    rt = _runtime(args)
+    results, status = [], 0
+    for ref in args.names:
+        try:
+            results.append(rt.container(ref).inspect())
+            continue
+        except ContainerNotFound:
+            pass
+        try:
+            results.append(
+                rt.store.inspect(ref) if hasattr(rt.store, "inspect") else rt.image(ref).config
+            )
+        except ImageNotFound:
+            print(f"Error: No such object: {ref}", file=sys.stderr)
+            status = 1
+    if args.format:
+        for item in results:
+            print(_format(args.format, item))
+    else:
+        print(json.dumps(results, indent=4))
+    return status
+
+
+def _format(template: str, item: dict) -> str:
+    """The ``{{.State.Status}}`` subset of Go templates that scripts use most."""
+    import re
+
+    def lookup(match: re.Match[str]) -> str:
+        value: object = item
+        for key in match.group(1).strip(".").split("."):
+            value = value.get(key, "") if isinstance(value, dict) else ""
+        return (
+            json.dumps(value)
+            if isinstance(value, (dict, list))
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+
+    return re.sub(r"\{\{\s*(\.[\w.]*)\s*\}\}", lookup, template)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import time
+
+    rt = _runtime(args)
+    containers = [rt.container(r) for r in args.containers] or rt.containers()
+    while True:
+        rows = []
+        for c in containers:
+            s = c.stats()
+            if not s["available"]:
+                rows.append([c.id[:12], c.name, "--", "--", "--", s["reason"]])
+                continue
+            cpu = "--" if s["cpu_percent"] is None else f"{s['cpu_percent']:.2f}%"
+            limit = _size(s["memory_limit"]) if s["memory_limit"] else "no limit"
+            pids = str(s["pids"]) if s["pids_limit"] is None else f"{s['pids']} / {s['pids_limit']}"
+            rows.append(
+                [
+                    c.id[:12],
+                    c.name,
+                    cpu,
+                    f"{_size(s['memory_usage'])} / {limit}",
+                    pids,
+                    str(s["oom_kills"]),
+                ]
+            )
+        _table(["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS", "OOM KILLS"], rows)
+        if args.no_stream:
+            return 0
+        time.sleep(1)
+        print()
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "--"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.4g}{unit}" if unit != "B" else f"{n}B"
+        n /= 1024
+    return str(n)
+
+
+# --- images
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    rows = [
+        [
+            i.repository,
+            i.tag,
+            i.id.removeprefix("sha256:")[:12],
+            i.created[:19].replace("T", " "),
+            _size(i.size),
+        ]
+        for i in rt.images()
+    ]
+    if args.quiet:
+        for row in rows:
+            print(row[2])
+        return 0
+    _table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+    return 0
+
+
+def cmd_rmi(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    status = 0
+    for ref in args.images:
+        try:
+            for line in rt.remove_image(ref, force=args.force):
+                print(line)
+        except UserError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    source = sys.stdin.buffer if args.file == "-" else args.file
+    if source is not sys.stdin.buffer and not os.path.isfile(source):
+        raise UserError(f"import: {args.file}: no such file")
+    image = rt.store.import_tar(source, args.reference)
+    print(image.id)
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    for image in _runtime(args).bootstrap(force=args.force):
+        print(f"{image.ref}\t{image.id}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import check_all
+
+    worst = 0
+    for c in check_all():
+        mark = {"ok": "ok ", "warn": "!! ", "missing": "-- "}[c.status]
+        print(f"{mark} {c.name}: {c.detail}")
+        if c.status != "ok" and c.fix:
+            print(f"    fix: {c.fix}")
+        worst = max(worst, 1 if c.status == "missing" and c.essential else 0)
+    return worst
+
+
+# --- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="minicontainer", description="A small but real container runtime.")
+    p.add_argument(
+        "--root",
+        help="state root (default /var/lib/minicontainer, rootless "
+        "$XDG_DATA_HOME/minicontainer; or $MINICONTAINER_ROOT)",
+    )
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+
+    def verb(name: str, func, help_: str, **kw) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        sp = sub.add_parser(name, help=help_, description=help_, **kw)
+        sp.set_defaults(func=func)
+        return sp
+
+    # -h is --hostname here, as in docker run; --help stays.
+    r = verb("run", cmd_run, "Create and run a new container from an image", add_help=False)
+    r.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    r.add_argument("-d", "--detach", action="store_true", help="run in the background, print id")
+    r.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open")
+    r.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
+    r.add_argument("--name")
+    r.add_argument("-h", "--hostname")
+    r.add_argument("--help", action="help", help="show this help")
+    r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    r.add_argument("-w", "--workdir", metavar="DIR")
+    r.add_argument("-u", "--user", metavar="UID[:GID]")
+    r.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]")
+    r.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 64m")
+    r.add_argument("--cpus", help="CPU quota, e.g. 0.5")
+    r.add_argument("--pids-limit", metavar="N")
+    r.add_argument("--network", default="none", choices=None, metavar="none|host")
+    r.add_argument("--entrypoint")
+    r.add_argument("--init", action="store_true", help="run a tiny init as PID 1")
+    r.add_argument("image")
+    r.add_argument("command", nargs=argparse.REMAINDER)
+
+    s = verb("ps", cmd_ps, "List containers")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+
+    s = verb("logs", cmd_logs, "Fetch the logs of a container")
+    s.add_argument("-f", "--follow", action="store_true")
+    s.add_argument("container")
+
+    s = verb("exec", cmd_exec, "Run a command in a running container")
+    s.add_argument("-i", "--interactive", action="store_true")
+    s.add_argument("-t", "--tty", action="store_true")
+    s.add_argument("-e", "--env", action="append", default=[])
+    s.add_argument("-w", "--workdir")
+    s.add_argument("-u", "--user")
+    s.add_argument("container")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+
+    s = verb("stop", cmd_stop, "Stop running containers (stop signal, then SIGKILL)")
+    s.add_argument("-t", "--time", type=float, default=10)
+    s.add_argument("containers", nargs="+")
+
+    s = verb("kill", cmd_kill, "Send a signal to running containers")
+    s.add_argument("-s", "--signal", default="SIGKILL")
+    s.add_argument("containers", nargs="+")
+
+    s = verb("rm", cmd_rm, "Remove containers")
+    s.add_argument("-f", "--force", action="store_true")
+    s.add_argument("containers", nargs="+")
+
+    s = verb("inspect", cmd_inspect, "Low-level information on containers or images")
+    s.add_argument("-f", "--format")
+    s.add_argument("names", nargs="+")
+
+    s = verb("stats", cmd_stats, "Memory, CPU and pids of running containers (from cgroups)")
+    s.add_argument("--no-stream", action="store_true")
+    s.add_argument("containers", nargs="*")
+
+    s = verb("images", cmd_images, "List images")
+    s.add_argument("-q", "--quiet", action="store_true")
+
+    s = verb("rmi", cmd_rmi, "Remove images")
+    s.add_argument("-f", "--force", action="store_true")
+    s.add_argument("images", nargs="+")
+
+    s = verb("import", cmd_import, "Make a one-layer image from a rootfs tarball")
+    s.add_argument("file", help="a tar or tar.gz file, or - for stdin")
+    s.add_argument("reference", nargs="?", help="REPOSITORY[:TAG]")
+
+    s = verb("bootstrap", cmd_bootstrap, "Build the local base images from this machine")
+    s.add_argument("--force", action="store_true")
+
+    verb("check", cmd_check, "Say what this machine supports, and how to fix what is missing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            sys.exit(0)
+        if args.verb in ("exec",) and not args.command:
+            raise UserError(f"{args.verb}: requires a command")
+        code = args.func(args)
+    except UserError as e:
+        print(f"minicontainer: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

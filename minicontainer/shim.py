@@ -1,0 +1,412 @@
+"""The supervisor of one container: it starts the container's first process
+and stays its parent until it exits (the role of Docker's containerd-shim).
+
+launch() is the heart of ``run``:
+
+    parent (this process)                    child (clone with CLONE_NEW*)
+    ---------------------                    -----------------------------
+    clone() ------------------------------>  is PID 1 of a new PID namespace,
+                                             waits on the "go" pipe
+    writes /proc/CHILD/uid_map, gid_map
+    writes a byte to "go" ----------------->  mounts its root filesystem, pivot_root,
+    puts CHILD in the container's cgroup     sets hostname, brings lo up,
+    closes "go" -------------------------->  waits for EOF on "go"
+                                             unshare(CLONE_NEWCGROUP)
+                                             drops capabilities, no_new_privs
+                                             becomes the requested user
+    reads the error pipe <----------------- execve(command): the close-on-exec
+    (EOF: exec worked; else the error)       error pipe closes by itself
+
+supervise() then copies the container's output to the log (and to the
+terminal, when attached), forwards signals, and records how it ended.
+
+For ``run -d`` this module runs as its own small process (``main``), started
+with ``python -S`` so it imports only what it needs and stays small in memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import sys
+import termios
+import tty as ttymod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import cgroups, namespaces, rootfs, security
+from . import kernel as k
+from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UserError
+from .spec import Spec, parse_signal
+from .state import State, StateRoot, now, process_start_time
+
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+@dataclass
+class Launched:
+    pid: int
+    outputs: dict[int, str]  # fd -> stream name ("stdout", "stderr"; a tty is "stdout")
+    tty_master: int | None = None
+
+
+def cgroup_name(container_id: str) -> str:
+    return f"minicontainer/{container_id}"
+
+
+# --- the child: runs between clone() and execve()
+
+
+def _exit_code_for(error: OSError) -> int:
+    if error.errno == errno.ENOENT:
+        return EXIT_NOT_FOUND
+    if error.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR):
+        return EXIT_NOT_EXECUTABLE
+    return EXIT_RUNTIME
+
+
+def _exec(spec: Spec) -> None:
+    env = dict(e.partition("=")[::2] for e in spec.env)
+    argv = spec.args
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        if e.errno == errno.ENOENT and "/" not in argv[0]:
+            message = f'exec: "{argv[0]}": executable file not found in $PATH'
+        else:
+            message = f'exec: "{argv[0]}": {os.strerror(e.errno or 0).lower()}'
+        raise OSError(e.errno, message) from None
+
+
+def _run_init(spec: Spec, err_w: int) -> None:
+    """``--init``: stay as PID 1, run the command as PID 2, reap every orphan
+    (zombies re-parent to PID 1) and pass signals on, like tini."""
+    child = os.fork()
+    if child == 0:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        _exec(spec)
+    os.close(err_w)
+    for sig in (*FORWARDED, signal.SIGWINCH):
+        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+
+
+def _child(
+    kernel: k.Kernel,
+    spec: Spec,
+    bundle: str,
+    go_r: int,
+    err_w: int,
+    stdio: tuple[int, int, int],
+    tty_slave: int | None,
+    parent_bound: bool,
+) -> None:
+    code = EXIT_RUNTIME
+    try:
+        os.read(go_r, 1)  # wait until the parent has written our id maps
+        if parent_bound:  # in the foreground, the container dies with its CLI
+            kernel.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        if tty_slave is not None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        rootfs.setup(kernel, spec, bundle)
+        if "uts" in spec.namespaces:
+            kernel.sethostname(spec.hostname)
+        if "net" in spec.namespaces:
+            kernel.set_link_up("lo")
+        rootfs.prepare_workdir(spec.cwd)
+        # Meanwhile the parent moved us into our cgroup; wait for it (EOF) before
+        # making that cgroup our cgroup namespace's root, and before the exec.
+        os.read(go_r, 1)
+        os.close(go_r)
+        if "cgroup" in spec.namespaces:
+            kernel.unshare(k.CLONE_NEWCGROUP)
+        security.drop_capabilities(kernel)
+        kernel.set_ids(spec.uid, spec.gid, spec.groups)
+        security.set_no_new_privs(kernel)
+        if spec.init:
+            _run_init(spec, err_w)
+        _exec(spec)
+    except OSError as e:
+        code = _exit_code_for(e)
+        message = e.strerror or str(e)
+        if e.filename and str(e.filename) not in message:
+            message += f": {e.filename}"
+        _report(err_w, code, message)
+    except BaseException as e:  # noqa: BLE001 - a bug: say what it was
+        _report(err_w, EXIT_RUNTIME, f"{type(e).__name__}: {e}")
+    finally:
+        os._exit(code)
+
+
+def _report(err_w: int, code: int, message: str) -> None:
+    try:
+        os.write(err_w, f"{code} {message}".encode())
+    except OSError:
+        pass
+
+
+# --- the parent
+
+
+def launch(
+    kernel: k.Kernel,
+    root: StateRoot,
+    spec: Spec,
+    *,
+    stdin: int | None = None,
+    parent_bound: bool = False,
+) -> Launched:
+    """Start the container's first process; returns once execve succeeded.
+
+    Raises UserError with Docker's exit code (125, 126, 127) if it did not.
+    """
+    bundle = str(root.container_dir(spec.id))
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    parent_fds: list[int] = []
+    child_fds = [go_r, err_w, devnull]
+    tty_master = tty_slave = None
+    if spec.tty:
+        tty_master, tty_slave = os.openpty()
+        child_fds.append(tty_slave)
+        parent_fds.append(tty_master)
+        stdio = (tty_slave, tty_slave, tty_slave)
+        outputs = {tty_master: "stdout"}
+    else:
+        out_r, out_w = os.pipe()
+        e_r, e_w = os.pipe()
+        child_fds += [out_w, e_w]
+        parent_fds += [out_r, e_r]
+        stdio = (stdin if stdin is not None else devnull, out_w, e_w)
+        outputs = {out_r: "stdout", e_r: "stderr"}
+    cgroup = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+
+    pid = kernel.clone(namespaces.flags_for([n for n in spec.namespaces if n != "cgroup"]))
+    if pid == 0:
+        os.close(go_w)
+        os.close(err_r)
+        for fd in parent_fds:
+            os.close(fd)
+        _child(kernel, spec, bundle, go_r, err_w, stdio, tty_slave, parent_bound)
+    for fd in child_fds:
+        os.close(fd)
+    try:
+        if "user" in spec.namespaces:
+            uid_maps, gid_maps, helpers = namespaces.rootless_maps(os.getuid(), os.getgid())
+            namespaces.write_id_maps(pid, uid_maps, gid_maps, helpers)
+        os.write(go_w, b"m")  # maps written: the child may mount its root filesystem
+        if cgroup is not None:
+            cgroup.add(pid)  # (slow on cgroup v1: done while the child mounts)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(go_w)
+        os.close(err_r)
+        raise
+    os.close(go_w)  # in its cgroup: the child may exec
+    report = b""
+    while chunk := os.read(err_r, 4096):
+        report += chunk
+    os.close(err_r)
+    if report:
+        _, status = os.waitpid(pid, 0)
+        for fd in parent_fds:
+            os.close(fd)
+        code, _, message = report.decode(errors="replace").partition(" ")
+        raise UserError(f"failed to start container: {message}", int(code))
+    return Launched(pid, outputs, tty_master)
+
+
+Sink = Callable[[str, bytes], None]
+
+
+def _log_line(stream: str, data: bytes) -> bytes:
+    return (
+        json.dumps({"log": data.decode(errors="replace"), "stream": stream, "time": now()}) + "\n"
+    ).encode()
+
+
+def supervise(
+    root: StateRoot,
+    spec: Spec,
+    launched: Launched,
+    *,
+    sink: Sink | None = None,
+    stdin_relay: int | None = None,
+) -> State:
+    """Copy output to the log (and ``sink``), forward signals, wait, record the end."""
+    state = root.read_state(spec.id)
+    pid = launched.pid
+    log = open(root.container_dir(spec.id) / "log.json", "ab", buffering=0)
+    selector = selectors.DefaultSelector()
+    for fd in launched.outputs:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ, "out")
+    if stdin_relay is not None and launched.tty_master is not None:
+        selector.register(stdin_relay, selectors.EVENT_READ, "in")
+    pidfd = os.pidfd_open(pid)
+    selector.register(pidfd, selectors.EVENT_READ, "exit")
+
+    signals_seen = []
+
+    def forward(sig: int, _frame: object) -> None:
+        signals_seen.append(sig)
+        # A third Ctrl-C means "really stop": like Docker's CLI it gives up proxying.
+        try:
+            os.kill(pid, signal.SIGKILL if len(signals_seen) >= 3 else sig)
+        except ProcessLookupError:
+            pass
+
+    old_handlers = {}
+    for sig in FORWARDED:
+        try:
+            old_handlers[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread (a notebook's background run)
+            break
+
+    def pump(fd: int) -> bool:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        except OSError as e:  # EIO: the tty's other end is gone
+            if e.errno != errno.EIO:
+                raise
+            data = b""
+        if not data:
+            selector.unregister(fd)
+            os.close(fd)
+            return False
+        stream = launched.outputs[fd]
+        log.write(_log_line(stream, data))
+        if sink is not None:
+            sink(stream, data)
+        return True
+
+    exited = False
+    while not exited or any(key.data == "out" for key in selector.get_map().values()):
+        timeout = 0 if exited else None
+        events = selector.select(timeout)
+        if exited and not events:
+            break  # exited and the pipes are drained (something inside may still hold them)
+        for key, _ in events:
+            if key.data == "exit":
+                exited = True
+                selector.unregister(pidfd)
+            elif key.data == "in":
+                data = os.read(key.fd, 4096)
+                if data:
+                    os.write(launched.tty_master or 0, data)
+                else:
+                    selector.unregister(key.fd)
+            else:
+                pump(key.fd)
+    for fd in list(launched.outputs):
+        if fd in selector.get_map():
+            selector.unregister(fd)
+            os.close(fd)
+    os.close(pidfd)
+    selector.close()
+    log.close()
+    _, status = os.waitpid(pid, 0)
+    for sig, handler in old_handlers.items():
+        signal.signal(sig, handler)
+
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        code = 128 - code  # killed by signal N: 128 + N, as a shell reports it
+    cgroup = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+    if cgroup is not None:
+        state.oom_killed = cgroup.oom_kill_count() > 0 and code == 128 + signal.SIGKILL
+        cgroup.remove()
+    state.status = "exited"
+    state.exit_code = code
+    state.finished_at = now()
+    root.write_state(spec.id, state)
+    return state
+
+
+def mark_running(root: StateRoot, spec: Spec, pid: int) -> State:
+    state = root.read_state(spec.id)
+    state.status = "running"
+    state.pid = pid
+    state.pid_start = process_start_time(pid) or 0
+    state.shim_pid = os.getpid()
+    state.started_at = now()
+    root.write_state(spec.id, state)
+    return state
+
+
+def stop_signal(spec: Spec) -> int:
+    return parse_signal(spec.stop_signal or "SIGTERM")
+
+
+# --- the detached shim process (``run -d``)
+
+
+def main() -> None:
+    """argv: STATE_ROOT CONTAINER_ID READY_FD. Reports "ok" or "CODE message" on READY_FD."""
+    root, container_id, ready = StateRoot(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    spec = Spec.from_json((root.container_dir(container_id) / "config.json").read_text())
+    try:
+        launched = launch(k.real(), root, spec)
+    except UserError as e:
+        state = root.read_state(spec.id)
+        state.status, state.exit_code, state.error = "exited", e.exit_code, str(e)
+        state.finished_at = now()
+        root.write_state(spec.id, state)
+        cgroup = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+        if cgroup is not None:
+            cgroup.remove()
+        os.write(ready, f"{e.exit_code} {e}".encode())
+        if spec.auto_remove:
+            from .container import remove_files
+
+            remove_files(root, spec.id)
+        sys.exit(e.exit_code)
+    mark_running(root, spec, launched.pid)
+    os.write(ready, b"ok")
+    os.close(ready)
+    supervise(root, spec, launched)
+    if spec.auto_remove:
+        from .container import remove_files
+
+        remove_files(root, spec.id)
+
+
+def raw_terminal(fd: int) -> list | None:
+    """Put our terminal in raw mode for ``-t`` (keys go straight to the container)."""
+    if not os.isatty(fd):
+        return None
+    saved = termios.tcgetattr(fd)
+    ttymod.setraw(fd)
+    return saved
+
+
+if __name__ == "__main__":
+    main()

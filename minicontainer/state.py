@@ -1,0 +1,113 @@
+"""The state root: where images and containers live on disk.
+
+    /var/lib/minicontainer/             (rootless: $XDG_DATA_HOME/minicontainer)
+      images/                           the image store (OCI layout + unpacked layers)
+      containers/<id>/
+        config.json                     the spec (what to run)
+        state.json                      what happened (pid, status, exit code)
+        log.json                        output, one JSON object per line (like
+                                        Docker's json-file log driver)
+        upper/ work/                    the read/write layer and overlayfs's scratch
+        rootfs/                         the mount point of the merged view
+      lock                              serialises name allocation
+
+Every file is written to a temporary name and renamed, so a crash never
+leaves half a JSON file. A container's liveness is checked against the
+kernel (pid + its start time), so ``ps`` stays true after a crash.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def default_root() -> Path:
+    if env := os.environ.get("MINICONTAINER_ROOT"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/minicontainer")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return Path(data, "minicontainer")
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def now() -> str:
+    """RFC 3339 in UTC with microseconds, as Docker prints times."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: tells a process from a later one that reused its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+@dataclass
+class State:
+    status: str = "created"  # created | running | exited
+    pid: int = 0  # the container's PID 1, as the host sees it
+    pid_start: int = 0
+    shim_pid: int = 0  # the supervising process (the CLI in the foreground)
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+
+    def alive(self) -> bool:
+        """Is the container's PID 1 still the process we started?"""
+        return bool(self.pid) and process_start_time(self.pid) == self.pid_start
+
+
+class StateRoot:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root else default_root()
+        self.containers = self.root / "containers"
+        self.images = self.root / "images"
+
+    def ensure(self) -> None:
+        self.containers.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        self.ensure()
+        with open(self.root / "lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def container_dir(self, container_id: str) -> Path:
+        return self.containers / container_id
+
+    def ids(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.containers.iterdir() if not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def read_state(self, container_id: str) -> State:
+        try:
+            data = json.loads((self.container_dir(container_id) / "state.json").read_text())
+        except (OSError, ValueError):
+            return State()
+        return State(**{k: v for k, v in data.items() if k in State.__dataclass_fields__})
+
+    def write_state(self, container_id: str, state: State) -> None:
+        write_atomic(self.container_dir(container_id) / "state.json", json.dumps(asdict(state)))
