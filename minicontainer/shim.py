@@ -372,6 +372,7 @@ def stop_signal(spec: Spec) -> int:
 def main() -> None:
     """argv: STATE_ROOT CONTAINER_ID READY_FD. Reports "ok" or "CODE message" on READY_FD."""
     root, container_id, ready = StateRoot(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    os.set_inheritable(ready, False)  # or the container would hold it open, and `run -d` wait
     spec = Spec.from_json((root.container_dir(container_id) / "config.json").read_text())
     try:
         launched = launch(k.real(), root, spec)

@@ -1,0 +1,779 @@
+"""Layer tarballs <-> directories, safely and deterministically.
+
+Follows the OCI image-spec layer.md: changesets as tar archives (plain or gzip),
+`.wh.<name>` whiteouts and `.wh..wh..opq` opaque directories, which apply only to
+lower layers (never to entries of the same layer) and, for the opaque marker,
+first, wherever it stands in the archive.
+
+Two ways to apply whiteouts:
+  - "apply": delete the whited-out paths from what is already in the destination
+    (flattening layers into one rootfs, e.g. for export or without overlayfs);
+  - "overlay": store them the way overlayfs reads a lowerdir (Documentation/
+    filesystems/overlayfs.rst): a whiteout is a character device 0:0, an opaque
+    directory has xattr `trusted.overlay.opaque=y`. Needs root.
+
+Extraction never follows a symlink created by the archive, never writes outside
+the destination, and unpacks into a temporary directory next to the destination
+that is renamed into place only when complete: a half-unpacked layer is never
+visible under its final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from minicontainer.errors import NotSupported, UserError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+_OVERLAY_XATTR_PREFIX = "trusted.overlay."
+_PAX_XATTR_PREFIX = "SCHILY.xattr."
+_CHUNK = 1 << 20
+GZIP_LEVEL = 6  # fixed: the compressed bytes (and so the layer digest) depend on it
+
+Source = str | os.PathLike[str] | IO[bytes]
+
+
+class UnsafeLayer(UserError):
+    """A layer archive tried to escape its root, or is malformed."""
+
+
+# ---------------------------------------------------------------- stream helpers
+
+
+class _HashWriter:
+    """Counts and hashes what passes through to `sink` (tarfile/gzip need only write)."""
+
+    def __init__(self, sink: Any | None) -> None:
+        self.sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, b: bytes) -> int:
+        self.hash.update(b)
+        self.size += len(b)
+        if self.sink is not None:
+            self.sink.write(b)
+        return len(b)
+
+    def flush(self) -> None:
+        if self.sink is not None:
+            self.sink.flush()
+
+    def tell(self) -> int:
+        return self.size
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+class _HashReader:
+    """Hashes everything read through it: the diff_id of the uncompressed tar."""
+
+    def __init__(self, src: IO[bytes]) -> None:
+        self.src = src
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.src.read(n)
+        self.hash.update(b)
+        self.size += len(b)
+        return b
+
+    def drain(self) -> None:
+        # The tar end-of-archive blocks and record padding are part of the diff_id.
+        while self.read(_CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+class _Prefixed:
+    """A reader that first returns `head` (bytes already peeked) then the rest of `src`;
+    lets us sniff compression on pipes such as stdin that cannot seek."""
+
+    def __init__(self, head: bytes, src: IO[bytes]) -> None:
+        self.head = head
+        self.src = src
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            if n < 0:
+                b, self.head = self.head + self.src.read(), b""
+                return b
+            b, self.head = self.head[:n], self.head[n:]
+            if len(b) < n:
+                b += self.src.read(n - len(b))
+            return b
+        return self.src.read(n)
+
+
+def open_uncompressed(f: IO[bytes]) -> IO[bytes]:
+    """Wrap a (possibly gzip-compressed) tar stream so reads return the plain tar."""
+    head = b""
+    while len(head) < 4:
+        b = f.read(4 - len(head))
+        if not b:
+            break
+        head += b
+    src: Any = _Prefixed(head, f)
+    if head[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+    if head == b"\x28\xb5\x2f\xfd":
+        raise NotSupported("zstd-compressed layers are not supported (use gzip or plain tar)")
+    return src  # type: ignore[no-any-return]
+
+
+def is_gzip(path: str | os.PathLike[str]) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+# ---------------------------------------------------------------- removal helpers
+
+
+def rmtree(path: str | os.PathLike[str]) -> None:
+    """shutil.rmtree that also works for a non-root owner of read-only image dirs
+    (a layer may hold 0555 directories)."""
+
+    def retry(func: Any, p: str, _exc: Any) -> None:
+        for d in (os.path.dirname(p), p):
+            if os.path.isdir(d) and not os.path.islink(d):
+                try:
+                    os.chmod(d, 0o700)
+                except OSError:
+                    pass
+        if func in (os.rmdir, os.unlink, os.remove):
+            func(p)
+        else:  # listing the directory failed: it is readable now, start it over
+            shutil.rmtree(p, **handler)
+
+    handler: dict[str, Any] = (
+        {"onexc": retry} if sys.version_info >= (3, 12) else {"onerror": retry}
+    )
+    if os.path.lexists(path):
+        shutil.rmtree(path, **handler)
+
+
+def _remove(p: str) -> None:
+    st = os.lstat(p)
+    if stat.S_ISDIR(st.st_mode):
+        rmtree(p)
+    else:
+        os.unlink(p)
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def _clean_name(name: str) -> tuple[str, ...]:
+    """Archive path -> components. `./x` and `x` are the same; absolute paths and
+    `..` are refused rather than silently rewritten."""
+    if name.startswith("/"):
+        raise UnsafeLayer(f"layer entry {name!r} is an absolute path")
+    comps = tuple(c for c in name.split("/") if c not in ("", "."))
+    if ".." in comps:
+        raise UnsafeLayer(f"layer entry {name!r} escapes the root with '..'")
+    if any("\0" in c for c in comps):
+        raise UnsafeLayer(f"layer entry {name!r} contains a NUL byte")
+    return comps
+
+
+@dataclass
+class _Extractor:
+    root: str
+    rootless: bool
+    whiteouts: str  # "apply" | "overlay"
+
+    def __post_init__(self) -> None:
+        self.chown = os.geteuid() == 0
+        # Paths present in the layer being applied: whiteouts and opaque markers hide
+        # only lower content, never these.
+        self.written: set[tuple[str, ...]] = set()
+        # Symlinks created by this layer: never traversed.
+        self.own_symlinks: set[tuple[str, ...]] = set()
+        self.dirs: dict[tuple[str, ...], tarfile.TarInfo] = {}
+
+    def path(self, comps: tuple[str, ...]) -> str:
+        return os.path.join(self.root, *comps)
+
+    def parent_dir(self, comps: tuple[str, ...], create: bool = True) -> str:
+        """Make sure every parent of `comps` is a real directory inside the root. A
+        symlink created by this layer is refused; a lower non-directory is replaced,
+        as an overlayfs upper directory hides a lower file or symlink."""
+        for i in range(1, len(comps)):
+            sub = comps[:i]
+            p = self.path(sub)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                if not create:
+                    raise UnsafeLayer(f"{'/'.join(comps)!r}: {'/'.join(sub)!r} missing") from None
+                os.mkdir(p)
+                os.chmod(p, 0o755)  # implicit parent: not subject to the umask
+                self.written.add(sub)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                where = f"layer entry {'/'.join(comps)!r}: {'/'.join(sub)!r}"
+                if sub in self.own_symlinks or (stat.S_ISLNK(st.st_mode) and not create):
+                    raise UnsafeLayer(f"{where} is a symlink: refusing to go through it")
+                if not create:
+                    raise UnsafeLayer(f"{where} is not a directory")
+                os.unlink(p)
+                os.mkdir(p)
+                os.chmod(p, 0o755)
+            if create:
+                self.written.add(sub)
+        return self.path(comps[:-1])
+
+    # -- whiteouts
+
+    def whiteout(self, comps: tuple[str, ...]) -> None:
+        target = comps[:-1] + (comps[-1][len(WHITEOUT_PREFIX) :],)
+        if target[-1] in ("", ".", ".."):
+            raise UnsafeLayer(f"invalid whiteout {'/'.join(comps)!r}")
+        if target in self.written:
+            return  # same-layer content is not hidden by its own whiteouts
+        if self.whiteouts == "apply":
+            self.parent_dir(target)
+            p = self.path(target)
+            if os.path.lexists(p):
+                _remove(p)
+            return
+        if self.rootless:
+            raise NotSupported(
+                f"layer whites out {'/'.join(target)!r}: overlayfs whiteouts (char device 0:0) "
+                "need root; rootless whiteouts are not supported yet"
+            )
+        self.parent_dir(target)
+        p = self.path(target)
+        if os.path.lexists(p):
+            _remove(p)
+        os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+    def opaque(self, comps: tuple[str, ...]) -> None:
+        d = comps[:-1]
+        self.parent_dir(comps)
+        if self.whiteouts == "apply":
+            self._hide_lower(d)
+            return
+        if self.rootless:
+            raise NotSupported(
+                f"layer marks {'/'.join(d) or '/'!r} opaque: the overlayfs xattr "
+                f"{OVERLAY_OPAQUE_XATTR} needs root; rootless opaque dirs are not supported yet"
+            )
+        os.setxattr(self.path(d), OVERLAY_OPAQUE_XATTR, b"y")
+
+    def _hide_lower(self, d: tuple[str, ...]) -> None:
+        with os.scandir(self.path(d)) as it:
+            names = [e.name for e in it]
+        for name in names:
+            sub = d + (name,)
+            if sub not in self.written:
+                _remove(self.path(sub))
+            elif os.path.isdir(self.path(sub)) and not os.path.islink(self.path(sub)):
+                self._hide_lower(sub)
+
+    # -- entries
+
+    def add(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        comps = _clean_name(m.name)
+        if not comps:
+            if m.isdir():
+                self.dirs[()] = m
+                self._owner(self.root, m)
+            return
+        base = comps[-1]
+        if base == OPAQUE_MARKER:
+            self.opaque(comps)
+            return
+        if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            return  # other aufs metadata (.wh..wh.plnk ...): not content
+        if base.startswith(WHITEOUT_PREFIX):
+            self.whiteout(comps)
+            return
+
+        self.parent_dir(comps)
+        p = self.path(comps)
+        existing = _lstat(p)
+        if m.isdir():
+            if existing is None or not stat.S_ISDIR(existing.st_mode):
+                if existing is not None:
+                    os.unlink(p)
+                os.mkdir(p, 0o700)
+            self.written.add(comps)
+            self.own_symlinks.discard(comps)
+            self.dirs[comps] = m
+            self._owner(p, m)
+            return
+        if m.islnk():
+            target = self._hardlink_target(m)
+            if target == p:
+                raise UnsafeLayer(f"layer entry {m.name!r} is a hardlink to itself")
+        if existing is not None:
+            _remove(p)
+        self.own_symlinks.discard(comps)
+        self.written.add(comps)
+
+        if m.isreg():
+            self._write_file(tf, m, p)
+        elif m.issym():
+            os.symlink(m.linkname, p)
+            self.own_symlinks.add(comps)
+        elif m.islnk():
+            os.link(target, p, follow_symlinks=False)
+            return  # a hardlink shares the target's inode and metadata
+        elif m.ischr() or m.isblk():
+            if self.rootless:
+                raise NotSupported(
+                    f"layer entry {m.name!r} is a device node: rootless mode cannot create "
+                    "device nodes (the runtime bind-mounts /dev instead)"
+                )
+            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+            os.mknod(p, kind | 0o600, os.makedev(m.devmajor, m.devminor))
+        elif m.isfifo():
+            os.mkfifo(p, 0o600)
+        else:
+            raise UnsafeLayer(f"layer entry {m.name!r} has unsupported tar type {m.type!r}")
+        self._meta(p, m)
+
+    def _hardlink_target(self, m: tarfile.TarInfo) -> str:
+        tcomps = _clean_name(m.linkname)
+        if not tcomps:
+            raise UnsafeLayer(f"hardlink {m.name!r} points at the root")
+        self.parent_dir(tcomps, create=False)
+        if any(tcomps[:i] in self.own_symlinks for i in range(1, len(tcomps))):
+            raise UnsafeLayer(f"hardlink {m.name!r} goes through a symlink")
+        target = self.path(tcomps)
+        st = _lstat(target)
+        if st is None:
+            raise UnsafeLayer(f"hardlink {m.name!r} -> {m.linkname!r}: target does not exist")
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeLayer(f"hardlink {m.name!r} -> {m.linkname!r}: target is a directory")
+        return target
+
+    def _write_file(self, tf: tarfile.TarFile, m: tarfile.TarInfo, p: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(p, flags, 0o600)
+        copied = 0
+        with os.fdopen(fd, "wb") as out:
+            src = tf.extractfile(m)
+            if src is not None:
+                while chunk := src.read(min(_CHUNK, m.size - copied) or 1):
+                    out.write(chunk)
+                    copied += len(chunk)
+                    if copied >= m.size:
+                        break
+        if copied != m.size:
+            raise UnsafeLayer(f"layer entry {m.name!r}: got {copied} bytes, header says {m.size}")
+
+    def _owner(self, p: str, m: tarfile.TarInfo) -> None:
+        if not self.chown:
+            return
+        try:
+            os.chown(p, m.uid, m.gid, follow_symlinks=False)
+        except OSError:
+            # In a user namespace an id may be unmapped: keep ours rather than fail.
+            if not self.rootless:
+                raise
+
+    def _meta(self, p: str, m: tarfile.TarInfo) -> None:
+        # Order matters: chown clears setuid/setgid and file capabilities.
+        self._owner(p, m)
+        if not m.issym():
+            os.chmod(p, m.mode & 0o7777)
+        self._xattrs(p, m)
+        os.utime(p, ns=(int(m.mtime * 1e9),) * 2, follow_symlinks=False)
+
+    def _xattrs(self, p: str, m: tarfile.TarInfo) -> None:
+        for key, value in m.pax_headers.items():
+            if not key.startswith(_PAX_XATTR_PREFIX):
+                continue
+            name = key[len(_PAX_XATTR_PREFIX) :]
+            if name.startswith(_OVERLAY_XATTR_PREFIX):
+                continue  # overlayfs bookkeeping is never layer content
+            try:
+                os.setxattr(
+                    p, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False
+                )
+            except OSError as e:
+                if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                    raise
+
+    def finish(self) -> None:
+        # Directory modes and mtimes last, deepest first: writing children changes a
+        # directory's mtime, and a 0555 directory would stop a non-root writer.
+        for comps in sorted(self.dirs, key=len, reverse=True):
+            m = self.dirs[comps]
+            p = self.path(comps)
+            os.chmod(p, m.mode & 0o7777)
+            self._xattrs(p, m)
+            os.utime(p, ns=(int(m.mtime * 1e9),) * 2, follow_symlinks=False)
+
+
+def _lstat(p: str) -> os.stat_result | None:
+    try:
+        return os.lstat(p)
+    except FileNotFoundError:
+        return None
+
+
+def _extract_one(src: Source, ex: _Extractor) -> str:
+    """Extract one archive into ex.root; return its diff_id."""
+    opened: IO[bytes] | None = None
+    if isinstance(src, (str, os.PathLike)):
+        opened = open(src, "rb")  # noqa: SIM115 - closed below
+        f: IO[bytes] = opened
+    else:
+        f = src
+    try:
+        reader = _HashReader(open_uncompressed(f))
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]
+                for m in tf:
+                    ex.add(tf, m)
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
+            raise UnsafeLayer(f"invalid layer archive: {e}") from None
+        reader.drain()
+        return reader.digest
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _clone_tree(src: str, dst: str) -> None:
+    """Copy an existing tree into `dst` (which exists), preserving what a layer
+    carries: types, modes, owners (as root), xattrs, mtimes and hardlinks."""
+    chown = os.geteuid() == 0
+    inodes: dict[tuple[int, int], str] = {}
+
+    def meta(s: os.stat_result, sp: str, dp: str, is_link: bool) -> None:
+        if chown:
+            os.chown(dp, s.st_uid, s.st_gid, follow_symlinks=False)
+        if not is_link:
+            os.chmod(dp, stat.S_IMODE(s.st_mode))
+            try:
+                for name in os.listxattr(sp, follow_symlinks=False):
+                    os.setxattr(dp, name, os.getxattr(sp, name, follow_symlinks=False))
+            except OSError:
+                pass
+        os.utime(dp, ns=(s.st_atime_ns, s.st_mtime_ns), follow_symlinks=False)
+
+    def walk(s_dir: str, d_dir: str) -> None:
+        with os.scandir(s_dir) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            sp, dp = e.path, os.path.join(d_dir, e.name)
+            s = os.lstat(sp)
+            mode = s.st_mode
+            if stat.S_ISDIR(mode):
+                os.mkdir(dp, 0o700)
+                walk(sp, dp)
+            elif stat.S_ISREG(mode):
+                key = (s.st_dev, s.st_ino)
+                if s.st_nlink > 1 and key in inodes:
+                    os.link(inodes[key], dp)
+                    continue
+                shutil.copyfile(sp, dp, follow_symlinks=False)
+                inodes[key] = dp
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(sp), dp)
+            elif stat.S_ISFIFO(mode):
+                os.mkfifo(dp, 0o600)
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                os.mknod(dp, stat.S_IFMT(mode) | 0o600, s.st_rdev)
+            else:
+                continue  # sockets are not content
+            meta(s, sp, dp, stat.S_ISLNK(mode))
+
+    walk(src, dst)
+    meta(os.lstat(src), src, dst, False)
+
+
+def apply_layers(
+    sources: Sequence[Source],
+    dest_dir: str | os.PathLike[str],
+    *,
+    rootless: bool,
+    whiteouts: str = "apply",
+    expect_diff_ids: Sequence[str | None] | None = None,
+) -> list[str]:
+    """Apply layer archives in order (base first) onto `dest_dir`, atomically.
+
+    Works in a temporary directory next to `dest_dir` (a copy of its current content,
+    if any) and renames it into place only when every layer applied cleanly, so a
+    failure or refusal leaves `dest_dir` untouched. Returns the diff_ids read. With
+    `expect_diff_ids`, a mismatch is refused before anything becomes visible.
+    """
+    if whiteouts not in ("apply", "overlay"):
+        raise ValueError(f"whiteouts must be 'apply' or 'overlay', not {whiteouts!r}")
+    dest = Path(dest_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    existing = dest.is_dir() and any(dest.iterdir())
+    if existing and whiteouts == "overlay":
+        raise UserError(f"{dest}: an overlay layer directory must be unpacked into an empty dir")
+    tmp = tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+    try:
+        if existing:
+            _clone_tree(str(dest), tmp)
+        else:
+            os.chmod(tmp, 0o755)
+        diff_ids = []
+        for i, src in enumerate(sources):
+            ex = _Extractor(tmp, rootless, whiteouts)
+            diff_id = _extract_one(src, ex)
+            ex.finish()
+            want = expect_diff_ids[i] if expect_diff_ids else None
+            if want and diff_id != want:
+                raise UnsafeLayer(f"layer diff_id mismatch: expected {want}, got {diff_id}")
+            diff_ids.append(diff_id)
+        if existing:
+            # Swap: the old tree moves aside only once the new one is complete.
+            old = tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent)
+            os.rename(dest, os.path.join(old, "d"))
+            os.rename(tmp, dest)
+            rmtree(old)
+        else:
+            os.rename(tmp, dest)  # rename(2) replaces an empty directory atomically
+    except BaseException:
+        rmtree(tmp)
+        raise
+    return diff_ids
+
+
+def apply_layer(
+    src: Source,
+    dest_dir: str | os.PathLike[str],
+    *,
+    rootless: bool,
+    whiteouts: str = "apply",
+    expect_diff_id: str | None = None,
+) -> str:
+    """Apply one layer archive (path or binary file object, plain or gzip tar) onto
+    `dest_dir`; see apply_layers. Returns the layer's diff_id."""
+    return apply_layers(
+        [src],
+        dest_dir,
+        rootless=rootless,
+        whiteouts=whiteouts,
+        expect_diff_ids=[expect_diff_id],
+    )[0]
+
+
+# ---------------------------------------------------------------- writing layers
+
+
+@dataclass
+class LayerEntry:
+    """One entry of a layer to write. `path` is relative ("bin/sh"); regular file
+    content comes from `data` or from the file at `source`. Owner and mtime default
+    to write_layer's arguments."""
+
+    path: str
+    type: str = "file"  # file | dir | symlink | hardlink | char | block | fifo
+    mode: int = 0o644
+    data: bytes | None = None
+    source: str | os.PathLike[str] | None = None
+    linkname: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    mtime: int | None = None
+    devmajor: int = 0
+    devminor: int = 0
+
+
+_TAR_TYPES = {
+    "file": tarfile.REGTYPE,
+    "dir": tarfile.DIRTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "char": tarfile.CHRTYPE,
+    "block": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
+
+
+def _dir_entries(
+    src: Path, overlay_whiteouts: bool, exclude: Iterable[str]
+) -> list[tuple[LayerEntry, dict[str, str]]]:
+    """Walk a directory (e.g. an overlayfs upperdir) into entries, in sorted order.
+    Overlay whiteouts become `.wh.` files; overlay xattrs are never copied."""
+    excluded = {x.strip("/") for x in exclude}
+    out: list[tuple[LayerEntry, dict[str, str]]] = []
+    inodes: dict[tuple[int, int], str] = {}
+
+    def xattrs(p: str) -> dict[str, bytes]:
+        try:
+            names = os.listxattr(p, follow_symlinks=False)
+        except OSError:
+            return {}
+        got = {}
+        for n in names:
+            try:
+                got[n] = os.getxattr(p, n, follow_symlinks=False)
+            except OSError:
+                continue
+        return got
+
+    def walk(d: Path, rel: str) -> None:
+        for name in sorted(os.listdir(d)):
+            r = f"{rel}{name}"
+            if r in excluded:
+                continue
+            p = d / name
+            s = os.lstat(p)
+            mode = s.st_mode
+            perm = stat.S_IMODE(mode)
+            own = {"uid": s.st_uid, "gid": s.st_gid, "mtime": int(s.st_mtime)}
+            xa = xattrs(str(p))
+            pax = {
+                _PAX_XATTR_PREFIX + k: v.decode("utf-8", "surrogateescape")
+                for k, v in sorted(xa.items())
+                if not k.startswith(_OVERLAY_XATTR_PREFIX)
+            }
+            if stat.S_ISDIR(mode):
+                out.append((LayerEntry(r, "dir", perm, **own), pax))
+                if overlay_whiteouts and xa.get(OVERLAY_OPAQUE_XATTR) == b"y":
+                    out.append((LayerEntry(f"{r}/{OPAQUE_MARKER}", "file", 0, **own), {}))
+                walk(p, r + "/")
+            elif stat.S_ISCHR(mode) and s.st_rdev == 0 and overlay_whiteouts:
+                wh = f"{rel}{WHITEOUT_PREFIX}{name}"
+                out.append((LayerEntry(wh, "file", 0, **own), {}))
+            elif stat.S_ISREG(mode):
+                key = (s.st_dev, s.st_ino)
+                if s.st_nlink > 1 and key in inodes:
+                    out.append((LayerEntry(r, "hardlink", perm, linkname=inodes[key], **own), {}))
+                    continue
+                inodes[key] = r
+                out.append((LayerEntry(r, "file", perm, source=p, **own), pax))
+            elif stat.S_ISLNK(mode):
+                out.append((LayerEntry(r, "symlink", 0o777, linkname=os.readlink(p), **own), pax))
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                kind = "char" if stat.S_ISCHR(mode) else "block"
+                dev = {"devmajor": os.major(s.st_rdev), "devminor": os.minor(s.st_rdev)}
+                out.append((LayerEntry(r, kind, perm, **own, **dev), pax))
+            elif stat.S_ISFIFO(mode):
+                out.append((LayerEntry(r, "fifo", perm, **own), pax))
+            # sockets are runtime state, not content
+
+    walk(src, "")
+    return out
+
+
+def write_layer(
+    src: str | os.PathLike[str] | Iterable[LayerEntry],
+    out_path: str | os.PathLike[str],
+    *,
+    uid: int | None = 0,
+    gid: int | None = 0,
+    uname: str = "",
+    gname: str = "",
+    mtime: int | None = 0,
+    compress: bool = True,
+    level: int = GZIP_LEVEL,
+    overlay_whiteouts: bool = True,
+    exclude: Iterable[str] = (),
+) -> tuple[str, str, int]:
+    """Write a deterministic layer tarball; return (digest, diff_id, size).
+
+    `src` is a directory (walked in sorted order; overlayfs whiteouts and opaque
+    xattrs become `.wh.` entries) or LayerEntry objects (sorted by path). Owners and
+    mtimes are forced to `uid`/`gid`/`mtime` unless those are None (keep the file's
+    own / the entry's). The gzip header has mtime 0 and no file name, and the level
+    is fixed, so the same input always gives the same bytes and the same digest.
+    `size` is the size of the written file, `digest` its sha256; `diff_id` is the
+    sha256 of the uncompressed tar (equal to `digest` when compress=False).
+    """
+    if isinstance(src, (str, os.PathLike)):
+        items = _dir_entries(Path(src), overlay_whiteouts, exclude)
+    else:
+        items = [(e, {}) for e in sorted(src, key=lambda e: e.path.strip("/"))]
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            compressed = _HashWriter(raw)
+            gz = (
+                gzip.GzipFile(
+                    filename="", mode="wb", fileobj=compressed, compresslevel=level, mtime=0
+                )
+                if compress
+                else None
+            )
+            plain = _HashWriter(gz if gz is not None else compressed)
+            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+                for entry, pax in items:
+                    _add_entry(tf, entry, pax, uid, gid, uname, gname, mtime)
+            if gz is not None:
+                gz.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return compressed.digest, plain.digest, compressed.size
+
+
+def _add_entry(
+    tf: tarfile.TarFile,
+    e: LayerEntry,
+    pax: dict[str, str],
+    uid: int | None,
+    gid: int | None,
+    uname: str,
+    gname: str,
+    mtime: int | None,
+) -> None:
+    comps = _clean_name(e.path)
+    if not comps:
+        raise UserError(f"layer entry {e.path!r}: empty path")
+    if e.type not in _TAR_TYPES:
+        raise UserError(f"layer entry {e.path!r}: unknown type {e.type!r}")
+    ti = tarfile.TarInfo("/".join(comps))
+    ti.type = _TAR_TYPES[e.type]
+    ti.mode = e.mode & 0o7777
+    ti.uid = uid if uid is not None else (e.uid or 0)
+    ti.gid = gid if gid is not None else (e.gid or 0)
+    ti.uname, ti.gname = uname, gname
+    ti.mtime = int(mtime if mtime is not None else (e.mtime or 0))
+    ti.linkname = e.linkname
+    ti.devmajor, ti.devminor = e.devmajor, e.devminor
+    ti.pax_headers = dict(pax)
+    if e.type != "file":
+        tf.addfile(ti)
+        return
+    if e.data is not None:
+        ti.size = len(e.data)
+        tf.addfile(ti, io.BytesIO(e.data))
+    elif e.source is not None:
+        with open(e.source, "rb") as f:
+            ti.size = os.fstat(f.fileno()).st_size
+            tf.addfile(ti, f)
+    else:
+        ti.size = 0
+        tf.addfile(ti)
