@@ -14,9 +14,7 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ from .errors import (
     NotSupported,
     UserError,
 )
+from .monitor import rmtree
 from .spec import NETWORK_MODES, Spec, parse_env, parse_signal, parse_user, parse_volume
 from .state import State, StateRoot, now, process_start_time
 
@@ -100,21 +99,6 @@ def _random_name(taken: set[str]) -> str:
             return name
 
 
-def rmtree(path: Path) -> None:
-    """shutil.rmtree that also removes overlayfs's mode-000 work directories as non-root."""
-
-    def retry(func, p, _exc):  # type: ignore[no-untyped-def]
-        parent = os.path.dirname(p)
-        for d in (parent, p):
-            try:
-                os.chmod(d, stat.S_IRWXU)
-            except OSError:
-                pass
-        func(p)
-
-    shutil.rmtree(path, onerror=retry)
-
-
 def remove_files(root: StateRoot, container_id: str) -> None:
     """Delete the container's directory (its R/W layer, logs, state) and its cgroup."""
     directory = root.container_dir(container_id)
@@ -131,7 +115,14 @@ def remove_files(root: StateRoot, container_id: str) -> None:
             os.replace(directory, doomed)
         except OSError:
             doomed = directory
-        rmtree(doomed)
+        try:
+            rmtree(str(doomed))
+        except PermissionError:
+            # Rootless: files made by other mapped ids inside; remove them from
+            # inside a user namespace with the same mapping.
+            namespaces.run_in(["user"], ["rm", "-rf", str(doomed)])
+            if doomed.exists():
+                raise
 
 
 class Container:

@@ -214,7 +214,7 @@ def run_in(
     try:
         try:
             if "user" in names:
-                write_id_maps(pid, [IdMap(0, uid, 1)], [IdMap(0, gid, 1)], helpers=False)
+                write_id_maps(pid, *rootless_maps(uid, gid))
         except OSError:
             os.kill(pid, 9)  # never leave the child waiting forever
             raise

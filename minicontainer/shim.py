@@ -30,7 +30,6 @@ import errno
 import fcntl
 import json
 import os
-import selectors
 import signal
 import sys
 import termios
@@ -38,20 +37,13 @@ import tty as ttymod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import cgroups, namespaces, rootfs, security
+from . import cgroups, monitor, namespaces, rootfs, security
 from . import kernel as k
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UserError
 from .spec import Spec, parse_signal
 from .state import State, StateRoot, now, process_start_time
 
-FORWARDED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
+FORWARDED = monitor.FORWARDED
 
 
 @dataclass
@@ -245,10 +237,24 @@ def launch(
 Sink = Callable[[str, bytes], None]
 
 
-def _log_line(stream: str, data: bytes) -> bytes:
-    return (
-        json.dumps({"log": data.decode(errors="replace"), "stream": stream, "time": now()}) + "\n"
-    ).encode()
+def job(root: StateRoot, spec: Spec, launched: Launched) -> dict:
+    """What monitor.supervise needs, as plain values (it runs without this package)."""
+    directory = root.container_dir(spec.id)
+    cgroup = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+    oom_file = ""
+    if cgroup is not None and "memory" in cgroup.dirs:
+        name = "memory.events" if cgroup.version == 2 else "memory.oom_control"
+        oom_file = str(cgroup.dirs["memory"] / name)
+    return {
+        "pid": launched.pid,
+        "outputs": {str(fd): stream for fd, stream in launched.outputs.items()},
+        "tty_master": launched.tty_master,
+        "log": str(directory / "log.json"),
+        "state": str(directory / "state.json"),
+        "cgroup": [str(p) for p in cgroup.paths] if cgroup is not None else [],
+        "oom_file": oom_file,
+        "auto_remove": spec.auto_remove,
+    }
 
 
 def supervise(
@@ -260,95 +266,8 @@ def supervise(
     stdin_relay: int | None = None,
 ) -> State:
     """Copy output to the log (and ``sink``), forward signals, wait, record the end."""
-    state = root.read_state(spec.id)
-    pid = launched.pid
-    log = open(root.container_dir(spec.id) / "log.json", "ab", buffering=0)
-    selector = selectors.DefaultSelector()
-    for fd in launched.outputs:
-        os.set_blocking(fd, False)
-        selector.register(fd, selectors.EVENT_READ, "out")
-    if stdin_relay is not None and launched.tty_master is not None:
-        selector.register(stdin_relay, selectors.EVENT_READ, "in")
-    pidfd = os.pidfd_open(pid)
-    selector.register(pidfd, selectors.EVENT_READ, "exit")
-
-    signals_seen = []
-
-    def forward(sig: int, _frame: object) -> None:
-        signals_seen.append(sig)
-        # A third Ctrl-C means "really stop": like Docker's CLI it gives up proxying.
-        try:
-            os.kill(pid, signal.SIGKILL if len(signals_seen) >= 3 else sig)
-        except ProcessLookupError:
-            pass
-
-    old_handlers = {}
-    for sig in FORWARDED:
-        try:
-            old_handlers[sig] = signal.signal(sig, forward)
-        except ValueError:  # not the main thread (a notebook's background run)
-            break
-
-    def pump(fd: int) -> bool:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return True
-        except OSError as e:  # EIO: the tty's other end is gone
-            if e.errno != errno.EIO:
-                raise
-            data = b""
-        if not data:
-            selector.unregister(fd)
-            os.close(fd)
-            return False
-        stream = launched.outputs[fd]
-        log.write(_log_line(stream, data))
-        if sink is not None:
-            sink(stream, data)
-        return True
-
-    exited = False
-    while not exited or any(key.data == "out" for key in selector.get_map().values()):
-        timeout = 0 if exited else None
-        events = selector.select(timeout)
-        if exited and not events:
-            break  # exited and the pipes are drained (something inside may still hold them)
-        for key, _ in events:
-            if key.data == "exit":
-                exited = True
-                selector.unregister(pidfd)
-            elif key.data == "in":
-                data = os.read(key.fd, 4096)
-                if data:
-                    os.write(launched.tty_master or 0, data)
-                else:
-                    selector.unregister(key.fd)
-            else:
-                pump(key.fd)
-    for fd in list(launched.outputs):
-        if fd in selector.get_map():
-            selector.unregister(fd)
-            os.close(fd)
-    os.close(pidfd)
-    selector.close()
-    log.close()
-    _, status = os.waitpid(pid, 0)
-    for sig, handler in old_handlers.items():
-        signal.signal(sig, handler)
-
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        code = 128 - code  # killed by signal N: 128 + N, as a shell reports it
-    cgroup = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
-    if cgroup is not None:
-        state.oom_killed = cgroup.oom_kill_count() > 0 and code == 128 + signal.SIGKILL
-        cgroup.remove()
-    state.status = "exited"
-    state.exit_code = code
-    state.finished_at = now()
-    root.write_state(spec.id, state)
-    return state
+    monitor.supervise(job(root, spec, launched), sink=sink, stdin_relay=stdin_relay)
+    return root.read_state(spec.id)
 
 
 def mark_running(root: StateRoot, spec: Spec, pid: int) -> State:
@@ -393,11 +312,13 @@ def main() -> None:
     mark_running(root, spec, launched.pid)
     os.write(ready, b"ok")
     os.close(ready)
-    supervise(root, spec, launched)
-    if spec.auto_remove:
-        from .container import remove_files
-
-        remove_files(root, spec.id)
+    # Become the small monitor: execve keeps our pid, so the container stays our
+    # child, and drops everything imported to start it (see monitor.py).
+    work = job(root, spec, launched)
+    for fd in launched.outputs:
+        os.set_inheritable(fd, True)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monitor.py")
+    os.execv(sys.executable, [sys.executable, "-S", script, json.dumps(work)])
 
 
 def raw_terminal(fd: int) -> list | None:

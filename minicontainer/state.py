@@ -21,11 +21,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .monitor import now, write_atomic  # noqa: F401 - re-exported
 
 
 def default_root() -> Path:
@@ -35,19 +36,6 @@ def default_root() -> Path:
         return Path("/var/lib/minicontainer")
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
     return Path(data, "minicontainer")
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def now() -> str:
-    """RFC 3339 in UTC with microseconds, as Docker prints times."""
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
 def process_start_time(pid: int) -> int | None:
