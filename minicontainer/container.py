@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cgroups, namespaces, rootfs, security, shim
+from . import cgroups, console, namespaces, rootfs, security, shim
 from . import kernel as k
 from .errors import (
     EXIT_RUNTIME,
@@ -467,11 +468,12 @@ def _enter(
     }
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDWR)
-    if spec.tty:
-        master, slave = os.openpty()
-        stdio = (slave, slave, slave)
-        outputs = {master: "stdout"}
-        child_only = [slave]
+    parent_sock = child_sock = None
+    if spec.tty:  # the pty comes from the container's /dev/pts: see console.py
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stdio = (devnull, devnull, devnull)
+        outputs: dict[int, str] = {}
+        child_only = []
     else:
         out_r, out_w = os.pipe()
         e_r, e_w = os.pipe()
@@ -486,6 +488,8 @@ def _enter(
             for fd in outputs:
                 os.close(fd)
             os.close(err_r)
+            if parent_sock is not None:
+                parent_sock.close()
             if cg is not None:
                 cg.add(os.getpid())
             for name, fd in fds.items():
@@ -495,11 +499,11 @@ def _enter(
                 os.setsid()
                 for target_fd, fd in enumerate(stdio):
                     os.dup2(fd, target_fd)
-                if spec.tty:
-                    import fcntl
-                    import termios
-
-                    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+                if child_sock is not None:
+                    master, slave = console.new_pty()
+                    console.send_fd(child_sock, master)
+                    os.close(master)
+                    console.make_controlling(slave)
                 rootfs.prepare_workdir(spec.cwd)
                 security.drop_capabilities(kernel)
                 kernel.set_ids(spec.uid, spec.gid, spec.groups)
@@ -518,6 +522,14 @@ def _enter(
             os._exit(code)
     for fd in (*fds.values(), err_w, *child_only, devnull):
         os.close(fd)
+    master = None
+    if child_sock is not None and parent_sock is not None:
+        child_sock.close()
+        master = console.recv_fd(parent_sock)
+        parent_sock.close()
+        if master is not None:
+            console.copy_size(0, master)
+            outputs = {master: "stdout"}
     report = b""
     while chunk := os.read(err_r, 4096):
         report += chunk
@@ -528,7 +540,7 @@ def _enter(
             os.close(fd)
         code_text, _, message = report.decode(errors="replace").partition(" ")
         raise UserError(message, int(code_text))
-    launched = shim.Launched(pid, outputs, master if spec.tty else None)
+    launched = shim.Launched(pid, outputs, master)
     return _pump_exec(launched, sink, tty_stdin)
 
 

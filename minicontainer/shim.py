@@ -27,17 +27,17 @@ with ``python -S`` so it imports only what it needs and stays small in memory.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import termios
 import tty as ttymod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import cgroups, monitor, namespaces, rootfs, security
+from . import cgroups, console, monitor, namespaces, rootfs, security
 from . import kernel as k
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UserError
 from .spec import Spec, parse_signal
@@ -108,8 +108,8 @@ def _child(
     bundle: str,
     go_r: int,
     err_w: int,
-    stdio: tuple[int, int, int],
-    tty_slave: int | None,
+    stdio: tuple[int, int, int] | None,
+    console_sock: socket.socket | None,
     parent_bound: bool,
 ) -> None:
     code = EXIT_RUNTIME
@@ -118,13 +118,18 @@ def _child(
         if parent_bound:  # in the foreground, the container dies with its CLI
             kernel.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
-        for target, fd in enumerate(stdio):
-            os.dup2(fd, target)
-        if tty_slave is not None:
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        if stdio is not None:
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
         rootfs.setup(kernel, spec, bundle)
+        if console_sock is not None:  # -t: our terminal, from our own /dev/pts
+            master, slave = console.new_pty()
+            console.send_fd(console_sock, master)
+            os.close(master)
+            console_sock.close()
+            console.make_controlling(slave)
         if "uts" in spec.namespaces:
             kernel.sethostname(spec.hostname)
         if "net" in spec.namespaces:
@@ -182,13 +187,11 @@ def launch(
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     parent_fds: list[int] = []
     child_fds = [go_r, err_w, devnull]
-    tty_master = tty_slave = None
+    stdio: tuple[int, int, int] | None = None
+    parent_sock = child_sock = None
     if spec.tty:
-        tty_master, tty_slave = os.openpty()
-        child_fds.append(tty_slave)
-        parent_fds.append(tty_master)
-        stdio = (tty_slave, tty_slave, tty_slave)
-        outputs = {tty_master: "stdout"}
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        outputs = {}
     else:
         out_r, out_w = os.pipe()
         e_r, e_w = os.pipe()
@@ -204,9 +207,13 @@ def launch(
         os.close(err_r)
         for fd in parent_fds:
             os.close(fd)
-        _child(kernel, spec, bundle, go_r, err_w, stdio, tty_slave, parent_bound)
+        if parent_sock is not None:
+            parent_sock.close()
+        _child(kernel, spec, bundle, go_r, err_w, stdio, child_sock, parent_bound)
     for fd in child_fds:
         os.close(fd)
+    if child_sock is not None:
+        child_sock.close()
     try:
         if "user" in spec.namespaces:
             uid_maps, gid_maps, helpers = namespaces.rootless_maps(os.getuid(), os.getgid())
@@ -221,6 +228,14 @@ def launch(
         os.close(err_r)
         raise
     os.close(go_w)  # in its cgroup: the child may exec
+    tty_master = None
+    if parent_sock is not None:
+        tty_master = console.recv_fd(parent_sock)  # None: the child failed before
+        parent_sock.close()
+        if tty_master is not None:
+            console.copy_size(0, tty_master)
+            outputs = {tty_master: "stdout"}
+            parent_fds.append(tty_master)
     report = b""
     while chunk := os.read(err_r, 4096):
         report += chunk
