@@ -59,7 +59,8 @@ $(STAMP): pyproject.toml
 	    echo "+ $(PYTHON) -m venv $(VENV)"; \
 	    rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); \
 	fi
-	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[notebooks,test]'
+	$(BIN)/python -m pip install $(PIP_FLAGS) --config-settings editable_mode=compat -e '.[notebooks,test]'
+	$(BIN)/python -m compileall -q minicontainer >/dev/null
 	@touch $@
 
 # Idempotent, and fast once the images are there.

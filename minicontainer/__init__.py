@@ -6,7 +6,7 @@ loads nothing until a name below is used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
 
 __version__ = "0.1.0"
 __all__ = ["Runtime", "UserError", "__version__"]
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .errors import UserError
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "Runtime":
         from .api import Runtime
 

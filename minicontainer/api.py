@@ -11,7 +11,6 @@ it owns the images and the containers).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from . import container as _c
@@ -76,6 +75,8 @@ class Runtime:
         stdin = None
         if input is not None:
             # A temporary file, not a pipe: no deadlock however large the input.
+            import tempfile
+
             tmp = tempfile.TemporaryFile()
             tmp.write(input.encode() if isinstance(input, str) else input)
             tmp.seek(0)

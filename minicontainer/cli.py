@@ -320,32 +320,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return worst
 
 
-# --- the parser
+# --- the parser: only the verb that runs gets its arguments built (startup time)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="minicontainer", description="A small but real container runtime.")
-    p.add_argument(
-        "--root",
-        help="state root (default /var/lib/minicontainer, rootless "
-        "$XDG_DATA_HOME/minicontainer; or $MINICONTAINER_ROOT)",
-    )
-    sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
-
-    def verb(name: str, func, help_: str, **kw) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
-        sp = sub.add_parser(name, help=help_, description=help_, **kw)
-        sp.set_defaults(func=func)
-        return sp
-
-    # -h is --hostname here, as in docker run; --help stays.
-    r = verb("run", cmd_run, "Create and run a new container from an image", add_help=False)
+def args_run(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--help", action="help", help="show this help")
     r.add_argument("--rm", action="store_true", help="remove the container when it exits")
     r.add_argument("-d", "--detach", action="store_true", help="run in the background, print id")
     r.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open")
     r.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
     r.add_argument("--name")
-    r.add_argument("-h", "--hostname")
-    r.add_argument("--help", action="help", help="show this help")
+    r.add_argument("-h", "--hostname")  # -h is --hostname here, as in docker run
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     r.add_argument("-w", "--workdir", metavar="DIR")
     r.add_argument("-u", "--user", metavar="UID[:GID]")
@@ -353,21 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 64m")
     r.add_argument("--cpus", help="CPU quota, e.g. 0.5")
     r.add_argument("--pids-limit", metavar="N")
-    r.add_argument("--network", default="none", choices=None, metavar="none|host")
+    r.add_argument("--network", default="none", metavar="none|host")
     r.add_argument("--entrypoint")
     r.add_argument("--init", action="store_true", help="run a tiny init as PID 1")
     r.add_argument("image")
     r.add_argument("command", nargs=argparse.REMAINDER)
 
-    s = verb("ps", cmd_ps, "List containers")
+
+def args_ps(s: argparse.ArgumentParser) -> None:
     s.add_argument("-a", "--all", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
 
-    s = verb("logs", cmd_logs, "Fetch the logs of a container")
+
+def args_logs(s: argparse.ArgumentParser) -> None:
     s.add_argument("-f", "--follow", action="store_true")
     s.add_argument("container")
 
-    s = verb("exec", cmd_exec, "Run a command in a running container")
+
+def args_exec(s: argparse.ArgumentParser) -> None:
     s.add_argument("-i", "--interactive", action="store_true")
     s.add_argument("-t", "--tty", action="store_true")
     s.add_argument("-e", "--env", action="append", default=[])
@@ -376,53 +364,132 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("container")
     s.add_argument("command", nargs=argparse.REMAINDER)
 
-    s = verb("stop", cmd_stop, "Stop running containers (stop signal, then SIGKILL)")
+
+def args_stop(s: argparse.ArgumentParser) -> None:
     s.add_argument("-t", "--time", type=float, default=10)
     s.add_argument("containers", nargs="+")
 
-    s = verb("kill", cmd_kill, "Send a signal to running containers")
+
+def args_kill(s: argparse.ArgumentParser) -> None:
     s.add_argument("-s", "--signal", default="SIGKILL")
     s.add_argument("containers", nargs="+")
 
-    s = verb("rm", cmd_rm, "Remove containers")
+
+def args_rm(s: argparse.ArgumentParser) -> None:
     s.add_argument("-f", "--force", action="store_true")
     s.add_argument("containers", nargs="+")
 
-    s = verb("inspect", cmd_inspect, "Low-level information on containers or images")
+
+def args_inspect(s: argparse.ArgumentParser) -> None:
     s.add_argument("-f", "--format")
     s.add_argument("names", nargs="+")
 
-    s = verb("stats", cmd_stats, "Memory, CPU and pids of running containers (from cgroups)")
+
+def args_stats(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-stream", action="store_true")
     s.add_argument("containers", nargs="*")
 
-    s = verb("images", cmd_images, "List images")
+
+def args_images(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true")
 
-    s = verb("rmi", cmd_rmi, "Remove images")
+
+def args_rmi(s: argparse.ArgumentParser) -> None:
     s.add_argument("-f", "--force", action="store_true")
     s.add_argument("images", nargs="+")
 
-    s = verb("import", cmd_import, "Make a one-layer image from a rootfs tarball")
+
+def args_import(s: argparse.ArgumentParser) -> None:
     s.add_argument("file", help="a tar or tar.gz file, or - for stdin")
     s.add_argument("reference", nargs="?", help="REPOSITORY[:TAG]")
 
-    s = verb("bootstrap", cmd_bootstrap, "Build the local base images from this machine")
+
+def args_bootstrap(s: argparse.ArgumentParser) -> None:
     s.add_argument("--force", action="store_true")
 
-    verb("check", cmd_check, "Say what this machine supports, and how to fix what is missing")
-    return p
+
+def args_none(s: argparse.ArgumentParser) -> None:
+    pass
+
+
+# verb -> (what it does, its arguments, its function)
+VERBS = {
+    "run": ("Create and run a new container from an image", args_run, cmd_run),
+    "ps": ("List containers", args_ps, cmd_ps),
+    "logs": ("Fetch the logs of a container", args_logs, cmd_logs),
+    "exec": ("Run a command in a running container", args_exec, cmd_exec),
+    "stop": ("Stop running containers (stop signal, then SIGKILL)", args_stop, cmd_stop),
+    "kill": ("Send a signal to running containers", args_kill, cmd_kill),
+    "rm": ("Remove containers", args_rm, cmd_rm),
+    "inspect": ("Low-level information on containers or images", args_inspect, cmd_inspect),
+    "stats": ("Memory, CPU and pids of running containers (from cgroups)", args_stats, cmd_stats),
+    "images": ("List images", args_images, cmd_images),
+    "rmi": ("Remove images", args_rmi, cmd_rmi),
+    "import": ("Make a one-layer image from a rootfs tarball", args_import, cmd_import),
+    "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
+    "check": (
+        "Say what this machine supports, and how to fix what is missing",
+        args_none,
+        cmd_check,
+    ),
+}
+
+USAGE = """usage: minicontainer [--root DIR] COMMAND [ARG...]
+
+A small but real container runtime.
+
+options:
+  --root DIR   state root (default /var/lib/minicontainer; rootless
+               $XDG_DATA_HOME/minicontainer; or $MINICONTAINER_ROOT)
+
+commands:
+"""
+
+
+def usage() -> str:
+    width = max(len(v) for v in VERBS)
+    lines = [f"  {verb.ljust(width)}  {help_}" for verb, (help_, _, _) in VERBS.items()]
+    return (
+        USAGE + "\n".join(lines) + "\n\nRun 'minicontainer COMMAND --help' for a command's options."
+    )
+
+
+def parse(argv: list[str]) -> argparse.Namespace | None:
+    """Global options, then the verb and its own arguments. None: help was shown."""
+    root = None
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        option = argv[i]
+        if option in ("-h", "--help"):
+            print(usage())
+            return None
+        if option == "--root" and i + 1 < len(argv):
+            root, i = argv[i + 1], i + 2
+        elif option.startswith("--root="):
+            root, i = option.partition("=")[2], i + 1
+        else:
+            raise UserError(f"unknown flag: {option}. See 'minicontainer --help'.")
+    if i == len(argv):
+        print(usage())
+        return None
+    verb = argv[i]
+    if verb not in VERBS:
+        raise UserError(f"'{verb}' is not a minicontainer command. See 'minicontainer --help'.")
+    help_, add_arguments, func = VERBS[verb]
+    parser = _Parser(prog=f"minicontainer {verb}", description=help_, add_help=verb != "run")
+    add_arguments(parser)
+    args = parser.parse_args(argv[i + 1 :])
+    args.root, args.verb, args.func = root, verb, func
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        if not getattr(args, "func", None):
-            parser.print_help()
+        args = parse(sys.argv[1:] if argv is None else argv)
+        if args is None:
             sys.exit(0)
-        if args.verb in ("exec",) and not args.command:
-            raise UserError(f"{args.verb}: requires a command")
+        if args.verb == "exec" and not args.command:
+            raise UserError("exec: requires a command")
         code = args.func(args)
     except UserError as e:
         print(f"minicontainer: {e}", file=sys.stderr)

@@ -10,9 +10,10 @@ SCM_RIGHTS ancillary data (man 7 unix, man 4 pts, man 2 ioctl_tty).
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py costs startup time and we need three calls
+import array
 import fcntl
 import os
-import socket
 import struct
 import termios
 
@@ -29,14 +30,22 @@ def new_pty() -> tuple[int, int]:
     return master, slave
 
 
-def send_fd(sock: socket.socket, fd: int) -> None:
-    socket.send_fds(sock, [b"pty"], [fd])
+def socketpair() -> tuple[_socket.socket, _socket.socket]:
+    return _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
 
 
-def recv_fd(sock: socket.socket) -> int | None:
+def send_fd(sock: _socket.socket, fd: int) -> None:
+    """Pass an open file descriptor to the process at the other end (SCM_RIGHTS)."""
+    sock.sendmsg([b"pty"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [fd]))])
+
+
+def recv_fd(sock: _socket.socket) -> int | None:
     """The fd the other side sent, or None if it closed the socket without one."""
-    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-    return fds[0] if fds else None
+    _, ancillary, _, _ = sock.recvmsg(16, _socket.CMSG_LEN(4))
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            return array.array("i", data[:4])[0]
+    return None
 
 
 def copy_size(from_fd: int, to_fd: int) -> None:

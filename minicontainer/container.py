@@ -13,10 +13,7 @@ import errno
 import json
 import os
 import re
-import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -90,12 +87,12 @@ class RunResult:
 
 
 def _random_name(taken: set[str]) -> str:
+    """adjective_scientist, as Docker names containers (digits added on a clash)."""
     while True:
-        name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NAMES)}"
-        if name not in taken:
-            return name
-        taken.discard(name)
-        name += f"{secrets.randbelow(100)}"
+        a, b, n = os.urandom(3)
+        name = f"{_ADJECTIVES[a % len(_ADJECTIVES)]}_{_NAMES[b % len(_NAMES)]}"
+        if name in taken:
+            name += str(n % 100)
         if name not in taken:
             return name
 
@@ -207,6 +204,8 @@ class Container:
         )
         # -S: no site-packages, so the shim imports only the standard library
         # modules it needs and stays small (it lives as long as the container).
+        import subprocess
+
         log = open(self.dir / "shim.log", "ab")
         subprocess.Popen(
             [sys.executable, "-S", "-c", code, str(self.root.root), self.id, str(ready_w)],
@@ -470,7 +469,7 @@ def _enter(
     devnull = os.open(os.devnull, os.O_RDWR)
     parent_sock = child_sock = None
     if spec.tty:  # the pty comes from the container's /dev/pts: see console.py
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_sock, child_sock = console.socketpair()
         stdio = (devnull, devnull, devnull)
         outputs: dict[int, str] = {}
         child_only = []
@@ -682,7 +681,7 @@ def create(
                 f'the container name "/{name}" is already in use by container "{taken[name]}". '
                 "You have to remove (or rename) that container to be able to reuse that name."
             )
-        container_id = secrets.token_hex(32)
+        container_id = os.urandom(32).hex()
         final_name = name or _random_name(set(taken))
         directory = root.container_dir(container_id)
         directory.mkdir()

@@ -13,13 +13,13 @@ root. Python 3.12 added os.unshare/os.setns; we still support 3.10, hence ctypes
 
 from __future__ import annotations
 
+# The C module, not `socket`: enough for one ioctl and quick to import. Imported
+# here, not lazily: after pivot_root the host's Python library is out of reach.
+import _socket
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
-import platform
-import socket
 import struct
 
 # --- constants from <sched.h>, <sys/mount.h>, <linux/prctl.h>, <linux/capability.h>
@@ -101,7 +101,7 @@ class Kernel:
         self._libc = ctypes.CDLL(None, use_errno=True)
         # clone must run with the GIL held, like os.fork: PyDLL does not release it.
         self._libc_gil = ctypes.PyDLL(None, use_errno=True)
-        self._nr = _SYSCALLS.get(platform.machine(), {})
+        self._nr = _SYSCALLS.get(os.uname().machine, {})
 
     # -- namespaces: unshare(2), setns(2), clone(2)
 
@@ -141,7 +141,7 @@ class Kernel:
 
     def _fork_unshare(self, flags: int) -> int:
         if flags & CLONE_NEWPID:
-            raise OSError(errno.ENOSYS, f"clone: unknown syscall number on {platform.machine()}")
+            raise OSError(errno.ENOSYS, f"clone: unknown syscall number on {os.uname().machine}")
         pid = os.fork()
         if pid == 0:
             self.unshare(flags)
@@ -231,10 +231,13 @@ class Kernel:
     def set_link_up(self, ifname: str = "lo") -> None:
         """Bring an interface up with SIOCGIFFLAGS/SIOCSIFFLAGS (man 7 netdevice)."""
         siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        try:
             req = struct.pack("16sh22x", ifname.encode(), 0)
             flags = struct.unpack("16sh22x", fcntl.ioctl(s, siocgifflags, req))[1]
             fcntl.ioctl(s, siocsifflags, struct.pack("16sh22x", ifname.encode(), flags | iff_up))
+        finally:
+            s.close()
 
 
 _kernel: Kernel | None = None

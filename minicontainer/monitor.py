@@ -16,7 +16,6 @@ import errno
 import json
 import os
 import select
-import shutil
 import signal
 import sys
 import time
@@ -48,6 +47,8 @@ def write_atomic(path: str, data: str | bytes) -> None:
 def rmtree(path: str) -> None:
     """shutil.rmtree that also gets through overlayfs's mode-000 work directory
     when we are not root (the owner may always chmod)."""
+    import shutil
+
     try:
         shutil.rmtree(path)
         return

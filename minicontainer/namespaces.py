@@ -12,12 +12,14 @@ exactly when those links name the same inode.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import kernel as k
+
+if TYPE_CHECKING:
+    from subprocess import CompletedProcess
 
 # Name in /proc/PID/ns -> clone flag. The order is the order setns(2) joins them
 # in: the user namespace first, so we hold capabilities in the others.
@@ -104,7 +106,9 @@ def rootless_maps(uid: int, gid: int) -> tuple[list[IdMap], list[IdMap], bool]:
         user = str(uid)
     sub_u = _subordinate("/etc/subuid", user, uid)
     sub_g = _subordinate("/etc/subgid", user, uid)
-    helpers = shutil.which("newuidmap") and shutil.which("newgidmap")
+    from shutil import which
+
+    helpers = which("newuidmap") and which("newgidmap")
     if sub_u and sub_g and helpers:
         return (
             [IdMap(0, uid, 1), IdMap(1, sub_u[0], sub_u[1])],
@@ -122,6 +126,8 @@ def write_id_maps(pid: int, uid_maps: list[IdMap], gid_maps: list[IdMap], helper
     setuid helpers that may map the ranges /etc/subuid grants.
     """
     if helpers:
+        import subprocess
+
         for tool, maps in (("newuidmap", uid_maps), ("newgidmap", gid_maps)):
             args = [str(n) for m in maps for n in (m.inside, m.outside, m.count)]
             subprocess.run([tool, str(pid), *args], check=True, capture_output=True)
@@ -169,7 +175,7 @@ def run_in(
     kernel: k.Kernel | None = None,
     hostname: str | None = None,
     timeout: float = 30,
-) -> subprocess.CompletedProcess[str]:
+) -> CompletedProcess[str]:
     """Run a host command in new namespaces, like ``unshare --NAME... argv``.
 
     No image, no new root: only the namespaces change, so the same command shows
@@ -227,4 +233,6 @@ def run_in(
         os.close(out_r)
         _, status = os.waitpid(pid, 0)
     output = b"".join(chunks).decode(errors="replace")
-    return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), output, "")
+    from subprocess import CompletedProcess
+
+    return CompletedProcess(argv, os.waitstatus_to_exitcode(status), output, "")

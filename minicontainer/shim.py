@@ -30,18 +30,19 @@ import errno
 import json
 import os
 import signal
-import socket
 import sys
-import termios
-import tty as ttymod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import cgroups, console, monitor, namespaces, rootfs, security
 from . import kernel as k
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UserError
 from .spec import Spec, parse_signal
 from .state import State, StateRoot, now, process_start_time
+
+if TYPE_CHECKING:
+    import _socket
 
 FORWARDED = monitor.FORWARDED
 
@@ -109,7 +110,7 @@ def _child(
     go_r: int,
     err_w: int,
     stdio: tuple[int, int, int] | None,
-    console_sock: socket.socket | None,
+    console_sock: _socket.socket | None,
     parent_bound: bool,
 ) -> None:
     code = EXIT_RUNTIME
@@ -190,7 +191,7 @@ def launch(
     stdio: tuple[int, int, int] | None = None
     parent_sock = child_sock = None
     if spec.tty:
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_sock, child_sock = console.socketpair()
         outputs = {}
     else:
         out_r, out_w = os.pipe()
@@ -340,8 +341,11 @@ def raw_terminal(fd: int) -> list | None:
     """Put our terminal in raw mode for ``-t`` (keys go straight to the container)."""
     if not os.isatty(fd):
         return None
+    import termios
+    import tty
+
     saved = termios.tcgetattr(fd)
-    ttymod.setraw(fd)
+    tty.setraw(fd)
     return saved
 
 

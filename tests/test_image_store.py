@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from minicontainer.errors import Conflict, ImageNotFound, NotSupported, UserError
-from minicontainer.image import store as store_mod
 from minicontainer.image.bootstrap import BUSYBOX_REF, HELLO_REF, bootstrap, is_static_elf
 from minicontainer.image.layer import LayerEntry, write_layer
 from minicontainer.image.oci import (
@@ -239,7 +238,9 @@ def test_interrupted_writes_leave_store_valid(store: ImageStore, tmp_path: Path)
 
 
 def _layer_dirs_in_child(root: str, ref: str, log: str) -> None:
-    real = store_mod.apply_layer
+    from minicontainer.image import layer as layer_mod
+
+    real = layer_mod.apply_layer
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         with open(log, "a") as f:
@@ -247,7 +248,7 @@ def _layer_dirs_in_child(root: str, ref: str, log: str) -> None:
         time.sleep(0.3)  # widen the race window
         return real(*args, **kwargs)
 
-    store_mod.apply_layer = counting  # type: ignore[assignment]
+    layer_mod.apply_layer = counting  # type: ignore[assignment]  # store imports it when unpacking
     s = ImageStore(root)
     s.layer_dirs(s.resolve(ref))
 

@@ -1,63 +1,7 @@
-"""OCI images: format helpers, layer tarballs, the local store and the bootstrap images."""
+"""OCI images: format helpers (oci), layer tarballs (layer), the local store
+(store) and the bootstrap images (bootstrap).
 
-from minicontainer.image.bootstrap import bootstrap, find_busybox, is_static_elf
-from minicontainer.image.layer import (
-    LayerEntry,
-    UnsafeLayer,
-    apply_layer,
-    apply_layers,
-    write_layer,
-)
-from minicontainer.image.oci import (
-    ANNOTATION_REF_NAME,
-    MEDIA_TYPE_DOCKER_CONFIG,
-    MEDIA_TYPE_DOCKER_LAYER_GZIP,
-    MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_DOCKER_MANIFEST_LIST,
-    MEDIA_TYPE_OCI_CONFIG,
-    MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_LAYER,
-    MEDIA_TYPE_OCI_LAYER_GZIP,
-    MEDIA_TYPE_OCI_MANIFEST,
-    Descriptor,
-    InvalidDigest,
-    Manifest,
-    chain_ids,
-    host_platform,
-    sha256_bytes,
-    sha256_file,
-)
-from minicontainer.image.store import Image, ImageStore, ImageSummary, normalize_ref, split_ref
-
-__all__ = [
-    "ANNOTATION_REF_NAME",
-    "MEDIA_TYPE_DOCKER_CONFIG",
-    "MEDIA_TYPE_DOCKER_LAYER_GZIP",
-    "MEDIA_TYPE_DOCKER_MANIFEST",
-    "MEDIA_TYPE_DOCKER_MANIFEST_LIST",
-    "MEDIA_TYPE_OCI_CONFIG",
-    "MEDIA_TYPE_OCI_INDEX",
-    "MEDIA_TYPE_OCI_LAYER",
-    "MEDIA_TYPE_OCI_LAYER_GZIP",
-    "MEDIA_TYPE_OCI_MANIFEST",
-    "Descriptor",
-    "Image",
-    "ImageStore",
-    "ImageSummary",
-    "InvalidDigest",
-    "LayerEntry",
-    "Manifest",
-    "UnsafeLayer",
-    "apply_layer",
-    "apply_layers",
-    "bootstrap",
-    "chain_ids",
-    "find_busybox",
-    "host_platform",
-    "is_static_elf",
-    "normalize_ref",
-    "sha256_bytes",
-    "sha256_file",
-    "split_ref",
-    "write_layer",
-]
+Import the submodule you need (``from minicontainer.image.store import
+ImageStore``): this package imports nothing eagerly, so ``minicontainer run``
+does not pay for tarfile and gzip until a layer must be unpacked.
+"""

@@ -10,9 +10,8 @@ manifest bytes are kept so nothing is ever re-serialized before hashing.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -58,11 +57,15 @@ def digest_hex(digest: str) -> str:
 
 
 def sha256_bytes(data: bytes) -> str:
+    import hashlib
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def sha256_stream(f: IO[bytes]) -> tuple[str, int]:
     """Digest and size of everything readable from `f`, read in chunks."""
+    import hashlib
+
     h = hashlib.sha256()
     size = 0
     while chunk := f.read(_CHUNK):
@@ -113,7 +116,7 @@ _GOARCH = {
 
 def host_platform() -> dict[str, str]:
     """The host as an OCI platform object (GOOS/GOARCH names, config.md)."""
-    machine = platform.machine()
+    machine = os.uname().machine
     arch, variant = _GOARCH.get(machine, (machine, None))
     plat = {"architecture": arch, "os": "linux"}
     if variant:

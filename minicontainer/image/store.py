@@ -19,15 +19,11 @@ Readers take no lock: index.json is only ever replaced whole.
 
 from __future__ import annotations
 
-import copy
 import fcntl
-import gzip
 import json
 import os
 import re
 import sys
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,13 +34,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from minicontainer.errors import Conflict, ImageNotFound, UserError
-from minicontainer.image.layer import (
-    GZIP_LEVEL,
-    _HashWriter,
-    apply_layer,
-    open_uncompressed,
-    rmtree,
-)
 from minicontainer.image.oci import (
     ANNOTATION_REF_NAME,
     INDEX_MEDIA_TYPES,
@@ -241,6 +230,8 @@ class ImageStore:
                     self._lock_fd = None
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -300,6 +291,10 @@ class ImageStore:
     ) -> tuple[str, int]:
         """Store everything readable from `src` as a blob, verifying `expected_digest`
         (when given) before the blob becomes visible. Returns (digest, size)."""
+        import tempfile
+
+        from minicontainer.image.layer import _HashWriter
+
         fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=self.blobs)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -327,6 +322,11 @@ class ImageStore:
 
     def _put_layer(self, path: Path) -> tuple[Descriptor, str]:
         """Store a layer tarball as a gzip blob; returns (descriptor, diff_id)."""
+        import gzip
+        import tempfile
+
+        from minicontainer.image.layer import GZIP_LEVEL, _HashWriter
+
         with open(path, "rb") as f:
             compressed = f.read(2) == b"\x1f\x8b"
         if compressed:
@@ -473,6 +473,8 @@ class ImageStore:
         """Unpacked layer directories, TOP FIRST (overlayfs `lowerdir=a:b:c` order).
         Missing layers are unpacked on demand from their verified blobs, under the
         store lock, so concurrent callers unpack each layer once."""
+        from minicontainer.image.layer import apply_layer
+
         dirs = [self.layers_dir / digest_hex(c) for c in image.chain_ids]
         if not all(d.is_dir() for d in dirs):
             with self._lock():
@@ -509,6 +511,8 @@ class ImageStore:
         """Store an image made of layer tarballs (gzip or plain; plain ones are
         gzipped deterministically) and `config` (rootfs.diff_ids is filled in, and
         `history` when given); tag it `ref` (moving the tag if it existed)."""
+        import copy
+
         with self._lock():
             descs: list[Descriptor] = []
             diff_ids: list[str] = []
@@ -589,6 +593,11 @@ class ImageStore:
         stdin, or "-" for stdin) becomes a one-layer image. `changes` are image config
         keys (Cmd, Env, Entrypoint, WorkingDir, User, Labels, ExposedPorts, ...); a
         string Cmd or Entrypoint is shell form (`/bin/sh -c ...`)."""
+        import tarfile
+        import tempfile
+
+        from minicontainer.image.layer import open_uncompressed
+
         if isinstance(src, str) and src == "-":
             src = sys.stdin.buffer  # `minicontainer import - ref`, as docker does
         fd, tmp = tempfile.mkstemp(prefix=".import.tmp-", dir=self.blobs)
@@ -748,6 +757,10 @@ class ImageStore:
         return out
 
     def _remove_layer_dir(self, chain_id: str) -> None:
+        import tempfile
+
+        from minicontainer.image.layer import rmtree
+
         d = self.layers_dir / digest_hex(chain_id)
         if d.exists():
             # Move aside first: a half-deleted dir never shows under its ChainID.
@@ -758,6 +771,8 @@ class ImageStore:
     def gc(self) -> list[str]:
         """Remove blobs and unpacked layers no index entry uses, and temp files left
         by interrupted writes (older than an hour, so running writers are safe)."""
+        from minicontainer.image.layer import rmtree
+
         removed: list[str] = []
         with self._lock():
             blobs, chains = self._referenced(self._read_index())
