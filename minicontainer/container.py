@@ -31,7 +31,7 @@ from .errors import (
 )
 from .monitor import rmtree
 from .spec import NETWORK_MODES, Spec, parse_env, parse_signal, parse_user, parse_volume
-from .state import State, StateRoot, now, process_start_time
+from .state import State, StateRoot, now
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 _ADJECTIVES = (
@@ -154,12 +154,15 @@ class Container:
     def state(self) -> State:
         """The recorded state, corrected by the kernel's truth (``ps`` after a crash)."""
         state = self.root.read_state(self.id)
-        if state.status == "running" and not state.alive():
-            if process_start_time(state.shim_pid) is None or not _is_our_shim(state):
-                state.status = "exited"
-                state.error = state.error or "the container's supervisor died; exit code unknown"
-                state.finished_at = state.finished_at or now()
-                self.root.write_state(self.id, state)
+        if state.status == "running" and not state.alive() and not state.supervised():
+            # Its supervisor died before it could record the end: say so, and
+            # free the cgroup (everything else is for `rm`).
+            state.status = "exited"
+            state.error = state.error or "the container's supervisor died; exit code unknown"
+            state.finished_at = state.finished_at or now()
+            self.root.write_state(self.id, state)
+            if self.spec.cgroup and (cg := cgroups.Cgroup.open(self.spec.cgroup)) is not None:
+                cg.remove()
         return state
 
     def running(self) -> bool:
@@ -435,14 +438,6 @@ class Container:
                 user, [str(self.dir / "upper"), *spec.lowerdirs]
             )
         return _enter(self.root, exec_spec, state.pid, stdin=stdin, sink=sink, tty_stdin=tty_stdin)
-
-
-def _is_our_shim(state: State) -> bool:
-    try:
-        with open(f"/proc/{state.shim_pid}/cmdline", "rb") as f:
-            return b"minicontainer" in f.read()
-    except OSError:
-        return False
 
 
 def _enter(

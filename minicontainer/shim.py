@@ -292,6 +292,7 @@ def mark_running(root: StateRoot, spec: Spec, pid: int) -> State:
     state.pid = pid
     state.pid_start = process_start_time(pid) or 0
     state.shim_pid = os.getpid()
+    state.shim_start = process_start_time(state.shim_pid) or 0
     state.started_at = now()
     root.write_state(spec.id, state)
     return state

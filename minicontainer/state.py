@@ -39,13 +39,17 @@ def default_root() -> Path:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: tells a process from a later one that reused its pid."""
+    """Field 22 of /proc/PID/stat: tells a process from a later one that reused its
+    pid. None when there is no such process, or only its zombie (man 5 proc)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    return int(data[data.rindex(b")") + 2 :].split()[19])
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # exited, waiting to be reaped
+        return None
+    return int(fields[19])
 
 
 @dataclass
@@ -54,6 +58,7 @@ class State:
     pid: int = 0  # the container's PID 1, as the host sees it
     pid_start: int = 0
     shim_pid: int = 0  # the supervising process (the CLI in the foreground)
+    shim_start: int = 0
     exit_code: int | None = None
     oom_killed: bool = False
     error: str = ""
@@ -63,6 +68,10 @@ class State:
     def alive(self) -> bool:
         """Is the container's PID 1 still the process we started?"""
         return bool(self.pid) and process_start_time(self.pid) == self.pid_start
+
+    def supervised(self) -> bool:
+        """Is the process that will record the container's end still there?"""
+        return bool(self.shim_pid) and process_start_time(self.shim_pid) == self.shim_start
 
 
 class StateRoot:
