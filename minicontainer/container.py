@@ -636,6 +636,11 @@ def create(
             chosen.append("user")
     elif namespaces_ is None:
         chosen.remove("user")  # like Docker: root in the container is root (no userns-remap)
+    if "user" in chosen and "pid" not in chosen:
+        raise UserError(
+            "a user namespace without a PID namespace cannot mount its own /proc "
+            "(the kernel wants the user namespace to own the PID namespace): add 'pid'"
+        )
     if network == "host" and "net" in chosen:
         chosen.remove("net")
     chosen = [n for n in namespaces.ALL if n in chosen]

@@ -103,7 +103,7 @@ def mount_proc(kernel: k.Kernel, root: str) -> None:
     kernel.mount("proc", target, "proc", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC)
 
 
-def mount_dev(kernel: k.Kernel, root: str, rootless: bool) -> None:
+def mount_dev(kernel: k.Kernel, root: str, userns: bool) -> None:
     """A tmpfs /dev holding only the devices a program expects.
 
     The device files are bind mounts of the host's own nodes: the same
@@ -119,7 +119,8 @@ def mount_dev(kernel: k.Kernel, root: str, rootless: bool) -> None:
     pts = os.path.join(dev, "pts")
     _mkdirs(pts)
     # A private devpts instance: the container sees only its own terminals.
-    pts_opts = "newinstance,ptmxmode=0666,mode=0620" + ("" if rootless else ",gid=5")
+    # gid 5 (tty) exists only when ids are not remapped by a user namespace.
+    pts_opts = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
     kernel.mount("devpts", pts, "devpts", k.MS_NOSUID | k.MS_NOEXEC, pts_opts)
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     shm = os.path.join(dev, "shm")
@@ -216,7 +217,7 @@ def setup(kernel: k.Kernel, spec: Spec, bundle: str) -> None:
     root = mount_overlay(kernel, spec, bundle)
     bind_volumes(kernel, spec, root)
     mount_proc(kernel, root)
-    mount_dev(kernel, root, spec.rootless)
+    mount_dev(kernel, root, "user" in spec.namespaces)
     mount_sys(kernel, root, own_netns=spec.network != "host")
     bind_etc_files(kernel, root, bundle)
     pivot(kernel, root)

@@ -39,7 +39,7 @@ class NamespaceToggle:
             name: w.Checkbox(
                 value=name in default,
                 description=name,
-                description_tooltip=ns.DESCRIPTIONS[name],
+                tooltip=ns.DESCRIPTIONS[name],
                 indent=False,
                 layout=w.Layout(width="90px"),
             )
@@ -72,7 +72,7 @@ class NamespaceToggle:
 
         names = self.names
         rt = self.rt if MODES[self.mode.value] == "container" else None
-        self.output.clear_output()
+        self.output.outputs = ()  # clear_output() only works inside a running cell
         self.button.disabled = True
         try:
             views = experiments.look_around(names, rt)
