@@ -457,7 +457,7 @@ def _enter(
     kernel = k.real()
     fds = {
         name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        for name in namespaces.ALL
+        for name in namespaces.FLAGS  # the user namespace first: it grants the rest
         if name in spec.namespaces
     }
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -502,6 +502,7 @@ def _enter(
                 security.drop_capabilities(kernel)
                 kernel.set_ids(spec.uid, spec.gid, spec.groups)
                 security.set_no_new_privs(kernel)
+                shim._close_other_fds(keep=err_w)
                 shim._exec(spec)
             os.close(err_w)
             for fd in (*child_only, devnull):

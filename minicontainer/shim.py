@@ -61,12 +61,23 @@ def cgroup_name(container_id: str) -> str:
 # --- the child: runs between clone() and execve()
 
 
+class ExecError(OSError):
+    """execve(2) of the user's command failed: Docker's 126 or 127, not 125."""
+
+
 def _exit_code_for(error: OSError) -> int:
+    if not isinstance(error, ExecError):
+        return EXIT_RUNTIME  # a mount, setns, ... failed: the runtime's fault
     if error.errno == errno.ENOENT:
         return EXIT_NOT_FOUND
-    if error.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR):
-        return EXIT_NOT_EXECUTABLE
-    return EXIT_RUNTIME
+    return EXIT_NOT_EXECUTABLE
+
+
+def _close_other_fds(keep: int) -> None:
+    """Nothing of ours may leak into the container but stdio (and the close-on-exec
+    error pipe): an inherited pipe would also keep `run -d` waiting for EOF."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
 
 
 def _exec(spec: Spec) -> None:
@@ -79,7 +90,7 @@ def _exec(spec: Spec) -> None:
             message = f'exec: "{argv[0]}": executable file not found in $PATH'
         else:
             message = f'exec: "{argv[0]}": {os.strerror(e.errno or 0).lower()}'
-        raise OSError(e.errno, message) from None
+        raise ExecError(e.errno, message) from None
 
 
 def _run_init(spec: Spec, err_w: int) -> None:
@@ -145,6 +156,7 @@ def _child(
         security.drop_capabilities(kernel)
         kernel.set_ids(spec.uid, spec.gid, spec.groups)
         security.set_no_new_privs(kernel)
+        _close_other_fds(keep=err_w)
         if spec.init:
             _run_init(spec, err_w)
         _exec(spec)
