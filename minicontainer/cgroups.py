@@ -35,10 +35,11 @@ import re
 import signal
 import stat
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from minicontainer.errors import NotSupported, UserError
+
+from .record import Record
 
 # The controllers a container uses. cpuacct only exists on v1 (v2's cpu.stat
 # has the usage); v2 has no separate accounting controller.
@@ -55,8 +56,7 @@ V1_UNLIMITED = 1 << 62  # v1 reports "no limit" as a huge page-aligned number
 # --------------------------------------------------------------------------
 
 
-@dataclass
-class Limits:
+class Limits(Record):
     memory: int | None = None  # bytes
     cpus: float | None = None  # number of CPUs, may be fractional
     pids: int | None = None  # maximum number of processes (and threads)
@@ -125,12 +125,11 @@ def _human_bytes(n: int) -> str:
 # --------------------------------------------------------------------------
 
 
-@dataclass
-class CgroupSetup:
+class CgroupSetup(Record):
     version: int | None  # 1, 2, or None when no usable cgroup filesystem is mounted
     # v1: controller -> its hierarchy's mount point (co-mounted ones share a path).
     # v2: controller -> the directory under which we create groups (all the same).
-    mounts: dict[str, Path] = field(default_factory=dict)
+    mounts: dict[str, Path] = {}
     # v2 only: where our groups go. fs_root as root; a delegated subtree rootless.
     base: Path | None = None
     can_create: bool = False
@@ -338,8 +337,7 @@ def detect(
 # --------------------------------------------------------------------------
 
 
-@dataclass
-class Stats:
+class Stats(Record):
     memory_usage: int | None  # bytes in use now (page cache included, like Docker)
     memory_limit: int | None  # None: no limit
     memory_max_usage: int | None  # the peak; None where the kernel does not say

@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import cgroups, console, namespaces, rootfs, security, shim
@@ -30,6 +29,7 @@ from .errors import (
     UserError,
 )
 from .monitor import rmtree
+from .record import Record
 from .spec import NETWORK_MODES, Spec, parse_env, parse_signal, parse_user, parse_volume
 from .state import State, StateRoot, now
 
@@ -74,8 +74,7 @@ _NAMES = (
 )
 
 
-@dataclass
-class RunResult:
+class RunResult(Record):
     """What a foreground run returns to Python: its exit and its output."""
 
     id: str

@@ -12,12 +12,12 @@ exactly when those links name the same inode.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import kernel as k
+from .record import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
 if TYPE_CHECKING:
     from subprocess import CompletedProcess
 
@@ -66,9 +66,10 @@ def inodes(pid: int | str = "self", names: tuple[str, ...] = ALL) -> dict[str, s
 # --- user namespace id maps (man 7 user_namespaces, "User and group ID mappings")
 
 
-@dataclass(frozen=True)
-class IdMap:
+class IdMap(Record):
     """One line of /proc/PID/uid_map: ``inside`` .. ``inside+count`` is ``outside`` .. outside."""
+
+    _frozen = True
 
     inside: int
     outside: int

@@ -32,23 +32,22 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from . import cgroups, console, monitor, namespaces, rootfs, security
 from . import kernel as k
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UserError
+from .record import Record
 from .spec import Spec, parse_signal
 from .state import State, StateRoot, now, process_start_time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
 if TYPE_CHECKING:
     import _socket
 
 FORWARDED = monitor.FORWARDED
 
 
-@dataclass
-class Launched:
+class Launched(Record):
     pid: int
     outputs: dict[int, str]  # fd -> stream name ("stdout", "stderr"; a tty is "stdout")
     tty_master: int | None = None

@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .record import Record
 
 NETWORK_MODES = ("none", "host")
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     """A bind mount from the host into the container (``-v HOST:CTR[:ro]``)."""
 
     source: str
@@ -26,8 +25,7 @@ class Mount:
     readonly: bool = False
 
 
-@dataclass
-class Spec:
+class Spec(Record):
     id: str
     name: str
     image: str  # the reference the user typed
@@ -37,16 +35,16 @@ class Spec:
     cwd: str = "/"
     uid: int = 0
     gid: int = 0
-    groups: list[int] = field(default_factory=list)
+    groups: list[int] = []
     user: str = ""  # as typed, for inspect
     hostname: str = ""
-    mounts: list[Mount] = field(default_factory=list)
+    mounts: list[Mount] = []
     memory: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
     cgroup: str = ""  # its name under each hierarchy, "" when it runs without one
     network: str = "none"
-    namespaces: list[str] = field(default_factory=list)
+    namespaces: list[str] = []
     tty: bool = False
     interactive: bool = False
     init: bool = False
@@ -54,17 +52,17 @@ class Spec:
     auto_remove: bool = False
     detach: bool = False
     stop_signal: str = "SIGTERM"
-    lowerdirs: list[str] = field(default_factory=list)  # image layers, top first
+    lowerdirs: list[str] = []  # image layers, top first
     created: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(self.as_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> Spec:
         data = json.loads(text)
         data["mounts"] = [Mount(**m) for m in data.get("mounts", [])]
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls._fields)
         return cls(**{key: value for key, value in data.items() if key in known})
 
 

@@ -23,10 +23,10 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .monitor import now, write_atomic  # noqa: F401 - re-exported
+from .record import Record
 
 
 def default_root() -> Path:
@@ -52,8 +52,7 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-@dataclass
-class State:
+class State(Record):
     status: str = "created"  # created | running | exited
     pid: int = 0  # the container's PID 1, as the host sees it
     pid_start: int = 0
@@ -104,7 +103,7 @@ class StateRoot:
             data = json.loads((self.container_dir(container_id) / "state.json").read_text())
         except (OSError, ValueError):
             return State()
-        return State(**{k: v for k, v in data.items() if k in State.__dataclass_fields__})
+        return State(**{k: v for k, v in data.items() if k in State._fields})
 
     def write_state(self, container_id: str, state: State) -> None:
-        write_atomic(self.container_dir(container_id) / "state.json", json.dumps(asdict(state)))
+        write_atomic(self.container_dir(container_id) / "state.json", json.dumps(state.as_dict()))

@@ -14,11 +14,14 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
 from minicontainer.errors import UserError
+from minicontainer.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 # media-types.md
 MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -57,9 +60,16 @@ def digest_hex(digest: str) -> str:
 
 
 def sha256_bytes(data: bytes) -> str:
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    """For small blobs (manifests, configs), read on every `run`: CPython's own
+    sha256 loads in a fraction of the time hashlib takes to load OpenSSL."""
+    try:
+        from _sha256 import sha256  # CPython <= 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[no-redef]  # CPython 3.12+
+        except ImportError:
+            from hashlib import sha256
+    return "sha256:" + sha256(data).hexdigest()
 
 
 def sha256_stream(f: IO[bytes]) -> tuple[str, int]:
@@ -124,15 +134,17 @@ def host_platform() -> dict[str, str]:
     return plat
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(Record):
     """descriptor.md: what a blob is, its digest and its exact size."""
+
+    _frozen = True
 
     media_type: str
     digest: str
     size: int
-    annotations: dict[str, str] = field(default_factory=dict, compare=False)
-    platform: dict[str, Any] | None = field(default=None, compare=False)
+    annotations: dict[str, str] = {}
+    platform: dict[str, Any] | None = None
+    _compare = ("media_type", "digest", "size")  # what identifies a blob
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Descriptor:
@@ -169,16 +181,18 @@ class Descriptor:
         return self.annotations.get(ANNOTATION_REF_NAME)
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Record):
     """manifest.md: one image = a config descriptor and ordered layer descriptors
     (base layer first). `raw` holds the exact bytes the digest was computed over."""
+
+    _frozen = True
 
     raw: bytes
     media_type: str
     config: Descriptor
     layers: tuple[Descriptor, ...]
-    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+    annotations: dict[str, str] = {}
+    _compare = ("raw", "media_type", "config", "layers")
 
     @property
     def digest(self) -> str:

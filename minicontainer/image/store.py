@@ -28,10 +28,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
 
 from minicontainer.errors import Conflict, ImageNotFound, UserError
 from minicontainer.image.oci import (
@@ -53,6 +51,11 @@ from minicontainer.image.oci import (
     sha256_bytes,
     sha256_file,
 )
+from minicontainer.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 _CHUNK = 1 << 20
 _STALE_TEMP_SECONDS = 3600
@@ -108,10 +111,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(Record):
     """One image as resolved from the store. `id` is the config digest (Docker's
     image ID); lists are ordered base layer first, like the manifest."""
+
+    _frozen = True
 
     ref: str
     manifest_digest: str
@@ -122,8 +126,8 @@ class Image:
     layer_digests: list[str]
     size: int
     created: str
-    layers: list[Descriptor] = field(default_factory=list)
-    repo_tags: list[str] = field(default_factory=list)
+    layers: list[Descriptor] = []
+    repo_tags: list[str] = []
 
     @property
     def _c(self) -> dict[str, Any]:
@@ -170,9 +174,10 @@ class Image:
         return self.config.get("os", "")
 
 
-@dataclass(frozen=True)
-class ImageSummary:
+class ImageSummary(Record):
     """One row of `minicontainer images`."""
+
+    _frozen = True
 
     repository: str
     tag: str
@@ -473,10 +478,10 @@ class ImageStore:
         """Unpacked layer directories, TOP FIRST (overlayfs `lowerdir=a:b:c` order).
         Missing layers are unpacked on demand from their verified blobs, under the
         store lock, so concurrent callers unpack each layer once."""
-        from minicontainer.image.layer import apply_layer
-
         dirs = [self.layers_dir / digest_hex(c) for c in image.chain_ids]
         if not all(d.is_dir() for d in dirs):
+            from minicontainer.image.layer import apply_layer  # tarfile: only when unpacking
+
             with self._lock():
                 for desc, diff_id, d in zip(image.layers, image.diff_ids, dirs, strict=True):
                     if not d.is_dir():
