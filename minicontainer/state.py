@@ -80,7 +80,11 @@ class StateRoot:
         self.images = self.root / "images"
 
     def ensure(self) -> None:
-        self.containers.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            # 0700 like Docker's 0710 /var/lib/docker: the image layers below hold
+            # setuid binaries that no other host user may reach and run.
+            self.root.mkdir(parents=True, mode=0o700)
+        self.containers.mkdir(exist_ok=True)
 
     @contextmanager
     def lock(self) -> Iterator[None]:

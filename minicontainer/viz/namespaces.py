@@ -180,11 +180,13 @@ class NamespaceTable:
         return out
 
     def __str__(self) -> str:
-        rows = self.rows()
+        # PIDs change length from run to run: they go last, so that no column
+        # after them shifts (nbval compares this text once PIDs are sanitized).
+        m = self.map
+        rows = [["process", *m.names, ""]]
+        for label, row in zip(m.labels, self.rows()[1:], strict=True):
+            rows.append([label, *row[1:], f"pid {m.pids[label]}"])
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        # PIDs change length from run to run: size the first column for 7 digits
-        # (pid_max is at most 4194304), so the text is the same once sanitized.
-        widths[0] = max([len(rows[0][0])] + [len(f"{x} (pid 1234567)") for x in self.map.labels])
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
         return "\n".join(line.rstrip() for line in lines)
 
