@@ -32,6 +32,7 @@ class Runtime:
         if self._store is None:
             from .image.store import ImageStore
 
+            self.state.ensure()  # the state root first, with its own (tight) mode
             self._store = ImageStore(self.state.images)
         return self._store
 
@@ -119,6 +120,92 @@ class Runtime:
 
     def import_image(self, tarball: str | Path, ref: str | None = None):  # type: ignore[no-untyped-def]
         return self.store.import_tar(tarball, ref)
+
+    def tag(self, source: str, target: str):  # type: ignore[no-untyped-def]
+        """Give an image another name (``docker tag``)."""
+        return self.store.tag(source, target)
+
+    # -- layers: commit, diff, history (image/commit.py)
+
+    def commit(
+        self,
+        container: str,
+        ref: str | None = None,
+        *,
+        message: str = "",
+        author: str = "",
+        changes: list[str] | None = None,
+    ):  # type: ignore[no-untyped-def]
+        """The container's R/W layer becomes a new layer on top of its image."""
+        from .image import commit
+
+        return commit.commit(
+            self,
+            self.container(container),
+            ref,
+            message=message,
+            author=author,
+            changes=changes or [],
+        )
+
+    def diff(self, container: str) -> list[tuple[str, str]]:
+        """(kind, path) pairs like ``docker diff``: A added, C changed, D deleted."""
+        from .image import commit
+
+        return commit.diff(self.container(container))
+
+    def history(self, ref: str) -> list[dict]:
+        """The image's history entries, newest first, each with its layer's size."""
+        from .image import commit
+
+        return commit.history(self.store, ref)
+
+    def inspect_image(self, ref: str) -> dict:
+        """Docker-shaped ``image inspect``."""
+        from .image import commit
+
+        return commit.inspect_image(self.store, ref)
+
+    # -- moving images: save, load, export (image/archive.py)
+
+    def save(self, refs: list[str], output, format: str = "docker") -> None:  # type: ignore[no-untyped-def]  # noqa: A002
+        """Write images as a tar that ``docker load`` reads (format "docker"), or as an
+        OCI image layout tar (format "oci")."""
+        from .image import archive
+
+        archive.save(self.store, refs, output, format=format)
+
+    def load(self, source):  # type: ignore[no-untyped-def]
+        """Read a ``docker save`` archive or an OCI image layout (tar or directory)."""
+        from .image import archive
+
+        return archive.load(self.store, source)
+
+    def export(self, container: str, output) -> None:  # type: ignore[no-untyped-def]
+        """The container's merged filesystem as a tar (``docker export``)."""
+        from .image import archive
+
+        archive.export(self, self.container(container), output)
+
+    # -- store upkeep (image/maintenance.py)
+
+    def verify(self) -> list[str]:
+        """Check every blob's digest and every unpacked layer; the problems found."""
+        from .image import maintenance
+
+        return maintenance.verify(self.store)
+
+    def prune_images(self, all: bool = False) -> dict:  # noqa: A002 - docker image prune -a
+        """Delete dangling (or, with all, unused) images and unreferenced blobs and layers."""
+        from .image import maintenance
+
+        return maintenance.prune(self.store, in_use=self._image_in_use, all_=all)
+
+    def disk_usage(self) -> dict:
+        """``docker system df``: per image, shared and unique bytes; containers' R/W layers."""
+        from .image import maintenance
+
+        return maintenance.disk_usage(self)
 
     def bootstrap(self, force: bool = False):  # type: ignore[no-untyped-def]
         """Build the local base images (busybox, hello-world) from this machine."""

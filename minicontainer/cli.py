@@ -180,9 +180,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         except ContainerNotFound:
             pass
         try:
-            results.append(
-                rt.store.inspect(ref) if hasattr(rt.store, "inspect") else rt.image(ref).config
-            )
+            results.append(rt.inspect_image(ref))
         except ImageNotFound:
             print(f"Error: No such object: {ref}", file=sys.stderr)
             status = 1
@@ -301,6 +299,121 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tag(args: argparse.Namespace) -> int:
+    _runtime(args).tag(args.source, args.target)
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    image = _runtime(args).commit(
+        args.container,
+        args.reference,
+        message=args.message,
+        author=args.author,
+        changes=args.change,
+    )
+    print(image.id)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    for kind, path in _runtime(args).diff(args.container):
+        print(f"{kind} {path}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    rows = []
+    for h in _runtime(args).history(args.image):
+        created_by = h.get("created_by", "")
+        if not args.no_trunc and len(created_by) > 45:
+            created_by = created_by[:44] + "…"
+        rows.append(
+            [
+                h.get("id", "<missing>"),
+                h.get("created", "")[:19].replace("T", " "),
+                created_by,
+                _size(h.get("size", 0)),
+                h.get("comment", ""),
+            ]
+        )
+    _table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], rows)
+    return 0
+
+
+def _output(path: str | None, what: str):  # type: ignore[no-untyped-def]
+    if path:
+        return path
+    if sys.stdout.isatty():
+        raise UserError(f"cowardly refusing to write {what} to a terminal: use -o FILE or redirect")
+    return sys.stdout.buffer
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    _runtime(args).save(args.images, _output(args.output, "an image archive"), format=args.format)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    source = args.input or sys.stdin.buffer
+    for image in _runtime(args).load(source):
+        print(f"Loaded image: {image.ref}" if image.ref else f"Loaded image ID: {image.id}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _runtime(args).export(args.container, _output(args.output, "a filesystem archive"))
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    if args.action == "inspect":
+        print(json.dumps([rt.inspect_image(ref) for ref in args.names], indent=4))
+        return 0
+    if args.action == "prune":
+        report = rt.prune_images(all=args.all)
+        for line in report.get("deleted", []):
+            print(f"deleted: {line}")
+        print(f"Total reclaimed space: {_size(report.get('reclaimed', 0))}")
+        return 0
+    problems = rt.verify()  # verify
+    for problem in problems:
+        print(problem)
+    print("store verified: no problems" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def cmd_system(args: argparse.Namespace) -> int:
+    usage = _runtime(args).disk_usage()
+    rows = [
+        [
+            kind,
+            str(u["count"]),
+            str(u.get("active", "")),
+            _size(u["size"]),
+            _size(u.get("reclaimable", 0)),
+        ]
+        for kind, u in usage["summary"].items()
+    ]
+    _table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
+    if args.verbose:
+        print()
+        rows = [
+            [
+                i["ref"],
+                i["id"][7:19],
+                _size(i["size"]),
+                _size(i["shared"]),
+                _size(i["unique"]),
+                str(i["containers"]),
+            ]
+            for i in usage["images"]
+        ]
+        _table(["IMAGE", "IMAGE ID", "SIZE", "SHARED SIZE", "UNIQUE SIZE", "CONTAINERS"], rows)
+    return 0
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     for image in _runtime(args).bootstrap(force=args.force):
         print(f"{image.ref}\t{image.id}")
@@ -404,6 +517,69 @@ def args_import(s: argparse.ArgumentParser) -> None:
     s.add_argument("reference", nargs="?", help="REPOSITORY[:TAG]")
 
 
+def args_tag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("source", help="IMAGE[:TAG]")
+    s.add_argument("target", help="IMAGE[:TAG]")
+
+
+def args_commit(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-m", "--message", default="")
+    s.add_argument("-a", "--author", default="")
+    s.add_argument(
+        "-c",
+        "--change",
+        action="append",
+        default=[],
+        help="a Dockerfile instruction for the config: CMD, ENV, WORKDIR, ...",
+    )
+    s.add_argument("container")
+    s.add_argument("reference", nargs="?", help="REPOSITORY[:TAG]")
+
+
+def args_container(s: argparse.ArgumentParser) -> None:
+    s.add_argument("container")
+
+
+def args_history(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--no-trunc", action="store_true")
+    s.add_argument("image")
+
+
+def args_save(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-o", "--output", help="a file (default: standard output)")
+    s.add_argument(
+        "--format",
+        choices=["docker", "oci"],
+        default="docker",
+        help="docker: what docker load reads; oci: an OCI image layout",
+    )
+    s.add_argument("images", nargs="+")
+
+
+def args_load(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-i", "--input", help="a tar file or an OCI layout directory (default: stdin)")
+
+
+def args_export(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-o", "--output", help="a file (default: standard output)")
+    s.add_argument("container")
+
+
+def args_image(s: argparse.ArgumentParser) -> None:
+    sub = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    i = sub.add_parser("inspect", help="Docker-shaped information on images")
+    i.add_argument("names", nargs="+")
+    p = sub.add_parser("prune", help="remove dangling images and unreferenced blobs and layers")
+    p.add_argument("-a", "--all", action="store_true", help="also images no container uses")
+    sub.add_parser("verify", help="check every blob's digest and every unpacked layer")
+
+
+def args_system(s: argparse.ArgumentParser) -> None:
+    sub = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    df = sub.add_parser("df", help="disk used by images (shared and unique) and containers")
+    df.add_argument("-v", "--verbose", action="store_true")
+
+
 def args_bootstrap(s: argparse.ArgumentParser) -> None:
     s.add_argument("--force", action="store_true")
 
@@ -426,6 +602,15 @@ VERBS = {
     "images": ("List images", args_images, cmd_images),
     "rmi": ("Remove images", args_rmi, cmd_rmi),
     "import": ("Make a one-layer image from a rootfs tarball", args_import, cmd_import),
+    "commit": ("Create a new image from a container's changes", args_commit, cmd_commit),
+    "diff": ("Changes to files in a container's filesystem (A, C, D)", args_container, cmd_diff),
+    "history": ("Show the history of an image, layer by layer", args_history, cmd_history),
+    "tag": ("Give an image another name", args_tag, cmd_tag),
+    "save": ("Save images to a tar archive (docker load reads it)", args_save, cmd_save),
+    "load": ("Load images from a docker save archive or an OCI layout", args_load, cmd_load),
+    "export": ("Export a container's filesystem as a tar archive", args_export, cmd_export),
+    "image": ("Manage images: inspect, prune, verify", args_image, cmd_image),
+    "system": ("Disk usage: system df", args_system, cmd_system),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
     "check": (
         "Say what this machine supports, and how to fix what is missing",
@@ -498,6 +683,10 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except BrokenPipeError:
         code = 0
+    except OSError as e:  # the machine said no (permissions, full disk, ...): one line
+        where = f": {e.filename}" if e.filename else ""
+        print(f"minicontainer: {e.strerror or e}{where}", file=sys.stderr)
+        code = EXIT_RUNTIME
     sys.exit(code)
 
 
