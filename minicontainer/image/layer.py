@@ -30,6 +30,8 @@ import stat
 import sys
 import tarfile
 import tempfile
+import zlib
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +42,11 @@ from minicontainer.errors import NotSupported, UserError
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
-_OVERLAY_XATTR_PREFIX = "trusted.overlay."
+# Rootful overlayfs uses trusted.overlay.*, rootless (mount option userxattr) user.overlay.*
+_OVERLAY_XATTR_PREFIX = ("trusted.overlay.", "user.overlay.")
 _PAX_XATTR_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
+_STREAM_BUF = 64 << 10
 GZIP_LEVEL = 6  # fixed: the compressed bytes (and so the layer digest) depend on it
 
 Source = str | os.PathLike[str] | IO[bytes]
@@ -89,17 +93,29 @@ class _HashReader:
         self.src = src
         self.hash = hashlib.sha256()
         self.size = 0
+        self.tail: deque[tuple[int, bytes]] = deque(maxlen=16)  # (offset, chunk) read last
 
     def read(self, n: int = -1) -> bytes:
         b = self.src.read(n)
+        self.tail.append((self.size, b))
         self.hash.update(b)
         self.size += len(b)
         return b
 
-    def drain(self) -> None:
-        # The tar end-of-archive blocks and record padding are part of the diff_id.
-        while self.read(_CHUNK):
-            pass
+    def drain(self, end: int | None = None) -> bool:
+        """Read to EOF: the end-of-archive blocks and record padding are part of the
+        diff_id. With `end` (where tarfile stopped), return False if any byte from
+        there on is not zero: tarfile ends quietly at a header it cannot parse, as
+        after a member whose header size is smaller than its data."""
+        clean = True
+        if end is not None:
+            for start, b in self.tail:
+                if start + len(b) > end and b[max(0, end - start) :].strip(b"\0"):
+                    clean = False
+        while b := self.read(_CHUNK):
+            if end is not None and b.strip(b"\0"):
+                clean = False
+        return clean
 
     @property
     def digest(self) -> str:
@@ -211,6 +227,9 @@ class _Extractor:
         # Symlinks created by this layer: never traversed.
         self.own_symlinks: set[tuple[str, ...]] = set()
         self.dirs: dict[tuple[str, ...], tarfile.TarInfo] = {}
+        # Directories this layer made or checked: a cache that spares one lstat per
+        # path component per member; only add() can replace them (see _forget_dirs).
+        self.real_dirs: set[tuple[str, ...]] = set()
 
     def path(self, comps: tuple[str, ...]) -> str:
         return os.path.join(self.root, *comps)
@@ -221,6 +240,8 @@ class _Extractor:
         as an overlayfs upper directory hides a lower file or symlink."""
         for i in range(1, len(comps)):
             sub = comps[:i]
+            if create and sub in self.real_dirs:
+                continue
             p = self.path(sub)
             try:
                 st = os.lstat(p)
@@ -230,6 +251,7 @@ class _Extractor:
                 os.mkdir(p)
                 os.chmod(p, 0o755)  # implicit parent: not subject to the umask
                 self.written.add(sub)
+                self.real_dirs.add(sub)
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 where = f"layer entry {'/'.join(comps)!r}: {'/'.join(sub)!r}"
@@ -242,6 +264,7 @@ class _Extractor:
                 os.chmod(p, 0o755)
             if create:
                 self.written.add(sub)
+                self.real_dirs.add(sub)
         return self.path(comps[:-1])
 
     # -- whiteouts
@@ -252,8 +275,11 @@ class _Extractor:
             raise UnsafeLayer(f"invalid whiteout {'/'.join(comps)!r}")
         if target in self.written:
             return  # same-layer content is not hidden by its own whiteouts
-        if self.whiteouts == "apply":
+        try:
             self.parent_dir(target)
+        except UnsafeLayer as e:
+            raise UnsafeLayer(f"whiteout {'/'.join(comps)!r}: {e}") from None
+        if self.whiteouts == "apply":
             p = self.path(target)
             if os.path.lexists(p):
                 _remove(p)
@@ -263,7 +289,6 @@ class _Extractor:
                 f"layer whites out {'/'.join(target)!r}: overlayfs whiteouts (char device 0:0) "
                 "need root; rootless whiteouts are not supported yet"
             )
-        self.parent_dir(target)
         p = self.path(target)
         if os.path.lexists(p):
             _remove(p)
@@ -322,6 +347,7 @@ class _Extractor:
             self.written.add(comps)
             self.own_symlinks.discard(comps)
             self.dirs[comps] = m
+            self.real_dirs.add(comps)
             self._owner(p, m)
             return
         if m.islnk():
@@ -330,6 +356,8 @@ class _Extractor:
                 raise UnsafeLayer(f"layer entry {m.name!r} is a hardlink to itself")
         if existing is not None:
             _remove(p)
+            if stat.S_ISDIR(existing.st_mode):
+                self._forget_dirs(comps)
         self.own_symlinks.discard(comps)
         self.written.add(comps)
 
@@ -355,11 +383,22 @@ class _Extractor:
             raise UnsafeLayer(f"layer entry {m.name!r} has unsupported tar type {m.type!r}")
         self._meta(p, m)
 
+    def _forget_dirs(self, comps: tuple[str, ...]) -> None:
+        # A directory entry replaced by a later duplicate (say a symlink to /etc)
+        # must not get its mode applied in finish(): that would follow the symlink.
+        n = len(comps)
+        for d in [d for d in self.dirs if d[:n] == comps]:
+            del self.dirs[d]
+        self.real_dirs = {d for d in self.real_dirs if d[:n] != comps}
+
     def _hardlink_target(self, m: tarfile.TarInfo) -> str:
         tcomps = _clean_name(m.linkname)
         if not tcomps:
             raise UnsafeLayer(f"hardlink {m.name!r} points at the root")
-        self.parent_dir(tcomps, create=False)
+        try:
+            self.parent_dir(tcomps, create=False)
+        except UnsafeLayer as e:
+            raise UnsafeLayer(f"hardlink {m.name!r} -> {m.linkname!r}: {e}") from None
         if any(tcomps[:i] in self.own_symlinks for i in range(1, len(tcomps))):
             raise UnsafeLayer(f"hardlink {m.name!r} goes through a symlink")
         target = self.path(tcomps)
@@ -403,7 +442,7 @@ class _Extractor:
         self._xattrs(p, m)
         os.utime(p, ns=(int(m.mtime * 1e9),) * 2, follow_symlinks=False)
 
-    def _xattrs(self, p: str, m: tarfile.TarInfo) -> None:
+    def _xattrs(self, p: str | int, m: tarfile.TarInfo) -> None:
         for key, value in m.pax_headers.items():
             if not key.startswith(_PAX_XATTR_PREFIX):
                 continue
@@ -412,7 +451,10 @@ class _Extractor:
                 continue  # overlayfs bookkeeping is never layer content
             try:
                 os.setxattr(
-                    p, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False
+                    p,
+                    name,
+                    value.encode("utf-8", "surrogateescape"),
+                    follow_symlinks=isinstance(p, int),  # an fd: the flag must stay default
                 )
             except OSError as e:
                 if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
@@ -421,12 +463,19 @@ class _Extractor:
     def finish(self) -> None:
         # Directory modes and mtimes last, deepest first: writing children changes a
         # directory's mtime, and a 0555 directory would stop a non-root writer.
+        # Through an O_NOFOLLOW descriptor: never chmod a symlink's target.
         for comps in sorted(self.dirs, key=len, reverse=True):
             m = self.dirs[comps]
-            p = self.path(comps)
-            os.chmod(p, m.mode & 0o7777)
-            self._xattrs(p, m)
-            os.utime(p, ns=(int(m.mtime * 1e9),) * 2, follow_symlinks=False)
+            try:
+                fd = os.open(self.path(comps), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError as e:
+                raise UnsafeLayer(f"layer entry {m.name!r}: no longer a directory ({e})") from None
+            try:
+                os.chmod(fd, m.mode & 0o7777)
+                self._xattrs(fd, m)
+                os.utime(fd, ns=(int(m.mtime * 1e9),) * 2)
+            finally:
+                os.close(fd)
 
 
 def _lstat(p: str) -> os.stat_result | None:
@@ -446,13 +495,27 @@ def _extract_one(src: Source, ex: _Extractor) -> str:
         f = src
     try:
         reader = _HashReader(open_uncompressed(f))
+        at = ""  # the member being extracted, so that errors name it
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]
+            # 64 KiB reads, not tarfile's 10 KiB records: a sixth of the Python calls.
+            with tarfile.open(fileobj=reader, mode="r|", bufsize=_STREAM_BUF) as tf:  # type: ignore[call-overload]
                 for m in tf:
+                    at = f" at entry {m.name!r}"
                     ex.add(tf, m)
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
-            raise UnsafeLayer(f"invalid layer archive: {e}") from None
-        reader.drain()
+                at = f" after entry {m.name!r}" if at else ""
+                end = tf.offset
+            if not reader.drain(end):  # a truncated gzip trailer also shows only here
+                raise UnsafeLayer(
+                    f"invalid layer archive{at}: data goes on past what parses as the end "
+                    "of the archive (a header size that lies, or a corrupt header)"
+                )
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise UnsafeLayer(f"invalid layer archive{at}: {e}") from None
+        except UserError:
+            raise
+        except OSError as e:
+            # ENAMETOOLONG, ENOSPC, EEXIST...: a message naming the entry, not a traceback.
+            raise UserError(f"cannot extract layer{at}: {e.strerror or e}") from e
         return reader.digest
     finally:
         if opened is not None:
@@ -651,7 +714,8 @@ def _dir_entries(
             }
             if stat.S_ISDIR(mode):
                 out.append((LayerEntry(r, "dir", perm, **own), pax))
-                if overlay_whiteouts and xa.get(OVERLAY_OPAQUE_XATTR) == b"y":
+                opaque = b"y" in (xa.get(OVERLAY_OPAQUE_XATTR), xa.get("user.overlay.opaque"))
+                if overlay_whiteouts and opaque:
                     out.append((LayerEntry(f"{r}/{OPAQUE_MARKER}", "file", 0, **own), {}))
                 walk(p, r + "/")
             elif stat.S_ISCHR(mode) and s.st_rdev == 0 and overlay_whiteouts:

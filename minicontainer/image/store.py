@@ -608,13 +608,18 @@ class ImageStore:
         fd, tmp = tempfile.mkstemp(prefix=".import.tmp-", dir=self.blobs)
         try:
             with os.fdopen(fd, "wb") as out:
-                if isinstance(src, (str, os.PathLike)):
-                    with open(src, "rb") as f:
-                        _copy(open_uncompressed(f), out)
-                    origin = os.fspath(src)
-                else:
-                    _copy(open_uncompressed(src), out)
-                    origin = "-"
+                try:
+                    if isinstance(src, (str, os.PathLike)):
+                        with open(src, "rb") as f:
+                            _copy(open_uncompressed(f), out)
+                        origin = os.fspath(src)
+                    else:
+                        _copy(open_uncompressed(src), out)
+                        origin = "-"
+                except (EOFError, OSError) as e:  # gzip.BadGzipFile is an OSError
+                    if isinstance(e, OSError) and e.errno is not None:
+                        raise
+                    raise UserError(f"import: truncated or corrupt archive: {e}") from None
             try:
                 with tarfile.open(tmp, "r:") as tf:
                     if not tf.getmembers():
