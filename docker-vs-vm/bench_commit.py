@@ -10,8 +10,10 @@ min/median/max and the ratio of medians (ours / docker; target <= 1.0). Also
 times our in-process API (Runtime.commit) for reference.
 
 What each does: docker tars the overlay2 upperdir and untars it into a new layer
-directory (no compression at commit time); we tar the upperdir and gzip it into a
-content-addressed blob (what push/save need; the layer is unpacked at first run).
+directory (no compression at commit time); we tar the upperdir into a
+content-addressed blob, uncompressed as Docker keeps local layers (media type
+...layer.v1.tar, digest == diff_id; compression is left to push; the layer is
+unpacked at first run).
 
 Docker's image is our busybox rootfs `docker import`ed as mcbench/busybox, like
 bench_runtime.py. dockerd must be running (`dockerd >/tmp/dockerd.log 2>&1 &`).

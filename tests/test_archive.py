@@ -339,3 +339,83 @@ def test_export_has_added_files_not_deleted_ones(state_root):
         assert buf.getvalue() == out.read_bytes(), "export is deterministic"
     finally:
         rt.container("exp").remove(force=True)
+
+
+# ----------------------------------------------------------------------------- uncompressed layers
+
+
+PLAIN_BIG = os.urandom(300_000)
+
+
+def make_plain_image(store: ImageStore, tmp_path: Path, ref: str = "plain:v1") -> object:
+    """make_image's base (gzip) plus a top layer stored UNCOMPRESSED, as commit stores
+    it: media type ...layer.v1.tar, digest == diff_id."""
+    from minicontainer.image.oci import (
+        MEDIA_TYPE_OCI_CONFIG,
+        MEDIA_TYPE_OCI_LAYER,
+        Descriptor,
+        Manifest,
+    )
+
+    base = make_image(store, tmp_path, "base:v1")
+    out = tmp_path / "plain-top.tar"
+    digest, diff_id, size = write_layer(
+        [
+            LayerEntry("etc/.wh.keep", "file", 0),
+            LayerEntry("big", "file", 0o644, data=PLAIN_BIG),
+        ],
+        out,
+        compress=False,
+    )
+    with open(out, "rb") as f:
+        store.put_blob_stream(f)
+    config = json.loads(store.blob_path(base.id).read_bytes())
+    config["rootfs"]["diff_ids"] = [*base.diff_ids, diff_id]
+    cfg = store.put_blob_bytes(json.dumps(config).encode(), MEDIA_TYPE_OCI_CONFIG)
+    top = Descriptor(MEDIA_TYPE_OCI_LAYER, digest, size)
+    return store.add_manifest(Manifest.build(cfg, [*base.layers, top]), ref)
+
+
+def test_uncompressed_layer_docker_save_load(src, dst, tmp_path):
+    img = make_plain_image(src, tmp_path)
+    blob = src.blob_path(img.layer_digests[-1]).read_bytes()
+    out = tmp_path / "plain.tar"
+    archive.save(src, ["plain:v1"], out)
+    with tarfile.open(out) as tf:
+        manifest = json.load(tf.extractfile("manifest.json"))
+        assert tf.extractfile(manifest[0]["Layers"][-1]).read() == blob, "the blob, as is"
+        layout_blob = f"blobs/sha256/{img.diff_ids[-1][7:]}"
+        assert tf.extractfile(layout_blob).read() == blob
+    again = tmp_path / "again.tar"
+    archive.save(src, ["plain:v1"], again)
+    assert out.read_bytes() == again.read_bytes()
+    back = archive.load(dst, out)[0]
+    assert (back.id, back.diff_ids) == (img.id, img.diff_ids)
+    top = dst.layer_dirs(back)[0]
+    assert (top / "big").read_bytes() == PLAIN_BIG
+    assert not [n for n in os.listdir(dst.blobs) if n.startswith(".")], "temp file left"
+
+
+def test_uncompressed_layer_oci_round_trip(src, dst, tmp_path):
+    img = make_plain_image(src, tmp_path)
+    out = tmp_path / "oci.tar"
+    archive.save(src, ["plain:v1"], out, format="oci")
+    back = archive.load(dst, out)[0]
+    assert back.manifest_digest == img.manifest_digest
+    assert [d.media_type for d in back.layers] == [d.media_type for d in img.layers]
+    assert back.layers[-1].media_type == "application/vnd.oci.image.layer.v1.tar"
+    assert back.layer_digests[-1] == back.diff_ids[-1]
+    layer_names = [d.name for d in dst.layer_dirs(back)]
+    assert layer_names == [d.name for d in src.layer_dirs(img)]
+
+
+def test_save_refuses_corrupt_uncompressed_layer(src, tmp_path):
+    img = make_plain_image(src, tmp_path)
+    p = src.blob_path(img.layer_digests[-1])
+    data = bytearray(p.read_bytes())
+    data[2000] ^= 1
+    p.write_bytes(bytes(data))
+    buf = io.BytesIO()
+    with pytest.raises(UserError):
+        archive.save(src, ["plain:v1"], buf)
+    assert buf.getvalue() == b"", "checked before anything is written"

@@ -165,6 +165,76 @@ def test_commit_is_deterministic(root: Path):
     a = rt.commit("c1", "one:1")
     b = rt.commit("c1", "two:1")
     assert a.layer_digests == b.layer_digests and a.diff_ids == b.diff_ids
+    assert a.layers[-1] == b.layers[-1]  # media type, digest, size
+
+
+@pytest.mark.root
+def test_committed_layer_is_stored_uncompressed(root: Path):
+    """As Docker keeps local layers: a plain tar blob, media type ...layer.v1.tar, its
+    digest its diff_id; the base's layers stay as they were. Every reader copes."""
+    from minicontainer.image import maintenance
+    from minicontainer.image.model import ImageModel
+    from minicontainer.image.oci import MEDIA_TYPE_OCI_LAYER, sha256_file
+
+    ok(mc("run", "--name", "c1", "busybox", "sh", "-c", CHANGE))
+    rt = minicontainer.Runtime(root)
+    img = rt.commit("c1", "mine:1")
+    base = rt.image("busybox")
+    manifest = json.loads(rt.store.manifest_bytes(img))
+    assert manifest["layers"][:-1] == json.loads(rt.store.manifest_bytes(base))["layers"]
+    top = manifest["layers"][-1]
+    assert top["mediaType"] == MEDIA_TYPE_OCI_LAYER
+    blob = rt.store.blob_path(top["digest"])
+    assert blob.read_bytes()[:2] != b"\x1f\x8b"
+    assert top["digest"] == img.diff_ids[-1] == sha256_file(blob)[0]
+    assert top["size"] == blob.stat().st_size
+    with tarfile.open(blob, "r:") as tf:  # plain tar, nothing else
+        assert "added" in tf.getnames()
+    assert not [n for n in os.listdir(rt.store.blobs) if n.startswith(".")], "temp left"
+
+    # history and inspect: the plain blob's size is the layer's size
+    assert rt.history("mine:1")[0]["size"] == top["size"]
+    inspect = json.loads(ok(mc("image", "inspect", "mine:1")))[0]
+    assert inspect["Size"] == sum(rt.history("mine:1")[i]["size"] for i in range(len(img.layers)))
+    # unpacked from the plain blob on first use; the model reads blob and dir alike
+    assert ok(mc("run", "--rm", "mine:1", "cat", "/added")) == "new\n"
+    blobs = ImageModel.from_store(rt.store, "mine:1")
+    dirs = ImageModel.from_store(rt.store, "mine:1", source="dirs")
+    assert blobs.layers[-1].blob_size == top["size"]
+    assert blobs.counts(len(img.layers) - 1) == dirs.counts(len(img.layers) - 1)
+    assert "added" in blobs.merged() and "bin/true" not in blobs.merged()
+    assert blobs.merged() == dirs.merged()
+    assert maintenance.verify(rt.store, grace=0) == []
+
+
+@pytest.mark.root
+def test_committed_image_round_trips(root: Path, tmp_path: Path):
+    """save (docker: the blob is the layer.tar; oci: blobs and media types as they
+    are) then load, into the same runtime after rmi: same image, and it runs."""
+    ok(mc("run", "--name", "c1", "busybox", "sh", "-c", CHANGE))
+    rt = minicontainer.Runtime(root)
+    img = rt.commit("c1", "mine:1")
+    blob = rt.store.blob_path(img.layer_digests[-1]).read_bytes()
+    ok(mc("rm", "c1"))
+
+    docker_tar, oci_tar = tmp_path / "d.tar", tmp_path / "o.tar"
+    ok(mc("save", "-o", str(docker_tar), "mine:1"))
+    ok(mc("save", "--format", "oci", "-o", str(oci_tar), "mine:1"))
+    with tarfile.open(docker_tar) as tf:
+        layers = json.load(tf.extractfile("manifest.json"))[0]["Layers"]
+        assert tf.extractfile(layers[-1]).read() == blob
+
+    ok(mc("rmi", "mine:1"))
+    assert ok(mc("load", "-i", str(oci_tar))) == "Loaded image: mine:1\n"
+    back = rt.image("mine:1")
+    assert (back.manifest_digest, back.layers) == (img.manifest_digest, img.layers)
+    assert ok(mc("run", "--rm", "mine:1", "cat", "/data/only")) == "fresh\n"
+
+    ok(mc("rmi", "mine:1"))
+    assert ok(mc("load", "-i", str(docker_tar))) == "Loaded image: mine:1\n"
+    back = rt.image("mine:1")
+    assert (back.id, back.diff_ids) == (img.id, img.diff_ids)  # the image, by ID
+    assert ok(mc("run", "--rm", "mine:1", "cat", "/data/only")) == "fresh\n"
 
 
 @pytest.mark.root

@@ -288,3 +288,37 @@ def test_umoci_unpack_runc_run(env, tmp_path):
     finally:
         subprocess.run(["runc", "delete", "-f", cid], capture_output=True)
     assert got == ok(mc("run", "--rm", ref, "sh", "-c", PROBE))
+
+
+def test_committed_image_uncompressed_layer_goes_out(env, tmp_path):
+    """Our commit stores its layer as a plain tar (...layer.v1.tar, digest == diff_id):
+    docker loads our save of it, skopeo and umoci read our OCI layout of it."""
+    need("skopeo", "umoci")
+    ref = f"{PREFIX}/mccommit:latest"
+    ok(mc("run", "--name", f"{PREFIX}-mcc", "busybox", "sh", "-c", CHANGE))
+    ok(mc("commit", f"{PREFIX}-mcc", ref))
+    top = _layers(env, ref)[-1]
+    assert top == json.loads(ok(mc("image", "inspect", ref)))[0]["RootFS"]["Layers"][-1]
+
+    out = tmp_path / "save.tar"
+    ok(mc("save", "-o", str(out), ref))
+    assert f"Loaded image: {ref}" in run("docker", "load", "-i", str(out))
+    got = run("docker", "run", "--rm", "--network", "none", ref, "sh", "-c", "cat /var/x/y /added")
+    assert got == "y\nadded\n"
+    assert (
+        run("docker", "image", "inspect", "-f", "{{.Id}}", ref).strip()
+        == json.loads(ok(mc("inspect", ref)))[0]["Id"]
+    )
+
+    layout = tmp_path / "layout"
+    ok(mc("save", "--format", "oci", "-o", f"{layout}/", ref))
+    info = json.loads(run("skopeo", "inspect", f"oci:{layout}:{ref}"))
+    assert info["Layers"][-1] == top
+    copied = tmp_path / "copied"
+    run("skopeo", "copy", "-q", f"oci:{layout}:{ref}", f"oci:{copied}:{PREFIX}-mcc-back")
+    ok(mc("load", "-i", str(copied)))
+    assert ok(mc("run", "--rm", f"{PREFIX}-mcc-back", "cat", "/added")) == "added\n"
+    bundle = tmp_path / "bundle"
+    run("umoci", "unpack", "--image", f"{layout}:{ref}", str(bundle))
+    assert (bundle / "rootfs" / "added").read_text() == "added\n"
+    assert not (bundle / "rootfs" / "bin" / "true").exists()

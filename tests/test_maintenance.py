@@ -249,3 +249,53 @@ def test_disk_usage_counts_unreferenced(tmp_path: Path) -> None:
     rt.store.put_blob_bytes(b"x" * 1234, MEDIA_TYPE_OCI_CONFIG)
     unref = maintenance.disk_usage(rt)["summary"]["Unreferenced"]
     assert unref["count"] == 1 and unref["size"] == unref["reclaimable"] == 1234
+
+
+def plain_image(tmp_path: Path, store: ImageStore, media_type: str = ""):  # type: ignore[no-untyped-def]
+    """b:1's base plus an UNCOMPRESSED top layer (as commit stores them: media type
+    ...layer.v1.tar, digest == diff_id), tagged plain:1."""
+    import json
+
+    from minicontainer.image.oci import MEDIA_TYPE_OCI_LAYER, Descriptor, Manifest
+
+    _a, b = two_images(tmp_path, store)
+    out = tmp_path / "plain.tar"
+    digest, diff_id, size = write_layer(
+        [LayerEntry("app", "file", 0o755, data=b"plain" * 1000)], out, compress=False
+    )
+    assert digest == diff_id
+    with open(out, "rb") as f:
+        assert store.put_blob_stream(f) == (digest, size)
+    config = json.loads(store.blob_path(b.id).read_bytes())
+    config["rootfs"]["diff_ids"] = [*b.diff_ids[:1], diff_id]
+    cfg = store.put_blob_bytes(json.dumps(config).encode(), MEDIA_TYPE_OCI_CONFIG)
+    top = Descriptor(media_type or MEDIA_TYPE_OCI_LAYER, digest, size)
+    return store.add_manifest(Manifest.build(cfg, [b.layers[0], top]), "plain:1")
+
+
+def test_verify_uncompressed_layer(tmp_path: Path, store: ImageStore) -> None:
+    img = plain_image(tmp_path, store)
+    store.layer_dirs(img)  # unpacked from the plain blob, then compared by verify
+    assert maintenance.verify(store) == []
+    # Its diff_id is its digest: a flipped byte is caught by the blob check alone.
+    p = store.blob_path(img.layer_digests[1])
+    data = bytearray(p.read_bytes())
+    data[600] ^= 1
+    p.write_bytes(bytes(data))
+    problems = maintenance.verify(store)
+    assert any(img.layer_digests[1] in x and "corrupted" in x for x in problems), problems
+
+
+def test_verify_media_type_must_say_what_the_layer_is(tmp_path: Path, store: ImageStore) -> None:
+    from minicontainer.image.oci import MEDIA_TYPE_OCI_LAYER_GZIP
+
+    plain_image(tmp_path, store, MEDIA_TYPE_OCI_LAYER_GZIP)
+    problems = maintenance.verify(store)
+    assert len(problems) == 1, problems
+    assert "uncompressed tar, its media type says" in problems[0], problems
+
+
+def test_disk_usage_counts_uncompressed_blob(tmp_path: Path, store: ImageStore) -> None:
+    img = plain_image(tmp_path, store)
+    pieces = maintenance._pieces(store, img)
+    assert pieces[f"blob {img.layer_digests[1]}"] == img.layers[1].size

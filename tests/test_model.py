@@ -291,3 +291,34 @@ def test_human_size_and_mode_text() -> None:
     assert FileInfo("x", "dir", mode=0o755).mode_text == "drwxr-xr-x"
     assert FileInfo("x", "file", mode=0o4755).mode_text == "-rwsr-xr-x"
     assert State.ADDED.value == "added" and str(State.REMOVED) == "removed"
+
+
+def test_from_store_reads_uncompressed_layer_blobs(store: ImageStore, image, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The same image with every layer stored as commit stores its layer: plain tar,
+    media type ...layer.v1.tar, digest == diff_id. Same model, from blobs and dirs."""
+    from minicontainer.image.oci import (
+        MEDIA_TYPE_OCI_CONFIG,
+        MEDIA_TYPE_OCI_LAYER,
+        Descriptor,
+        Manifest,
+    )
+
+    descs = []
+    for i, entries in enumerate(LAYERS):
+        p = tmp_path / f"plain{i}.tar"
+        digest, diff_id, size = write_layer(entries, p, compress=False)
+        assert digest == diff_id == image.diff_ids[i]
+        with open(p, "rb") as f:
+            store.put_blob_stream(f)
+        descs.append(Descriptor(MEDIA_TYPE_OCI_LAYER, digest, size))
+    cfg = store.put_blob_bytes(store.blob_path(image.id).read_bytes(), MEDIA_TYPE_OCI_CONFIG)
+    store.add_manifest(Manifest.build(cfg, descs), "plain:v1")
+    want = ImageModel.from_store(store, "fixture:v1")
+    for source in ("blobs", "dirs"):
+        got = ImageModel.from_store(store, "plain:v1", source=source)
+        assert [layer.digest for layer in got.layers] == image.diff_ids
+        assert [layer.blob_size for layer in got.layers] == [d.size for d in descs]
+        assert got.merged() == want.merged()
+        for i in range(len(LAYERS)):
+            assert got.counts(i) == want.counts(i)
+            assert states(got, i) == states(want, i)

@@ -8,14 +8,16 @@ Formats, and the spec or the tool each one follows:
   and an UNCOMPRESSED `layer.tar`. Like newer Docker (25+), the archive is also an OCI
   image layout (`oci-layout`, `index.json`, `blobs/sha256/`): the layout's blobs are the
   same bytes as the legacy files (tar hardlinks, so no extra space). Docker 20.10 reads
-  only manifest.json and ignores the rest.
+  only manifest.json and ignores the rest. A layer the store keeps uncompressed (what
+  commit writes) is copied as is; a gzip one is decompressed (spooled) first.
 - "oci": an OCI image layout (image-spec image-layout.md) as a tar (`skopeo copy
   oci-archive:FILE:REF`), or as a DIRECTORY when the output is an existing directory or
   a path ending with "/" (`skopeo copy oci:DIR:REF`, `umoci unpack --image DIR:REF`).
   An existing layout is added to: other tags stay. Blobs and the raw manifest are
-  the store's own, so digests are kept. Tags are annotated (annotations.md)
-  `org.opencontainers.image.ref.name` = "repo:tag" (the grammar allows ':' and '/')
-  and, for containerd, `io.containerd.image.name` = the fully qualified name.
+  the store's own, so digests and media types are kept (gzip or plain tar layers).
+  Tags are annotated (annotations.md) `org.opencontainers.image.ref.name` = "repo:tag"
+  (the grammar allows ':' and '/') and, for containerd, `io.containerd.image.name` =
+  the fully qualified name.
 - export: the container's merged filesystem as one plain tar (`docker export`).
 
 `load` reads all of these (tar, gzip'd tar, directory or stream) plus newer Docker's
@@ -259,8 +261,9 @@ def _full_name(name: str) -> str:
 
 
 def _spool_plain(store: ImageStore, desc: Descriptor, diff_id: str, spool: str | None) -> IO[bytes]:
-    """The uncompressed layer tar of a verified blob, in an anonymous temp file (a tar
-    header and the OCI descriptor need its size first), its diff_id checked."""
+    """The uncompressed layer tar of a verified (gzip) blob, in an anonymous temp file
+    (a tar header and the OCI descriptor need its size first), its diff_id checked.
+    A blob stored uncompressed (digest == diff_id) needs none of this."""
     blob = store.verify_blob(desc)
     f = tempfile.TemporaryFile(dir=spool)  # noqa: SIM115 - the caller closes it
     try:
@@ -306,7 +309,13 @@ def _docker_entries(
         layer_paths, layer_descs, parent = [], [], ""
         for desc, diff_id, chain in zip(img.layers, img.diff_ids, img.chain_ids, strict=True):
             blob_name = f"blobs/sha256/{digest_hex(diff_id)}"
-            if diff_id not in sizes:
+            if diff_id not in sizes and desc.digest == diff_id:
+                # Stored uncompressed (a committed layer): the blob IS layer.tar.
+                # Checked now, before anything is written; copied as is, no spool.
+                store.verify_blob(desc)
+                sizes[diff_id] = desc.size
+                tar.lazy(blob_name, _blob_opener(store, desc.digest, desc.size, verify=False))
+            elif diff_id not in sizes:
                 f = _spool_plain(store, desc, diff_id, spool)
                 spooled.append(f)
                 sizes[diff_id] = f.tell()
@@ -364,10 +373,22 @@ def _layout_index(
     return entries, blobs
 
 
-def _blob_opener(store: ImageStore, digest: str, size: int) -> Callable[[], tuple[IO[bytes], int]]:
+def _blob_opener(
+    store: ImageStore, digest: str, size: int, *, verify: bool = True
+) -> Callable[[], tuple[IO[bytes], int]]:
+    """Opens a stored blob when the tar writer gets to it: verified then (size, then
+    digest) unless the caller already did; its size checked again either way."""
+
     def opener() -> tuple[IO[bytes], int]:
-        path = store.verify_blob(Descriptor("", digest, size))  # size, then digest
-        return open(path, "rb"), size  # noqa: SIM115 - closed by the tar writer
+        if verify:
+            path = store.verify_blob(Descriptor("", digest, size))  # size, then digest
+        else:
+            path = store.blob_path(digest)
+        f = open(path, "rb")  # noqa: SIM115 - closed by the tar writer
+        if os.fstat(f.fileno()).st_size != size:
+            f.close()
+            raise InvalidDigest(f"blob {digest}: size changed since it was checked")
+        return f, size
 
     return opener
 

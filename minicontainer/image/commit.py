@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from minicontainer.errors import NotSupported, UserError
-from minicontainer.image.layer import GZIP_LEVEL, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, write_layer
-from minicontainer.image.oci import MEDIA_TYPE_OCI_LAYER_GZIP, Descriptor, digest_hex, host_platform
+from minicontainer.image.layer import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, write_layer
+from minicontainer.image.oci import MEDIA_TYPE_OCI_LAYER, Descriptor, digest_hex, host_platform
 from minicontainer.image.store import Image, ImageStore, normalize_ref
 
 # Made by the runtime at every start (rootfs.py), never by the container's program.
@@ -444,21 +444,23 @@ def commit(
     own = _container_config(container, image)
     conf = apply_changes(own, changes)
 
-    # Straight into a temp file among the blobs, gzipped in the same pass as the walk
-    # (fixed level, gzip header without name or time: same upperdir, same bytes).
-    # A dot name: never taken for a blob, and gc() removes it if we are killed.
-    tmp = str(store.blobs / f".commit.tmp-{container.id[:12]}-{os.getpid()}.tar.gz")
+    # Straight into a temp file among the blobs in the same pass as the walk, and
+    # UNCOMPRESSED, as Docker keeps its local layers: its digest is its diff_id
+    # (media type ...layer.v1.tar). Compressing is a transport concern (push); `save`
+    # writes plain layer.tar anyway. Sorted entries, owners and mtimes as they are:
+    # same upperdir, same bytes. A dot name: never taken for a blob, and gc()
+    # removes it if we are killed.
+    tmp = str(store.blobs / f".commit.tmp-{container.id[:12]}-{os.getpid()}.tar")
     try:
         with _paused(container):
             scan = _scan(container)
-            # Owners and mtimes as they are, as Docker keeps them.
             digest, diff_id, size = write_layer(
                 container.dir / "upper",
                 tmp,
                 uid=None,
                 gid=None,
                 mtime=None,
-                level=GZIP_LEVEL,
+                compress=False,
                 exclude=sorted(scan.exclude),
             )
         created = _now()
@@ -480,7 +482,7 @@ def commit(
         history.append(entry)
         config.setdefault("architecture", image.architecture or host_platform()["architecture"])
         config.setdefault("os", image.os or "linux")
-        layer = Descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, digest, size)
+        layer = Descriptor(MEDIA_TYPE_OCI_LAYER, digest, size)
         return _add_image_or_nothing(store, image, (tmp, layer, diff_id), config, ref, history)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -22,11 +22,11 @@ prune is `docker image prune [-a]`: dangling images (no tag), or with -a every
 image no container uses, then whatever no remaining image references (store.gc()).
 
 disk_usage is `docker system df [-v]`, counting what this store keeps on disk for
-an image: its manifest and config blobs, its compressed layer blobs and, when
-unpacked, its layer dirs. A piece used by two images (by digest or ChainID: the
-busybox layer under busybox and hello-world) is SHARED for both and counted once in
-the totals; the rest is UNIQUE. Sizes are apparent sizes (st_size, each hardlinked
-inode once), as Docker's.
+an image: its manifest and config blobs, its layer blobs (gzip, or uncompressed
+as commit stores them) and, when unpacked, its layer dirs. A piece used by two
+images (by digest or ChainID: the busybox layer under busybox and hello-world) is
+SHARED for both and counted once in the totals; the rest is UNIQUE. Sizes are
+apparent sizes (st_size, each hardlinked inode once), as Docker's.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from minicontainer.errors import UserError
 from minicontainer.image.oci import (
+    GZIP_LAYER_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
     Descriptor,
@@ -155,10 +156,26 @@ def _clean_temps(store: ImageStore, grace: float) -> list[str]:
 # ---------------------------------------------------------------- verify
 
 
-def _diff_id(path: Path) -> str:
-    """sha256 of the uncompressed tar (config.md DiffID)."""
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _compression(path: Path) -> str:
+    """What the blob's first bytes say it is: "gzip", "zstd" or "" (a plain tar)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == _GZIP_MAGIC:
+        return "gzip"
+    return "zstd" if head == _ZSTD_MAGIC else ""
+
+
+def _diff_id(path: Path, digest: str) -> str:
+    """sha256 of the uncompressed tar (config.md DiffID). A blob stored uncompressed
+    (as commit writes them) is its own tar: its verified digest is the answer."""
     from minicontainer.image.layer import open_uncompressed
 
+    if not _compression(path):
+        return digest
     h = hashlib.sha256()
     with open(path, "rb") as f:
         src = open_uncompressed(f)
@@ -337,8 +354,19 @@ def verify(store: ImageStore, *, grace: float = TEMP_GRACE_SECONDS, deep: bool =
                 if layer.media_type and layer.media_type not in LAYER_MEDIA_TYPES:
                     continue  # a foreign layer type (zstd...): its diff_id cannot be read here
                 if layer.digest not in diff_ids_seen:
+                    path = store.blob_path(layer.digest)
                     try:
-                        diff_ids_seen[layer.digest] = _diff_id(store.blob_path(layer.digest))
+                        kind = _compression(path)
+                        # The media type must say what the bytes are: a reader that
+                        # goes by it (containerd, a registry client) would misread them.
+                        said = "gzip" if layer.media_type in GZIP_LAYER_MEDIA_TYPES else ""
+                        if layer.media_type and kind != said:
+                            problems.append(
+                                f"image {name}: layer {layer.digest} is "
+                                f"{kind or 'an uncompressed tar'}, its media type says "
+                                f"{layer.media_type}"
+                            )
+                        diff_ids_seen[layer.digest] = _diff_id(path, layer.digest)
                     except (OSError, EOFError, UserError) as e:
                         diff_ids_seen[layer.digest] = f"unreadable ({e})"
                 if diff_ids_seen[layer.digest] != want:

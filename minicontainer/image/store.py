@@ -6,7 +6,10 @@ Layout (OCI image-spec image-layout.md, readable by skopeo `oci:ROOT/oci:REF`):
                                annotation org.opencontainers.image.ref.name = "repo:tag"
                                (annotations.md); an entry without it is a dangling image
   ROOT/oci/blobs/sha256/<hex>  manifests (manifest.md), configs (config.md) and layers
-                               (layer.md); content always matches its name
+                               (layer.md); content always matches its name. Layers are
+                               gzip (...tar+gzip) or, as commit writes them, plain tar
+                               (...layer.v1.tar, digest == diff_id, as Docker keeps
+                               local layers uncompressed); readers sniff the bytes
   ROOT/layers/<chainid-hex>/   one layer unpacked on its own (overlayfs lowerdir form,
                                whiteouts as char 0:0, opaque dirs as xattr), keyed by
                                ChainID (config.md)
