@@ -12,6 +12,7 @@ last one wins. Those tests check that nothing escapes either.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import shutil
@@ -442,3 +443,148 @@ def test_gnu_tar_agrees_on_refusing_dotdot(area: Area) -> None:
     assert proc.returncode != 0 or "..' " in proc.stderr
     shutil.rmtree(out)
     area.untouched()
+
+
+# ------------------------------------- transports: path, open file at an offset, pipe
+# An uncompressed layer in a regular file takes a fast path (tarfile seeks from header
+# to header, bodies are copied in the kernel, the diff_id is one pass over the file);
+# anything else is read as one hashed stream. Both must refuse and hash the same.
+
+
+class _Pipe(io.RawIOBase):
+    """Not seekable, no fileno: like stdin."""
+
+    def __init__(self, data: bytes) -> None:
+        self.b = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+        return self.b.readinto(buf)
+
+
+PREFIX = b"not part of the layer" * 10
+
+
+def _apply_via(area: Area, data: bytes, via: str) -> str:
+    if via == "path":
+        return apply_layer(area.layer(data), area.dest, rootless=True)
+    if via == "pipe":
+        return apply_layer(_Pipe(data), area.dest, rootless=True)  # type: ignore[arg-type]
+    area.n += 1
+    p = area.tmp / f"layer{area.n}-prefixed"
+    p.write_bytes(PREFIX + data)
+    with open(p, "rb") as f:
+        f.seek(len(PREFIX))
+        diff_id = apply_layer(f, area.dest, rootless=True)
+        assert f.tell() == len(PREFIX) + len(data)  # consumed, as a stream would be
+        return diff_id
+
+
+VIAS = ["path", "open-file-at-offset", "pipe"]
+
+
+@pytest.mark.parametrize("via", VIAS)
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_hostile_member_refused_every_transport(area: Area, case: str, via: str) -> None:
+    data, name = _corpus(case, area.sentinel)
+    with pytest.raises(UnsafeLayer) as exc:
+        _apply_via(area, data, via)
+    assert name.lstrip("/") in str(exc.value) or name in str(exc.value), str(exc.value)
+    area.refused()
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_lying_sizes_refused_every_transport(area: Area, via: str) -> None:
+    big = tar_bytes(ti("ok", data=b"1"), ti("big", data=b"y" * 100_000))
+    start = big.index(b"y" * 512)  # the data of 'big'; cut in it, at it, one byte short
+    for cut in (4096, start, start + 99_999):
+        with pytest.raises(UnsafeLayer, match="'big'"):
+            _apply_via(area, big[:cut], via)
+        area.refused()
+    small = bytearray(tar_bytes(ti("ok", data=b"1"), ti("liar", data=b"y" * 5000), ti("after")))
+    hdr = small.index(b"liar\0") // 512 * 512
+    t = tarfile.TarInfo.frombuf(bytes(small[hdr : hdr + 512]), "utf-8", "surrogateescape")
+    t.size = 10
+    small[hdr : hdr + 512] = t.tobuf(tarfile.USTAR_FORMAT)
+    with pytest.raises(UnsafeLayer, match="liar"):
+        _apply_via(area, bytes(small), via)
+    area.refused()
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_bytes_after_end_of_archive_refused_every_transport(area: Area, via: str) -> None:
+    data = tar_bytes(ti("ok", data=b"1"))
+    with pytest.raises(UnsafeLayer, match="past what parses as the end"):
+        _apply_via(area, data + b"\0" * 1024 + b"x", via)
+    area.refused()
+    _apply_via(area, data + b"\0" * 70_000, via)  # more zero padding is fine
+
+
+@pytest.mark.parametrize("mode", [2, 1, 0], ids=["copy_file_range", "sendfile", "read-write"])
+@pytest.mark.parametrize("via", VIAS)
+def test_diff_id_and_content_every_transport_and_copy_method(
+    area: Area, via: str, mode: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The diff_id covers exactly the archive's bytes (not the prefix before the
+    file position), whatever the transport; each kernel copy fallback gives the same
+    files."""
+    import minicontainer.image.layer as layer
+
+    monkeypatch.setattr(layer, "_copy_mode", [mode])
+    if via != "pipe":  # a regular file takes the fast path, never the stream reader
+
+        def no_stream(*_a: object) -> None:
+            raise AssertionError("stream path taken for a regular file")
+
+        monkeypatch.setattr(layer, "_HashReader", no_stream)
+    files = {"a": b"", "b": os.urandom(3000), "d/c": os.urandom(1 << 20) + b"tail"}
+    data = tar_bytes(ti("d", "dir"), *(ti(n, data=v) for n, v in files.items())) + b"\0" * 4096
+    assert _apply_via(area, data, via) == "sha256:" + hashlib.sha256(data).hexdigest()
+    for name, want in files.items():
+        assert (area.dest / name).read_bytes() == want
+        assert (area.dest / name).stat().st_mtime == MTIME
+
+
+def test_gzip_file_object_is_not_taken_for_a_plain_file(area: Area) -> None:
+    """A GzipFile's fileno() is the compressed file: it must be read as a stream."""
+    data = tar_bytes(ti("f", data=b"content"))
+    p = area.layer(data, gz=True)
+    with gzip.open(p, "rb") as g:
+        got = apply_layer(g, area.dest, rootless=True)  # type: ignore[arg-type]
+    assert got == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert (area.dest / "f").read_bytes() == b"content"
+
+
+@pytest.mark.parametrize("via", VIAS)
+@pytest.mark.parametrize("data", [b"", b"\0" * 100, b"x" * 100, b"x" * 600], ids=len)
+def test_empty_or_truncated_first_header_refused_every_transport(
+    area: Area, via: str, data: bytes
+) -> None:
+    with pytest.raises(UnsafeLayer, match="invalid layer archive"):
+        _apply_via(area, data, via)
+    area.refused()
+
+
+@pytest.mark.parametrize("failure", ["EXDEV", "zero"])
+def test_kernel_copy_failing_falls_back(
+    area: Area, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy_file_range refused (EXDEV: another filesystem on old kernels) or claiming
+    EOF where there is data: the next method copies the same bytes."""
+    import errno
+
+    import minicontainer.image.layer as layer
+
+    def broken(*_a: object) -> int:
+        if failure == "zero":
+            return 0
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(layer, "_copy_mode", [2])
+    monkeypatch.setattr(os, "copy_file_range", broken, raising=False)
+    body = os.urandom(70_000)
+    apply_layer(area.layer(tar_bytes(ti("f", data=body))), area.dest, rootless=True)
+    assert (area.dest / "f").read_bytes() == body
+    assert layer._copy_mode[0] < 2
