@@ -207,6 +207,43 @@ class Runtime:
 
         return maintenance.disk_usage(self)
 
+    # -- the workflow: build, push, pull (build/, registry/)
+
+    def build(
+        self,
+        context: str | Path,
+        tag: str | None = None,
+        *,
+        dockerfile: str | None = None,
+        build_args: dict[str, str] | None = None,
+        no_cache: bool = False,
+        progress: bool = True,
+    ):  # type: ignore[no-untyped-def]
+        """``docker build``: a Dockerfile, step by step, with a layer cache."""
+        from .build import builder
+
+        return builder.build(
+            self,
+            context,
+            tag,
+            dockerfile=dockerfile,
+            build_args=build_args or {},
+            no_cache=no_cache,
+            progress=progress,
+        )
+
+    def push(self, ref: str, *, progress: bool = True):  # type: ignore[no-untyped-def]
+        """Upload an image (``HOST[:PORT]/REPO:TAG``) with the blobs the registry lacks."""
+        from .registry import client
+
+        return client.push(self.store, ref, progress=progress)
+
+    def pull(self, ref: str, *, progress: bool = True):  # type: ignore[no-untyped-def]
+        """Download an image, only the blobs this store lacks."""
+        from .registry import client
+
+        return client.pull(self.store, ref, progress=progress)
+
     def bootstrap(self, force: bool = False):  # type: ignore[no-untyped-def]
         """Build the local base images (busybox, hello-world) from this machine."""
         from .image.bootstrap import bootstrap

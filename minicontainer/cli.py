@@ -414,6 +414,45 @@ def cmd_system(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    build_args = {}
+    for item in args.build_arg:
+        key, eq, value = item.partition("=")
+        if not eq:
+            value = os.environ.get(key, "")
+        build_args[key] = value
+    result = _runtime(args).build(
+        args.context,
+        args.tag,
+        dockerfile=args.file,
+        build_args=build_args,
+        no_cache=args.no_cache,
+        progress=not args.quiet,
+    )
+    print(result.image.id if args.quiet else f"Successfully built {result.image.id[7:19]}")
+    if args.tag and not args.quiet:
+        print(f"Successfully tagged {result.image.ref}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    report = _runtime(args).push(args.image, progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    report = _runtime(args).pull(args.image, progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from .registry import server
+
+    return server.main_serve(args.root_dir, args.host, args.port)
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     for image in _runtime(args).bootstrap(force=args.force):
         print(f"{image.ref}\t{image.id}")
@@ -580,6 +619,28 @@ def args_system(s: argparse.ArgumentParser) -> None:
     df.add_argument("-v", "--verbose", action="store_true")
 
 
+def args_build(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-t", "--tag", help="NAME[:TAG]")
+    s.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    s.add_argument("--build-arg", action="append", default=[], metavar="K=V")
+    s.add_argument("--no-cache", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    s.add_argument("context")
+
+
+def args_transfer(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.add_argument("image", help="HOST[:PORT]/REPO[:TAG]")
+
+
+def args_registry(s: argparse.ArgumentParser) -> None:
+    sub = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    serve = sub.add_parser("serve", help="run the embedded registry (OCI distribution API)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--root", dest="root_dir", help="where blobs live (default: STATE/registry)")
+
+
 def args_bootstrap(s: argparse.ArgumentParser) -> None:
     s.add_argument("--force", action="store_true")
 
@@ -611,6 +672,10 @@ VERBS = {
     "export": ("Export a container's filesystem as a tar archive", args_export, cmd_export),
     "image": ("Manage images: inspect, prune, verify", args_image, cmd_image),
     "system": ("Disk usage: system df", args_system, cmd_system),
+    "build": ("Build an image from a Dockerfile", args_build, cmd_build),
+    "push": ("Upload an image to a registry (only the blobs it lacks)", args_transfer, cmd_push),
+    "pull": ("Download an image from a registry (only the blobs we lack)", args_transfer, cmd_pull),
+    "registry": ("Run the embedded registry: registry serve", args_registry, cmd_registry),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
     "check": (
         "Say what this machine supports, and how to fix what is missing",

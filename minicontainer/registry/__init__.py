@@ -1,0 +1,2 @@
+"""The registry side of the workflow: an embedded OCI Distribution server
+(``server``) and a client that pushes and pulls images (``client``)."""

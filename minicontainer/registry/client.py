@@ -1,0 +1,779 @@
+"""Registry client: `push` and `pull` over the OCI Distribution API.
+
+Follows opencontainers/distribution-spec spec.md: "Pulling manifests" (GET with an
+Accept of all four manifest/index types), "Pulling blobs" (GET, redirects), "Checking
+if content exists" (HEAD), "Pushing blobs" (POST then PATCH then PUT ?digest=, always
+to the newest Location), "Mounting a blob from another repository" (POST ?mount=&from=,
+201 or 202 + a new session), "Pushing manifests" (PUT with Content-Type = mediaType).
+Auth is Docker's token flow (distribution/docs/spec/auth/token.md): a 401 with
+`WWW-Authenticate: Bearer realm=..,service=..,scope=..` sends us to the realm for a
+token, anonymously or with MINICONTAINER_REGISTRY_AUTH=user:pass.
+
+De-duplication: pull downloads only the blobs the store lacks; push HEADs each blob,
+mounts it from another repository of the same registry when we pushed it there
+before, and uploads only the rest. The store keeps committed layers uncompressed, so
+push gzips them (deterministically, as Docker does at push time) and remembers
+diff_id -> gzip blob so the next push does not compress again. Every downloaded blob
+goes to a temp file, is checked (size, then digest) and only then renamed into place:
+a transfer killed halfway leaves no corrupt blob, and a re-run starts that blob over.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+from minicontainer.errors import ImageNotFound, UserError
+from minicontainer.image.oci import (
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_LAYER,
+    MEDIA_TYPE_OCI_LAYER_GZIP,
+    MEDIA_TYPE_OCI_MANIFEST,
+    Descriptor,
+    InvalidDigest,
+    Manifest,
+    digest_hex,
+    host_platform,
+    parse_index,
+    platform_matches,
+    sha256_bytes,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO, Any
+
+    from minicontainer.image.store import Image, ImageStore
+
+DOCKER_HUB = "registry-1.docker.io"
+AUTH_ENV = "MINICONTAINER_REGISTRY_AUTH"
+# spec.md "Pulling manifests": list every type we read, or a registry may convert
+# (2.8.2 serves schema1 by tag) or 404 (an OCI manifest without the OCI type).
+ACCEPT = ", ".join((*MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES))
+_CHUNK = 1 << 20
+_TIMEOUT = 60.0
+COMPRESSED_RECORD = "push-compressed.json"  # diff_id -> {digest, size} of its gzip blob
+PUSHED_RECORD = "push-repos.json"  # registry -> digest -> repo we pushed it to (for mount)
+
+
+# ---------------------------------------------------------------- references
+
+
+@dataclass(frozen=True)
+class RemoteRef:
+    """`HOST[:PORT]/REPO:TAG` (or `@sha256:...`) split for the wire."""
+
+    host: str  # with port, as in URLs
+    repo: str
+    reference: str  # tag or digest
+    scheme: str
+
+    def __str__(self) -> str:
+        sep = "@" if self.reference.startswith("sha256:") else ":"
+        return f"{self.host}/{self.repo}{sep}{self.reference}"
+
+
+def _insecure(host: str) -> bool:
+    """Docker's default insecure registries: loopback only (127.0.0.0/8, localhost)."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]")
+    return name in ("localhost", "::1") or name.startswith("127.")
+
+
+def parse_remote(ref: str) -> RemoteRef:
+    """Docker's reference grammar: a first component with `.` or `:` (or `localhost`)
+    is a registry host; otherwise Docker Hub, whose official images live in library/."""
+    from minicontainer.image.store import normalize_ref
+
+    ref = ref.strip()
+    normalize_ref(ref)  # validates names and tags with the store's own rules
+    name, _, digest = ref.partition("@")
+    colon = name.rfind(":")
+    tag = ""
+    if colon > name.rfind("/"):
+        name, tag = name[:colon], name[colon + 1 :]
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        host, repo = first, rest
+    else:
+        host, repo = DOCKER_HUB, name
+    if host in ("docker.io", "index.docker.io"):
+        host = DOCKER_HUB
+    if host == DOCKER_HUB and "/" not in repo:
+        repo = "library/" + repo
+    if digest:
+        digest_hex(digest)
+    return RemoteRef(host, repo, digest or tag or "latest", "http" if _insecure(host) else "https")
+
+
+# ---------------------------------------------------------------- reports
+
+
+@dataclass
+class TransferReport:
+    """What a push or pull moved; `summary()` is the one line the CLI prints."""
+
+    action: str  # "pushed" or "pulled"
+    ref: str
+    manifest_digest: str = ""
+    bytes_transferred: int = 0
+    layers_transferred: int = 0
+    layers_skipped: int = 0
+    layers_mounted: int = 0
+    blobs_transferred: list[str] = field(default_factory=list)
+    image: Image | None = None
+
+    def summary(self) -> str:
+        verb = "uploaded" if self.action == "pushed" else "downloaded"
+        parts = [f"{self.layers_transferred} layers {verb} ({_human(self.bytes_transferred)})"]
+        if self.layers_mounted:
+            parts.append(f"{self.layers_mounted} mounted from another repository")
+        if self.layers_skipped:
+            where = "already there" if self.action == "pushed" else "already in the store"
+            parts.append(f"{self.layers_skipped} skipped ({where})")
+        return f"{self.action} {self.ref}: {', '.join(parts)}, manifest {self.manifest_digest}"
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------- progress
+
+
+def _want_bars(progress: bool) -> bool:
+    """Bars in a terminal or a notebook; nothing in CI logs or when piped."""
+    if not progress or os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        return False
+    in_notebook = "ipykernel" in sys.modules
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return tty or in_notebook
+
+
+class _Progress:
+    """One byte-counting bar per transfer (tqdm.auto: text or widget), or nothing."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.bar: Any = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm  # lazy: optional, and slow to import
+            except ImportError:
+                return
+            self.bar = tqdm(total=0, desc=desc, unit="B", unit_scale=True, leave=True)
+
+    def add_total(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total = (self.bar.total or 0) + n
+            self.bar.refresh()
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _CountingReader:
+    """A file whose reads feed the progress bar (http.client sends files by read())."""
+
+    def __init__(self, f: IO[bytes], tick: Callable[[int], None]) -> None:
+        self.f = f
+        self.tick = tick
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self.tick(len(b))
+        return b
+
+    def seek(self, pos: int) -> int:  # a re-send after a 401 starts over
+        return self.f.seek(pos)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
+# ---------------------------------------------------------------- HTTP session
+
+
+class RegistryError(UserError):
+    """The registry refused or failed; the message carries its error codes."""
+
+    def __init__(self, message: str, status: int = 0, codes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = codes
+
+
+def _error_text(body: bytes) -> tuple[str, tuple[str, ...]]:
+    """spec.md "Error Codes": {"errors": [{"code", "message", "detail"}]}."""
+    try:
+        errors = json.loads(body).get("errors") or []
+        codes = tuple(str(e.get("code", "")) for e in errors)
+        text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+        return text or body[:200].decode(errors="replace"), codes
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace").strip(), ()
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return scheme.lower(), params
+
+
+class Session:
+    """Keep-alive connections to one registry, plus its auth (token or basic)."""
+
+    def __init__(self, host: str, scheme: str) -> None:
+        self.host = host
+        self.scheme = scheme
+        self.auth: str | None = None  # the Authorization header value once we have one
+        self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
+        creds = os.environ.get(AUTH_ENV, "")
+        self.basic = "Basic " + base64.b64encode(creds.encode()).decode() if creds else None
+
+    def close(self) -> None:
+        for c in self._conns.values():
+            c.close()
+        self._conns.clear()
+
+    def _conn(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        key = (scheme, netloc)
+        conn = self._conns.get(key)
+        if conn is None:
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(
+                    netloc,
+                    timeout=_TIMEOUT,
+                    context=ssl.create_default_context(),
+                    blocksize=_CHUNK,
+                )
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=_TIMEOUT, blocksize=_CHUNK)
+            self._conns[key] = conn
+        return conn
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://{self.host}{path}"
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | IO[bytes] | None = None,
+        *,
+        ok: tuple[int, ...] = (200,),
+        redirects: int = 5,
+    ) -> http.client.HTTPResponse:
+        """Send, answering one auth challenge and following redirects; returns the
+        response unread (the caller reads it to the end, keeping the connection).
+        A file body must be seekable: it is re-sent from its start after a 401."""
+        start = body.tell() if body is not None and hasattr(body, "tell") else 0
+        for attempt in range(3):
+            if body is not None and hasattr(body, "seek"):
+                body.seek(start)
+            resp = self._send(method, url, headers or {}, body, auth=True)
+            if resp.status == 401 and attempt < 2:
+                challenge = resp.getheader("WWW-Authenticate", "")
+                resp.read()
+                if not self._authenticate(challenge):
+                    break
+                continue
+            if resp.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
+                location = resp.getheader("Location", "")
+                resp.read()
+                if redirects <= 0 or not location:
+                    raise RegistryError(f"{method} {url}: too many redirects")
+                # Blob storage (S3, a CDN) gets no registry credentials.
+                return self._follow(
+                    method, urllib.parse.urljoin(url, location), headers, ok, redirects - 1
+                )
+            break
+        if resp.status not in ok:
+            data = resp.read()
+            text, codes = _error_text(data)
+            raise RegistryError(
+                f"{method} {_short(url)}: {resp.status} {resp.reason}: {text}",
+                resp.status,
+                codes,
+            )
+        return resp
+
+    def _follow(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        ok: tuple[int, ...],
+        redirects: int,
+    ) -> http.client.HTTPResponse:
+        resp = self._send(method, url, headers or {}, None, auth=False)
+        if resp.status in (301, 302, 303, 307, 308) and redirects > 0:
+            location = resp.getheader("Location", "")
+            resp.read()
+            return self._follow(
+                method, urllib.parse.urljoin(url, location), headers, ok, redirects - 1
+            )
+        if resp.status not in ok:
+            text, codes = _error_text(resp.read())
+            raise RegistryError(
+                f"{method} {_short(url)}: {resp.status}: {text}", resp.status, codes
+            )
+        return resp
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | IO[bytes] | None,
+        *,
+        auth: bool,
+    ) -> http.client.HTTPResponse:
+        u = urllib.parse.urlsplit(url)
+        path = u.path + ("?" + u.query if u.query else "")
+        hdrs = dict(headers)
+        if auth and self.auth and u.netloc == self.host:
+            hdrs["Authorization"] = self.auth
+        if body is None and method in ("PUT", "POST", "PATCH"):
+            hdrs.setdefault("Content-Length", "0")
+        for retry in (True, False):
+            conn = self._conn(u.scheme, u.netloc)
+            try:
+                conn.request(method, path, body=body, headers=hdrs)
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                # A keep-alive connection the server closed: reconnect once, if the
+                # body can be sent again.
+                conn.close()
+                self._conns.pop((u.scheme, u.netloc), None)
+                if not retry or (
+                    body is not None and not isinstance(body, bytes) and not hasattr(body, "seek")
+                ):
+                    raise UserError(f"registry {self.host}: connection lost: {e}") from None
+                if hasattr(body, "seek"):
+                    body.seek(0)  # type: ignore[union-attr]
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                self._conns.pop((u.scheme, u.netloc), None)
+                raise UserError(f"cannot reach registry {self.host}: {_oserror(e)}") from None
+        raise AssertionError("unreachable")
+
+    def _authenticate(self, challenge: str) -> bool:
+        """A 401: Bearer -> fetch a token from the realm; Basic -> our credentials."""
+        scheme, params = _parse_challenge(challenge)
+        if scheme == "basic":
+            if self.basic is None or self.auth == self.basic:
+                return False
+            self.auth = self.basic
+            return True
+        if scheme != "bearer" or "realm" not in params:
+            return False
+        query = {k: params[k] for k in ("service", "scope") if k in params}
+        url = params["realm"] + ("?" + urllib.parse.urlencode(query) if query else "")
+        req = urllib.request.Request(url)
+        if self.basic:
+            req.add_header("Authorization", self.basic)
+        try:
+            with urllib.request.urlopen(req, timeout=_TIMEOUT) as r:  # noqa: S310 - realm URL
+                data = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise RegistryError(
+                f"token request to {params['realm']} failed: {e.code} {e.reason}", e.code
+            ) from None
+        except (OSError, ValueError) as e:
+            raise UserError(f"token request to {params['realm']} failed: {_oserror(e)}") from None
+        token = data.get("token") or data.get("access_token")
+        if not token:
+            raise UserError(f"token endpoint {params['realm']} returned no token")
+        self.auth = f"Bearer {token}"
+        return True
+
+
+def _short(url: str) -> str:
+    u = urllib.parse.urlsplit(url)
+    return u.netloc + u.path
+
+
+def _oserror(e: BaseException) -> str:
+    if isinstance(e, socket.gaierror):
+        return f"name resolution failed ({e.strerror})"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+# ---------------------------------------------------------------- small records
+
+
+def _read_record(store: ImageStore, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads((store.root / name).read_bytes())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _update_record(store: ImageStore, name: str, update: Callable[[dict[str, Any]], None]) -> None:
+    with store._lock():
+        data = _read_record(store, name)
+        update(data)
+        store._write_atomic(store.root / name, json.dumps(data, sort_keys=True).encode())
+
+
+# ---------------------------------------------------------------- pull
+
+
+def pull(store: ImageStore, ref: str, *, progress: bool = True) -> TransferReport:
+    """Fetch `ref`'s manifest (the host platform's one, from an index), then only the
+    blobs the store lacks; register the raw manifest under `ref`."""
+    remote = parse_remote(ref)
+    report = TransferReport("pulled", str(remote))
+    session = Session(remote.host, remote.scheme)
+    bar = _Progress(_want_bars(progress), f"pull {remote.repo}")
+    try:
+        raw, media_type = _get_manifest(session, remote, remote.reference, report)
+        seen = 0
+        while media_type in INDEX_MEDIA_TYPES:  # image-index.md: pick the host platform
+            seen += 1
+            if seen > 4:
+                raise UserError(f"{remote}: image index nests too deeply")
+            children = [
+                c
+                for c in parse_index(raw)
+                if c.media_type in (*MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES)
+                and platform_matches(c.platform)
+            ]
+            if not children:
+                plat = host_platform()
+                raise ImageNotFound(
+                    f"{remote}: no manifest for {plat['os']}/{plat['architecture']} in the index"
+                )
+            raw, media_type = _get_manifest(
+                session, remote, children[0].digest, report, children[0].size
+            )
+        if media_type not in MANIFEST_MEDIA_TYPES:
+            raise UserError(f"{remote}: unsupported manifest type {media_type!r}")
+        manifest = Manifest.parse(raw)
+        report.manifest_digest = manifest.digest
+        missing = [d for d in (manifest.config, *manifest.layers) if not store.has_blob(d.digest)]
+        report.layers_skipped = sum(1 for d in manifest.layers if d not in missing)
+        bar.add_total(sum(d.size for d in missing))
+        for desc in missing:
+            if store.has_blob(desc.digest):  # a layer listed twice
+                continue
+            _download_blob(session, store, remote, desc, bar.update)
+            report.bytes_transferred += desc.size
+            report.blobs_transferred.append(desc.digest)
+            if desc is not manifest.config:
+                report.layers_transferred += 1
+        report.image = store.add_manifest(raw, _local_name(ref))
+        return report
+    finally:
+        bar.close()
+        session.close()
+
+
+def _local_name(ref: str) -> str:
+    """The name the image gets in the store: what the user typed (the store normalises
+    `busybox` to `busybox:latest` and keeps `HOST:PORT/repo:tag`)."""
+    return ref.strip()
+
+
+def _get_manifest(
+    session: Session,
+    remote: RemoteRef,
+    reference: str,
+    report: TransferReport,
+    size: int | None = None,
+) -> tuple[bytes, str]:
+    url = session.url(f"/v2/{remote.repo}/manifests/{reference}")
+    try:
+        resp = session.request("GET", url, {"Accept": ACCEPT})
+    except RegistryError as e:
+        if e.status == 404:
+            raise ImageNotFound(
+                f"{remote.host}/{remote.repo}:{reference}: not found ({e})"
+            ) from None
+        raise
+    raw = resp.read((4 << 20) + 1)
+    resp.read()
+    if len(raw) > 4 << 20:
+        raise UserError(f"{remote}: manifest larger than 4 MiB")
+    report.bytes_transferred += len(raw)
+    if size is not None and len(raw) != size:
+        raise InvalidDigest(f"{remote}: manifest {reference}: size {len(raw)}, expected {size}")
+    if reference.startswith("sha256:") and sha256_bytes(raw) != reference:
+        raise InvalidDigest(f"{remote}: manifest does not match digest {reference}")
+    header = resp.getheader("Docker-Content-Digest")
+    if header and header.startswith("sha256:") and sha256_bytes(raw) != header:
+        raise InvalidDigest(f"{remote}: manifest does not match Docker-Content-Digest {header}")
+    try:
+        media_type = json.loads(raw).get("mediaType") or ""
+    except (ValueError, AttributeError):
+        raise UserError(f"{remote}: invalid manifest JSON") from None
+    if not media_type:
+        media_type = (resp.getheader("Content-Type") or "").split(";")[0].strip()
+        if media_type not in (*MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES):
+            media_type = MEDIA_TYPE_OCI_MANIFEST if b'"config"' in raw else INDEX_MEDIA_TYPES[0]
+    return raw, media_type
+
+
+def _download_blob(
+    session: Session,
+    store: ImageStore,
+    remote: RemoteRef,
+    desc: Descriptor,
+    tick: Callable[[int], None],
+) -> None:
+    """GET into a temp file beside the blobs; size then digest; then rename."""
+    import hashlib
+
+    url = session.url(f"/v2/{remote.repo}/blobs/{desc.digest}")
+    resp = session.request("GET", url)
+    fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=store.blobs)
+    try:
+        h = hashlib.sha256()
+        got = 0
+        with os.fdopen(fd, "wb") as f:
+            while True:
+                try:
+                    chunk = resp.read(min(_CHUNK, desc.size + 1 - got))
+                except (OSError, http.client.HTTPException) as e:
+                    raise UserError(
+                        f"pull {remote}: blob {desc.digest[:19]}: connection lost after "
+                        f"{got} of {desc.size} bytes ({_oserror(e)}); run pull again"
+                    ) from None
+                if not chunk:
+                    break
+                h.update(chunk)
+                f.write(chunk)
+                got += len(chunk)
+                tick(len(chunk))
+                if got > desc.size:
+                    break
+            f.flush()
+            os.fsync(f.fileno())
+        if got != desc.size:
+            session.close()  # the rest of the body is unread: the connection is unusable
+            raise InvalidDigest(
+                f"pull {remote}: blob {desc.digest[:19]}: got {got} bytes, expected {desc.size}"
+                + ("; run pull again" if got < desc.size else "")
+            )
+        if "sha256:" + h.hexdigest() != desc.digest:
+            raise InvalidDigest(f"pull {remote}: blob {desc.digest}: content does not match")
+        with store._lock():
+            store._commit_blob(tmp, desc.digest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------- push
+
+
+def push(store: ImageStore, ref: str, *, progress: bool = True) -> TransferReport:
+    """Upload the blobs the registry lacks (HEAD first, mount when we can), then the
+    manifest. Uncompressed layers are gzipped first, once (remembered by diff_id)."""
+    remote = parse_remote(ref)
+    if remote.reference.startswith("sha256:"):
+        raise UserError(f"push {ref}: push a tag, not a digest")
+    image = store.resolve(ref)
+    report = TransferReport("pushed", str(remote))
+    raw, manifest = _push_manifest(store, image)
+    report.manifest_digest = manifest.digest
+    session = Session(remote.host, remote.scheme)
+    bar = _Progress(_want_bars(progress), f"push {remote.repo}")
+    known = _read_record(store, PUSHED_RECORD).get(remote.host) or {}
+    pushed: dict[str, str] = {}
+    try:
+        done: set[str] = set()
+        for desc in (*manifest.layers, manifest.config):  # docker's order: layers first
+            is_layer = desc is not manifest.config
+            if desc.digest in done:
+                continue
+            done.add(desc.digest)
+            how = _push_blob(session, store, remote, desc, known.get(desc.digest), bar)
+            pushed[desc.digest] = remote.repo
+            if how == "uploaded":
+                report.bytes_transferred += desc.size
+                report.blobs_transferred.append(desc.digest)
+                report.layers_transferred += is_layer
+            elif how == "mounted":
+                report.layers_mounted += is_layer
+            else:
+                report.layers_skipped += is_layer
+        session.request(
+            "PUT",
+            session.url(f"/v2/{remote.repo}/manifests/{remote.reference}"),
+            {"Content-Type": manifest.media_type},
+            raw,
+            ok=(200, 201, 202),
+        ).read()
+        report.bytes_transferred += len(raw)
+    finally:
+        bar.close()
+        session.close()
+        if pushed:
+            _update_record(
+                store, PUSHED_RECORD, lambda d: d.setdefault(remote.host, {}).update(pushed)
+            )
+    report.image = image
+    return report
+
+
+def _push_manifest(store: ImageStore, image: Image) -> tuple[bytes, Manifest]:
+    """The manifest to send: the stored one as is when all its layers are compressed;
+    else an OCI manifest naming gzip blobs (the config, and so the image ID, unchanged)."""
+    raw = store.manifest_bytes(image)
+    manifest = Manifest.parse(raw)
+    if all(d.media_type != MEDIA_TYPE_OCI_LAYER for d in manifest.layers):
+        return raw, manifest
+    layers = [
+        _compressed(store, d, diff_id) if d.media_type == MEDIA_TYPE_OCI_LAYER else d
+        for d, diff_id in zip(manifest.layers, image.diff_ids, strict=True)
+    ]
+    config = manifest.config
+    if config.media_type == MEDIA_TYPE_DOCKER_CONFIG or config.media_type not in CONFIG_MEDIA_TYPES:
+        config = Descriptor(MEDIA_TYPE_OCI_CONFIG, config.digest, config.size)
+    new_raw = Manifest.build(config, layers)
+    return new_raw, Manifest.parse(new_raw)
+
+
+def _compressed(store: ImageStore, desc: Descriptor, diff_id: str) -> Descriptor:
+    """The gzip blob of an uncompressed layer: from the record if it is still in the
+    store, else made now (level fixed, mtime 0, no name: same bytes every time)."""
+    import gzip
+    import shutil
+
+    from minicontainer.image.layer import GZIP_LEVEL, _HashWriter
+
+    entry = _read_record(store, COMPRESSED_RECORD).get(diff_id)
+    if entry and store.has_blob(entry["digest"]):
+        return Descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, entry["digest"], int(entry["size"]))
+    src = store.verify_blob(desc)
+    fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=store.blobs)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            comp = _HashWriter(out)
+            with gzip.GzipFile(
+                filename="",
+                mode="wb",
+                fileobj=comp,  # type: ignore[arg-type]
+                compresslevel=GZIP_LEVEL,
+                mtime=0,
+            ) as gz:
+                shutil.copyfileobj(f, gz, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        with store._lock():
+            store._commit_blob(tmp, comp.digest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _update_record(
+        store,
+        COMPRESSED_RECORD,
+        lambda d: d.__setitem__(diff_id, {"digest": comp.digest, "size": comp.size}),
+    )
+    return Descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, comp.digest, comp.size)
+
+
+def _push_blob(
+    session: Session,
+    store: ImageStore,
+    remote: RemoteRef,
+    desc: Descriptor,
+    from_repo: str | None,
+    bar: _Progress,
+) -> str:
+    """ "skipped" (HEAD says it is there), "mounted" or "uploaded"."""
+    base = f"/v2/{remote.repo}/blobs/"
+    resp = session.request("HEAD", session.url(base + desc.digest), ok=(200, 404))
+    resp.read()
+    if resp.status == 200:
+        return "skipped"
+    uploads = session.url(base + "uploads/")
+    location = None
+    if from_repo and from_repo != remote.repo:
+        q = urllib.parse.urlencode({"mount": desc.digest, "from": from_repo})
+        resp = session.request("POST", f"{uploads}?{q}", ok=(201, 202))
+        resp.read()
+        if resp.status == 201:
+            return "mounted"
+        location = resp.getheader("Location")  # 202: not mounted, a session to upload to
+    if not location:
+        resp = session.request("POST", uploads, ok=(202,))
+        resp.read()
+        location = resp.getheader("Location")
+    if not location:
+        raise RegistryError(f"push {remote}: upload session without a Location")
+    location = urllib.parse.urljoin(uploads, location)
+    path = store.verify_blob(desc)
+    bar.add_total(desc.size)
+    if desc.size:
+        with open(path, "rb") as f:
+            # docker's way: the whole blob in one PATCH, then an empty PUT ?digest=.
+            resp = session.request(
+                "PATCH",
+                location,
+                {
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(desc.size),
+                    "Content-Range": f"0-{desc.size - 1}",
+                },
+                _CountingReader(f, bar.update),  # type: ignore[arg-type]
+                ok=(202, 204),
+            )
+            resp.read()
+        location = urllib.parse.urljoin(location, resp.getheader("Location") or location)
+    sep = "&" if urllib.parse.urlsplit(location).query else "?"
+    resp = session.request(
+        "PUT", f"{location}{sep}digest={urllib.parse.quote(desc.digest)}", ok=(201, 204)
+    )
+    resp.read()
+    return "uploaded"
+
+
+__all__ = [
+    "RemoteRef",
+    "RegistryError",
+    "Session",
+    "TransferReport",
+    "parse_remote",
+    "pull",
+    "push",
+]
