@@ -449,8 +449,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from .registry import server
+    from .state import StateRoot
 
-    return server.main_serve(args.root_dir, args.host, args.port)
+    root_dir = args.root_dir or str(StateRoot(args.root).root / "registry")
+    return server.main_serve(root_dir, args.host, args.port)
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
