@@ -1,0 +1,1 @@
+"""minicontainer build: Dockerfile -> image, with a layer cache (see builder.py)."""
