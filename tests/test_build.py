@@ -261,3 +261,21 @@ def test_build_errors_are_one_line(root: Path, tmp_path: Path):
     (ctx2 / "Dockerfile").write_text("FROM nosuchimage\n")
     line = one_line_error(mc("build", str(ctx2)))
     assert "Dockerfile:1: FROM nosuchimage" in line and "not found" in line
+
+
+def test_progress_bar_counts_steps(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """In a terminal or a notebook a bar counts the steps; the step lines print above it."""
+    import io
+
+    pytest.importorskip("tqdm")
+    from minicontainer import progress
+
+    stream = io.StringIO()
+    bar = progress.bar(True, "build", total=3, unit="step")
+    assert bar is not None
+    bar.fp = stream  # type: ignore[attr-defined]
+    bar.update(3)
+    bar.close()
+    assert bar.n == 3
+    monkeypatch.setenv("CI", "true")
+    assert progress.bar(progress.wanted(True), "build", total=3, unit="step") is None

@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -30,6 +31,7 @@ import pytest
 
 import minicontainer as mc
 from conftest import skip_or_fail
+from minicontainer import progress
 from minicontainer.errors import UserError
 from minicontainer.image.oci import (
     MEDIA_TYPE_OCI_CONFIG,
@@ -185,9 +187,9 @@ def test_docker_hub_unreachable_is_one_line(server: mc.Runtime) -> None:
 
 def test_progress_quiet_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
-    assert not client._want_bars(True)
+    assert not progress.wanted(True)
     monkeypatch.delenv("CI")
-    assert not client._want_bars(False)
+    assert not progress.wanted(False)
 
 
 # --------------------------------------------------------------------------- workflow
@@ -480,3 +482,24 @@ def test_pull_rejects_corrupt_blob(registry: str, laptop: mc.Runtime, server: mc
     sess.close()
     assert not store.has_blob(desc.digest)
     assert not [p for p in store.blobs.iterdir() if p.name.startswith(".")]
+
+
+def test_push_killed_halfway_then_rerun(
+    embedded_registry: str, laptop: mc.Runtime, server: mc.Runtime
+) -> None:
+    """A push SIGKILLed mid-way leaves the registry without a half blob; the re-run
+    completes and the image pulls and verifies."""
+    ref = f"{embedded_registry}/big/app:v1"
+    _add_child_image(laptop, "busybox", ref, {"big.bin": os.urandom(24 << 20)})
+    cli = [sys.executable, "-m", "minicontainer", "--root", str(laptop.root), "push", "-q", ref]
+    for delay in (0.5, 0.9, 1.3):  # wherever it is by then: compressing, uploading, done
+        proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = server.pull(ref, progress=False)
+    assert report.image is not None
+    assert server.verify() == []
+    assert _run(server, ref, ["sh", "-c", "wc -c < /big.bin"]).strip() == str(24 << 20)

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from minicontainer import progress as _progress
 from minicontainer.build.context import Context, atomic_write
 from minicontainer.build.dockerfile import (
     DockerfileError,
@@ -187,6 +188,7 @@ class _Builder:
         self.used_args: set[str] = set()
         self.no_cache = no_cache
         self.progress = progress
+        self.bar: Any = None
         self.cache_file = self.store.root / "build-cache.json"
         self.cache = self._load_cache()
         self.new_cache: dict[str, Any] = {}
@@ -197,7 +199,11 @@ class _Builder:
     # ------------------------------------------------------------ output
 
     def say(self, text: str) -> None:
-        if self.progress:
+        if not self.progress:
+            return
+        if self.bar is not None:
+            self.bar.write(text.rstrip("\n"))  # above the bar, which stays at the bottom
+        else:
             print(text, flush=True)
 
     # ------------------------------------------------------------ cache file
@@ -235,8 +241,12 @@ class _Builder:
         total = len(instructions)
         global_args: dict[str, str] = {}
         stage: Stage | None = None
+        # A bar of steps in a terminal or a notebook (the step lines print above it).
+        self.bar = _progress.bar(_progress.wanted(self.progress), "build", total=total, unit="step")
         try:
             for n, ins in enumerate(instructions, 1):
+                if self.bar is not None and n > 1:
+                    self.bar.update(1)
                 self.say(f"Step {n}/{total} : {ins.original}")
                 started = time.monotonic()
                 try:
@@ -272,8 +282,12 @@ class _Builder:
                 self.say(f"[Warning] One or more build-args {sorted(unused)} were not consumed")
             image = self._put_image(stage.state, tag)
             self.temp_entries.discard(image.manifest_digest)
+            if self.bar is not None:
+                self.bar.update(1)
             return BuildResult(image, self.steps)
         finally:
+            if self.bar is not None:
+                self.bar.close()
             self._drop_temp_entries()
             self._save_cache()
             with contextlib.suppress(OSError):
@@ -466,10 +480,8 @@ class _Builder:
             result = self.rt.run(
                 image.id, argv, env=run_env, remove=False, network="host", entrypoint=None
             )
-            if self.progress:
-                sys.stdout.write(result.stdout)
-                sys.stdout.write(result.stderr)
-                sys.stdout.flush()
+            if self.progress and (result.stdout or result.stderr):
+                self.say(result.stdout + result.stderr)
             if result.exit_code != 0:
                 if not self.progress:
                     sys.stderr.write(result.stdout + result.stderr)

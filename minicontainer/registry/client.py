@@ -27,12 +27,12 @@ import os
 import re
 import socket
 import ssl
-import sys
 import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
+from minicontainer import progress as _progress
 from minicontainer.errors import ImageNotFound, UserError
 from minicontainer.image.oci import (
     CONFIG_MEDIA_TYPES,
@@ -161,29 +161,11 @@ def _human(n: int) -> str:
 # ---------------------------------------------------------------- progress
 
 
-def _want_bars(progress: bool) -> bool:
-    """Bars in a terminal or a notebook; nothing in CI logs or when piped."""
-    if not progress or os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        return False
-    in_notebook = "ipykernel" in sys.modules
-    try:
-        tty = sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    return tty or in_notebook
-
-
 class _Progress:
     """One byte-counting bar per transfer (tqdm.auto: text or widget), or nothing."""
 
     def __init__(self, enabled: bool, desc: str) -> None:
-        self.bar: Any = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm  # lazy: optional, and slow to import
-            except ImportError:
-                return
-            self.bar = tqdm(total=0, desc=desc, unit="B", unit_scale=True, leave=True)
+        self.bar: Any = _progress.bar(enabled, desc)
 
     def add_total(self, n: int) -> None:
         if self.bar is not None:
@@ -457,7 +439,7 @@ def pull(store: ImageStore, ref: str, *, progress: bool = True) -> TransferRepor
     remote = parse_remote(ref)
     report = TransferReport("pulled", str(remote))
     session = Session(remote.host, remote.scheme)
-    bar = _Progress(_want_bars(progress), f"pull {remote.repo}")
+    bar = _Progress(_progress.wanted(progress), f"pull {remote.repo}")
     try:
         raw, media_type = _get_manifest(session, remote, remote.reference, report)
         seen = 0
@@ -613,7 +595,7 @@ def push(store: ImageStore, ref: str, *, progress: bool = True) -> TransferRepor
     raw, manifest = _push_manifest(store, image)
     report.manifest_digest = manifest.digest
     session = Session(remote.host, remote.scheme)
-    bar = _Progress(_want_bars(progress), f"push {remote.repo}")
+    bar = _Progress(_progress.wanted(progress), f"push {remote.repo}")
     known = _read_record(store, PUSHED_RECORD).get(remote.host) or {}
     pushed: dict[str, str] = {}
     try:
