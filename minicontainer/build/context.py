@@ -220,19 +220,10 @@ class Context:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    import tempfile
+    """Temp file + rename, the one way the package writes small state files."""
+    from minicontainer.state import write_atomic
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, data)
 
 
 __all__ = ["Context", "Ignore", "atomic_write"]
