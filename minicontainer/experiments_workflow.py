@@ -191,15 +191,7 @@ def moved_bytes(moves: list[BlobMove], which: str = "pulled") -> int:
 
 def stable_summary(report, registry_address: str) -> str:  # type: ignore[no-untyped-def]
     """A push/pull report in words without bytes, digests or the registry's port."""
-    verb = "uploaded" if report.action == "pushed" else "downloaded"
-    ref = report.ref.replace(registry_address, "REGISTRY")
-    parts = [f"{report.layers_transferred} layers {verb}"]
-    if report.layers_mounted:
-        parts.append(f"{report.layers_mounted} mounted from another repository")
-    if report.layers_skipped:
-        where = "already there" if report.action == "pushed" else "already in the store"
-        parts.append(f"{report.layers_skipped} skipped ({where})")
-    return f"{report.action} {ref}: {', '.join(parts)}"
+    return report.summary(details=False).replace(registry_address, "REGISTRY")
 
 
 # --------------------------------------------------------------------------- drawing

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import pytest
 
@@ -59,7 +58,9 @@ def test_transfer_graph_deterministic():
 
 
 def test_stable_summary_hides_port():
-    report = SimpleNamespace(
+    from minicontainer.registry.client import TransferReport
+
+    report = TransferReport(
         action="pulled",
         ref="127.0.0.1:45678/nb06-web:v1",
         layers_transferred=1,

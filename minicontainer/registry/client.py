@@ -138,15 +138,18 @@ class TransferReport:
     blobs_transferred: list[str] = field(default_factory=list)
     image: Image | None = None
 
-    def summary(self) -> str:
+    def summary(self, *, details: bool = True) -> str:
+        """One line; without details (bytes, manifest digest) it is the same on every run."""
         verb = "uploaded" if self.action == "pushed" else "downloaded"
-        parts = [f"{self.layers_transferred} layers {verb} ({_human(self.bytes_transferred)})"]
+        size = f" ({_human(self.bytes_transferred)})" if details else ""
+        parts = [f"{self.layers_transferred} layers {verb}{size}"]
         if self.layers_mounted:
             parts.append(f"{self.layers_mounted} mounted from another repository")
         if self.layers_skipped:
             where = "already there" if self.action == "pushed" else "already in the store"
             parts.append(f"{self.layers_skipped} skipped ({where})")
-        return f"{self.action} {self.ref}: {', '.join(parts)}, manifest {self.manifest_digest}"
+        line = f"{self.action} {self.ref}: {', '.join(parts)}"
+        return f"{line}, manifest {self.manifest_digest}" if details else line
 
 
 def _human(n: int) -> str:
