@@ -795,6 +795,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     store: Store
 
+    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        """A client that hangs up is normal traffic, not a traceback on stderr."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
 
 # --------------------------------------------------------------------------- API
 
