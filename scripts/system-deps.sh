@@ -5,6 +5,10 @@
 #   graphviz        the `dot` binary that draws the notebooks' diagrams
 #   busybox-static  a static busybox: the base images are built from it
 #   uidmap          newuidmap/newgidmap: rootless containers with several uids
+#   qemu-system-x86, linux-image-cloud-amd64, gcc, libc6-dev, e2fsprogs
+#                   the docker-vs-vm lab (notebook 07): a qemu microVM booting Debian's
+#                   cloud kernel, and the static C workload; optional (the lab skips
+#                   the VM backend and says why)
 #
 # As root on Debian/Ubuntu: installs only the missing ones (apt-get update only if
 # apt does not know a package yet). Not root: prints the exact sudo line, goes on
@@ -65,6 +69,17 @@ fi
 if ! command -v newuidmap >/dev/null 2>&1 || ! command -v newgidmap >/dev/null 2>&1; then
     need uidmap 0 "newuidmap/newgidmap (rootless containers)"
 fi
+
+# 5. The docker-vs-vm lab: qemu, a guest kernel, a C compiler with static libc,
+#    mkfs.ext4 for the guest's data disk. All optional.
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need qemu-system-x86 0 "qemu (the VM in the docker-vs-vm lab)"
+if is_debian; then
+    have_pkg linux-image-cloud-amd64 || ls /boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1 ||
+        need linux-image-cloud-amd64 0 "a small guest kernel for the lab's microVM"
+    have_pkg libc6-dev || need libc6-dev 0 "static libc for the lab's C workload"
+fi
+command -v gcc >/dev/null 2>&1 || need gcc 0 "the lab's static C workload"
+command -v mkfs.ext4 >/dev/null 2>&1 || need e2fsprogs 0 "the lab VM's data disk"
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "system packages: all present"
