@@ -1,0 +1,206 @@
+"""The lab's sequence with fake backends and fake timings: what is run, in which
+order, what is kept (warm-ups dropped), how skips and emulation are recorded."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from minicontainer.compare import base, lab, results, workload
+from minicontainer.compare.base import Instance, Probe, Run, Unavailable
+
+
+class FakeInstance(Instance):
+    def __init__(self, backend: FakeBackend) -> None:
+        self.backend = backend
+        self.stopped = 0
+        backend.alive += 1
+
+    def components(self) -> dict[str, list[int]]:
+        return {"main": [111], "helper": [222]}
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.backend.alive -= 1
+        self.stopped += 1
+
+
+class FakeBackend(base.Backend):
+    """Times come from a list; results are fixed rates scaled by ``speed``."""
+
+    def __init__(self, name: str, kind: str = "container", *, ok: bool = True,
+                 speed: float = 1.0, emulated: bool = False, fail_rc: int = 0,
+                 fail_start_after: int | None = None) -> None:  # fmt: skip
+        self.name, self.kind, self.emulated = name, kind, emulated
+        self.label = name + (" (emulated (TCG))" if emulated else "")
+        self.ok, self.speed, self.fail_rc = ok, speed, fail_rc
+        self.calls: list[list[str]] = []
+        self.alive = 0
+        self.started = 0
+        self.fail_start_after = fail_start_after
+        self.lock = threading.Lock()
+        self.cleaned = False
+
+    def probe(self) -> Probe:
+        return Probe(self.ok, "" if self.ok else f"{self.name} is not installed here")
+
+    def run(self, argv: list[str], timeout: float = 120.0) -> Run:
+        self.calls.append(argv)
+        n = len(self.calls)
+        out = base.MARKER + "\n"
+        if argv[1] in base.RESULT_UNITS:
+            out += f"MCBENCH-RESULT {argv[1]} {100 * self.speed + n} x\n"
+        return Run(rc=self.fail_rc, exit_s=0.010 * n, ready_s=0.005 * n, output=out)
+
+    def start_idle(self, timeout: float = 120.0) -> Instance:
+        with self.lock:
+            self.started += 1
+            if self.fail_start_after is not None and self.started > self.fail_start_after:
+                raise Unavailable("out of memory")
+            return FakeInstance(self)
+
+    def shared_daemons(self) -> dict[str, list[int]]:
+        return {"daemon": [333]} if self.name == "docker" else {}
+
+    def footprint(self) -> dict[str, int]:
+        return {"image": 1000, "per-instance R/W layer": 10}
+
+    def cleanup(self) -> None:
+        self.cleaned = True
+
+
+@pytest.fixture
+def fake_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real payload, host facts or smaps: the lab's own logic only."""
+    monkeypatch.setattr(workload, "build_payload", lambda dest: Path(dest))
+    monkeypatch.setattr(results, "host_facts", lambda: {"hostname": "fake", "accel": None})
+    sizes = {111: (4 << 20, 2 << 20), 222: (10 << 20, 6 << 20), 333: (100 << 20, 90 << 20)}
+
+    def fake_components(comps: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+        return {
+            name: {"rss": sum(sizes[p][0] for p in pids), "pss": sum(sizes[p][1] for p in pids)}
+            for name, pids in comps.items()
+        }
+
+    from minicontainer.compare import memory
+
+    monkeypatch.setattr(memory, "components", fake_components)
+    monkeypatch.setattr(lab.time, "sleep", lambda s: None)
+
+
+QUIET = {"log": lambda m: None}
+FAST = {"warmup": 1, "runs": 3, "vm_runs": 2, "workload_runs": 2, "vm_workload_runs": 1,
+        "memory_runs": 2, "density": (1, 5), "vm_density": (1, 2)}  # fmt: skip
+
+
+def by(doc: dict, metric: str, backend: str) -> dict:
+    found = [m for m in doc["measurements"] if m["metric"] == metric and m["backend"] == backend]
+    assert len(found) == 1, (metric, backend, found)
+    return found[0]
+
+
+def test_start_time_drops_the_warmup_and_interleaves(fake_env: None) -> None:
+    a, b = FakeBackend("native", "native"), FakeBackend("runc")
+    doc = lab.Lab([a, b], metrics=("start",), settings=FAST, **QUIET).run()
+    # 1 warm-up + 3 runs each; the warm-up (call 1: 10 ms) is not kept.
+    assert len(a.calls) == len(b.calls) == 4
+    m = by(doc, "start_to_exit", "runc")
+    assert m["samples"] == pytest.approx([0.02, 0.03, 0.04])
+    assert (m["min"], m["median"], m["max"]) == pytest.approx((0.02, 0.03, 0.04))
+    assert by(doc, "start_to_ready", "runc")["median"] == pytest.approx(0.015)
+    assert a.cleaned and b.cleaned
+
+
+def test_vm_gets_fewer_runs_and_stays_labelled_emulated(fake_env: None) -> None:
+    vm = FakeBackend("vm-tcg", "vm", emulated=True)
+    doc = lab.Lab([FakeBackend("native", "native"), vm], metrics=("start", "cpu"),
+                  settings=FAST, **QUIET).run()  # fmt: skip
+    # start: 1 warm-up + 2 runs; cpu and sha256: one run each, no warm-up.
+    assert len(vm.calls) == 3 + 2
+    for m in doc["measurements"]:
+        if m["backend"] == "vm-tcg":
+            assert m["emulated"] is True and "emulated (TCG)" in m["label"]
+    entry = next(e for e in doc["backends"] if e["name"] == "vm-tcg")
+    assert entry["emulated"] is True
+
+
+def test_workloads_are_relative_to_native(fake_env: None) -> None:
+    nat, slow = FakeBackend("native", "native"), FakeBackend("docker", speed=0.5)
+    doc = lab.Lab([nat, slow], metrics=("cpu",), settings=FAST, **QUIET).run()
+    n, d = by(doc, "cpu", "native"), by(doc, "cpu", "docker")
+    assert n["relative_to_native"] == pytest.approx(1.0)
+    assert d["relative_to_native"] == pytest.approx(d["median"] / n["median"])
+    assert d["relative_to_native"] < 0.6
+    assert n["unit"] == "Mops/s"
+    # argv is the contract's, with {data} expanded for fileio
+    assert nat.calls[0][:2] == ["/bench/mcbench", "cpu"]
+
+
+def test_unavailable_backend_is_skipped_with_its_reason(fake_env: None) -> None:
+    gone = FakeBackend("docker", ok=False)
+    doc = lab.Lab([FakeBackend("native", "native"), gone], metrics=("start",),
+                  settings=FAST, **QUIET).run()  # fmt: skip
+    assert not gone.calls
+    assert {"backend": "docker", "metric": "all",
+            "reason": "docker is not installed here"} in doc["skipped"]  # fmt: skip
+    assert not [m for m in doc["measurements"] if m["backend"] == "docker"]
+    results.validate(doc)
+
+
+def test_failing_workload_is_a_skip_not_a_number(fake_env: None) -> None:
+    bad = FakeBackend("runc", fail_rc=1)
+    doc = lab.Lab([FakeBackend("native", "native"), bad], metrics=("start",),
+                  settings=FAST, **QUIET).run()  # fmt: skip
+    assert not [m for m in doc["measurements"] if m["backend"] == "runc"]
+    assert any(s["backend"] == "runc" and "exit code 1" in s["reason"] for s in doc["skipped"])
+
+
+def test_no_backend_at_all_is_one_clear_error(fake_env: None) -> None:
+    with pytest.raises(Unavailable, match="no backend can run here: x: x is not installed"):
+        lab.Lab([FakeBackend("x", ok=False)], settings=FAST, **QUIET).run()
+
+
+def test_unknown_measurement_or_mode() -> None:
+    with pytest.raises(Unavailable, match="unknown measurement 'speed'"):
+        lab.Lab([], metrics=("speed",))
+    with pytest.raises(Unavailable, match="unknown mode 'fast'"):
+        lab.Lab([], mode="fast")
+
+
+def test_memory_density_and_disk(fake_env: None) -> None:
+    d = FakeBackend("docker")
+    doc = lab.Lab([FakeBackend("native", "native"), d], metrics=("memory", "density", "disk"),
+                  settings=FAST, budget_bytes=1 << 30, **QUIET).run()  # fmt: skip
+    mem = by(doc, "idle_memory", "docker")
+    assert mem["samples"] == [8 << 20, 8 << 20]  # pss of main + helper, twice
+    assert mem["extra"]["rss"] == 14 << 20
+    assert mem["extra"]["components"] == {"main": {"rss": 4 << 20, "pss": 2 << 20},
+                                          "helper": {"rss": 10 << 20, "pss": 6 << 20}}  # fmt: skip
+    assert doc["shared_daemons"]["docker"] == {"daemon": {"rss": 100 << 20, "pss": 90 << 20}}
+    fit = by(doc, "density_fit", "docker")
+    assert fit["samples"] == [((1 << 30) - (90 << 20)) // (8 << 20)]  # daemons come first
+    assert by(doc, "density_fit", "native")["samples"] == [(1 << 30) // (8 << 20)]
+    five = [m for m in doc["measurements"]
+            if m["metric"] == "density_start" and m["extra"]["instances"] == 5]  # fmt: skip
+    assert len(five) == 2 and all(m["n"] == 5 for m in five)
+    assert d.alive == 0  # every instance stopped
+    disk = by(doc, "disk", "docker")
+    assert disk["extra"]["for_n"] == {"1": 1010, "10": 1100, "50": 1500}
+    results.validate(doc)
+
+
+def test_start_many_stops_everything_when_one_fails() -> None:
+    b = FakeBackend("runc", fail_start_after=3)
+    with pytest.raises(Unavailable, match="out of memory"):
+        lab.start_many(b, 6)
+    assert b.alive == 0 and b.started == 6
+
+
+def test_start_many_times_are_from_a_common_start() -> None:
+    b = FakeBackend("runc")
+    times, all_ready = lab.start_many(b, 8)
+    assert len(times) == 8 and times == sorted(times)
+    assert 0 <= times[0] and times[-1] <= all_ready
+    assert b.alive == 0
