@@ -75,10 +75,12 @@ class FakeBackend(base.Backend):
 def fake_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No real payload, host facts or smaps: the lab's own logic only."""
     monkeypatch.setattr(workload, "build_payload", lambda dest: Path(dest))
-    monkeypatch.setattr(results, "host_facts", lambda: {"hostname": "fake", "accel": None})
+    from test_compare_report import fake_host
+
+    monkeypatch.setattr(results, "host_facts", lambda: fake_host(accel=None))
     sizes = {111: (4 << 20, 2 << 20), 222: (10 << 20, 6 << 20), 333: (100 << 20, 90 << 20)}
 
-    def fake_components(comps: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+    def fake_components(comps: dict[str, list[int]], **_kw: object) -> dict[str, dict[str, int]]:
         return {
             name: {"rss": sum(sizes[p][0] for p in pids), "pss": sum(sizes[p][1] for p in pids)}
             for name, pids in comps.items()

@@ -177,8 +177,11 @@ class Lab:
             native = next((b for b in self.ready if b.kind == "native"), None)
             for b in self.ready:
                 for k, vals in samples[b.name].items():
+                    if k not in stats.RATE_UNITS:
+                        results.add_skip(self.doc, b.name, name, f"unknown result {k!r} ignored")
+                        continue
                     nat = samples[native.name].get(k) if native else None
-                    unit = base.RESULT_UNITS.get(k, "files/s" if k == "smallfiles" else "")
+                    unit = stats.RATE_UNITS[k]
                     self._add(
                         k, b, unit, vals, native=stats.summarize(nat)["median"] if nat else None
                     )
@@ -208,7 +211,7 @@ class Lab:
                     break
                 try:
                     time.sleep(0.3)  # let the instance settle after its marker
-                    measured = memory.components(inst.components())
+                    measured = memory.components(inst.components(), with_children=True)
                 finally:
                     inst.stop()
                 totals.append(sum(c["pss"] for c in measured.values()))
