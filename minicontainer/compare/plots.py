@@ -209,6 +209,18 @@ FIGURES = {
 }
 
 
+# What the widget draws for each measurement it offers.
+FOR_MEASUREMENT = {"start": "start_time", "memory": "memory", "density": "density",
+                   "disk": "disk", "cpu": "relative", "sha256": "relative",
+                   "fileio": "relative", "syscall": "relative"}  # fmt: skip
+
+
+def figure_for(doc: dict, what: str):  # type: ignore[no-untyped-def]
+    """The figure that shows one measurement (lab.measure's ``what``), or None."""
+    name = FOR_MEASUREMENT.get(what)
+    return FIGURES[name](doc) if name else None
+
+
 def save_figures(doc: dict, outdir: str | os.PathLike[str]) -> list[Path]:
     """Write every figure as ``<outdir>/<name>.png`` (temp file + rename); the paths."""
     from minicontainer.monitor import write_atomic

@@ -309,6 +309,15 @@ def markdown(doc: dict) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+def section(doc: dict, name: str) -> str:
+    """One table of the summary: start, memory, relative, density or disk."""
+    tables = {"start": _start_table, "memory": _memory_table, "relative": _relative_table,
+              "density": _density_tables, "disk": _disk_table}  # fmt: skip
+    if name not in tables:
+        raise ResultsError(f"unknown section {name!r}: {', '.join(tables)}")
+    return "\n".join(tables[name](doc)).strip() + "\n"
+
+
 def display_label(label: str, emulated: bool) -> str:
     """A backend's label as tables print it: an emulated one always says so."""
     return label if not emulated or EMULATED in label else f"{label}, {EMULATED}"

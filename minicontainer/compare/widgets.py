@@ -34,8 +34,8 @@ def table_html(doc: dict, metrics: tuple[str, ...] | None = None) -> str:
         label = m["label"] + (" <b>emulated (TCG)</b>" if m["emulated"] else "")
         rows.append(
             f"<tr><td>{html.escape(m['metric'])}</td><td>{label}</td>"
-            f"<td>{m['median'] * scale:.3g} {unit}</td>"
-            f"<td>{m['min'] * scale:.3g} - {m['max'] * scale:.3g}</td>"
+            f"<td>{_num(m['median'] * scale)} {unit}</td>"
+            f"<td>{_num(m['min'] * scale)} - {_num(m['max'] * scale)}</td>"
             f"<td>{'' if rel is None else f'{rel:.2f}x'}</td><td>{m['n']}</td></tr>"
         )
     skips = "".join(
@@ -50,6 +50,10 @@ def table_html(doc: dict, metrics: tuple[str, ...] | None = None) -> str:
     return f"<table>{head}{''.join(rows)}</table>" + (
         f"<p>skipped:</p><ul>{skips}</ul>" if skips else ""
     )
+
+
+def _num(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
 class LabWidget:

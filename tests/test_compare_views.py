@@ -1,0 +1,68 @@
+"""What notebook 07 shows, on the fake document of test_compare_report: the stack
+pictures, the literature rows, the widget's table and figure, one summary section."""
+
+from __future__ import annotations
+
+import pytest
+from test_compare_report import fake_doc
+
+from minicontainer.compare import literature, plots, results, stacks, widgets
+
+
+def test_stacks_name_the_accelerator_and_both_kernels() -> None:
+    tcg = stacks.stacks("tcg", host_kernel="6.1-host", guest_kernel="6.1-guest", qemu="QEMU 7.2")
+    src = tcg.source
+    assert "QEMU 7.2, TCG" in src and "software emulation" in src
+    assert "host Linux kernel 6.1-host" in src and "guest Linux kernel 6.1-guest" in src
+    # the container stack has no kernel of its own
+    container = src[src.index("cluster_ct") :]
+    assert "kernel" not in container.split("}")[0].replace("host kernel)", "")
+    assert "hardware virtualisation" in stacks.stacks("kvm").source
+    assert "virtio" in stacks.syscall_paths().source
+
+
+def test_literature_rows_say_emulated_instead_of_concluding() -> None:
+    rows = literature.against_literature(fake_doc("tcg"))
+    assert [r["source"] for r in rows].count(literature.FELTER) == 3
+    cpu = rows[0]
+    assert "runc 0.99x" in cpu["here"]
+    vm_rows = [r for r in rows if "vm-tcg" in r["here"]]
+    assert len(vm_rows) >= 3
+    assert all("emulated (TCG)" in r["reading"] for r in rows[1:4])
+    boot = rows[3]
+    assert boot["published"].startswith("~125 ms") and "vm-tcg 1575 ms" in boot["here"]
+    md = literature.markdown(fake_doc("tcg"))
+    assert md.count("\n") == 2 + len(rows)
+
+
+def test_literature_with_kvm_reads_like_virtualisation() -> None:
+    rows = literature.against_literature(fake_doc("kvm"))
+    assert not any("emulated" in r["reading"] for r in rows)
+    assert "vm-kvm" in rows[1]["here"]
+
+
+def test_literature_without_a_vm() -> None:
+    doc = fake_doc("tcg")
+    doc["measurements"] = [m for m in doc["measurements"] if not m["backend"].startswith("vm")]
+    rows = literature.against_literature(doc)
+    assert rows[1]["here"] == "no VM measured" and rows[4]["here"] == "no VM measured"
+
+
+def test_widget_table_marks_emulated_rows_and_lists_skips() -> None:
+    doc = fake_doc("tcg")
+    table = widgets.table_html(doc, ("start_to_ready",))
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == 3  # native, runc, vm-tcg (docker was skipped)
+    assert all(("emulated (TCG)" in r) == ("vm-tcg" in r or "microVM" in r) for r in rows)
+    assert "<td>1575 ms</td><td>1350 - 1950</td>" in table
+    assert "dockerd is not answering" in table
+
+
+def test_one_summary_section_and_one_figure() -> None:
+    doc = fake_doc("tcg")
+    density = results.section(doc, "density")
+    assert density.lstrip().startswith("#") and "emulated (TCG)" in density
+    with pytest.raises(results.ResultsError, match="unknown section 'speed'"):
+        results.section(doc, "speed")
+    assert plots.figure_for(doc, "sha256") is not None
+    assert plots.figure_for(doc, "nothing") is None
