@@ -5,7 +5,7 @@
 #   graphviz        the `dot` binary that draws the notebooks' diagrams
 #   busybox-static  a static busybox: the base images are built from it
 #   uidmap          newuidmap/newgidmap: rootless containers with several uids
-#   qemu-system-x86, linux-image-cloud-amd64, gcc, libc6-dev, e2fsprogs
+#   qemu-system-x86, linux-image-cloud-amd64, gcc, libc6-dev, e2fsprogs, lz4
 #                   the docker-vs-vm lab (notebook 07): a qemu microVM booting Debian's
 #                   cloud kernel, and the static C workload; optional (the lab skips
 #                   the VM backend and says why)
@@ -80,6 +80,7 @@ if is_debian; then
 fi
 command -v gcc >/dev/null 2>&1 || need gcc 0 "the lab's static C workload"
 command -v mkfs.ext4 >/dev/null 2>&1 || need e2fsprogs 0 "the lab VM's data disk"
+command -v lz4 >/dev/null 2>&1 || need lz4 0 "unpacking the guest kernel once (each TCG boot ~1 s faster)"
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "system packages: all present"

@@ -76,7 +76,7 @@ class Lab:
 
     # -- 0. probe and prepare ------------------------------------------------------
 
-    def probe(self, host: dict) -> None:
+    def probe(self) -> None:
         entries = []
         for b in self.backends:
             try:
@@ -93,9 +93,17 @@ class Lab:
             else:
                 self.log(f"{b.name}: skipped: {p.reason}")
                 results.add_skip(self.doc, b.name, "all", p.reason)
-            if b.kind == "vm" and p.facts.get("accel"):
-                host["accel"] = p.facts["accel"] if p.ok else host.get("accel")
+            if b.kind == "vm":
+                self._vm_facts(p)
         self.doc["backends"] = entries
+
+    def _vm_facts(self, p: base.Probe) -> None:
+        """host.kvm is the KVM verdict; host.accel what the VM figures use (KVM wins)."""
+        host = self.doc["host"]
+        if isinstance(p.facts.get("kvm"), dict):
+            host["kvm"] = p.facts["kvm"]
+        if p.ok and host.get("accel") != "kvm":
+            host["accel"] = p.facts.get("accel")
 
     def prepare(self, payload: Path, work: Path) -> None:
         for b in list(self.ready):
@@ -283,7 +291,7 @@ class Lab:
     def run(self, work: Path | None = None) -> dict:
         host = results.host_facts()
         self.doc = results.new_document(self.mode, host, [])
-        self.probe(host)
+        self.probe()
         if not self.ready:
             raise Unavailable(
                 "no backend can run here: "
@@ -316,7 +324,7 @@ class Lab:
                 except Exception as e:  # noqa: BLE001 - cleanup must reach every backend
                     self.log(f"{b.name}: cleanup failed: {e}")
             shutil.rmtree(scratch, ignore_errors=True)
-        if host.get("accel") == "tcg":
+        if self.doc["host"].get("accel") == "tcg":
             self.doc["notes"].append(
                 "VM figures were measured under TCG, software emulation (no usable KVM here): "
                 "they show the cost of emulation, not of virtualisation."
