@@ -89,3 +89,28 @@ def syscall_paths():  # type: ignore[no-untyped-def]
     g.edge("v3", "v4", label="syscall\n(host)")
     g.edge("v4", "d")
     return g
+
+
+def this_machine() -> dict:
+    """The facts the pictures and the notebook print, each None when absent here:
+    {"accel", "kvm": {usable, reason, checks}, "guest_kernel", "qemu"}."""
+    from ..vm import guest, qemu
+    from .base import Unavailable
+    from .vmbackend import host_kvm
+
+    facts: dict = {"guest_kernel": None, "qemu": None, "accel": None, "kvm": None}
+    try:
+        facts["qemu"] = f"QEMU {qemu.qemu_version(qemu.find_qemu())}"
+        facts["guest_kernel"] = guest.kernel_version(guest.find_kernel())
+    except Unavailable as e:
+        facts["kvm"] = {"usable": False, "reason": str(e), "checks": {}}
+        return facts
+    facts["kvm"] = host_kvm()
+    facts["accel"] = "kvm" if facts["kvm"]["usable"] else "tcg"
+    return facts
+
+
+def stacks_here():  # type: ignore[no-untyped-def]
+    """``stacks`` labelled with this machine's facts."""
+    f = this_machine()
+    return stacks(accel=f["accel"], guest_kernel=f["guest_kernel"], qemu=f["qemu"])
