@@ -206,3 +206,18 @@ def test_start_many_times_are_from_a_common_start() -> None:
     assert len(times) == 8 and times == sorted(times)
     assert 0 <= times[0] and times[-1] <= all_ready
     assert b.alive == 0
+
+
+def test_rounds_rotate_which_backend_goes_first(fake_env: None) -> None:
+    order: list[str] = []
+
+    class Recording(FakeBackend):
+        def run(self, argv: list[str], timeout: float = 120.0) -> Run:
+            order.append(self.name)
+            return super().run(argv, timeout)
+
+    bs = [Recording("native", "native"), Recording("a"), Recording("b")]
+    lab.Lab(bs, metrics=("start",), settings=FAST, **QUIET).run()
+    rounds = [order[i : i + 3] for i in range(0, len(order), 3)]
+    assert rounds[:3] == [["native", "a", "b"], ["a", "b", "native"], ["b", "native", "a"]]
+    assert lab.rotated([], 3) == []

@@ -488,7 +488,7 @@ def test_real_fileio_on_virtio_disk(vm):
     assert "/dev/vda /bench-data ext4" in mounts.output, mounts.output
     r = vm.run(["/bench/mcbench", "fileio", "{data}", "4"], timeout=90)
     assert r.rc == 0 and r.results()["fileio"] > 0, r.output
-    assert vm.footprint()["data disk (allocated)"] > 0
+    assert vm.footprint()["per-instance data disk (allocated)"] > 0
 
 
 @pytest.mark.slow

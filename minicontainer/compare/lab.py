@@ -134,7 +134,7 @@ class Lab:
             f"start time: {s['runs']} runs each ({s['vm_runs']} for VMs), {s['warmup']} warm-up"
         )
         for r in range(rounds):
-            for b in self.ready:
+            for b in rotated(self.ready, r):
                 n_wanted = s["vm_runs"] if b.kind == "vm" else s["runs"]
                 if r >= s["warmup"] + n_wanted:
                     continue
@@ -173,7 +173,7 @@ class Lab:
                 f"workload {name}: {s['workload_runs']} runs each ({s['vm_workload_runs']} for VMs)"
             )
             for r in range(max((w + n for w, n in plan.values()), default=0)):
-                for b in self.ready:
+                for b in rotated(self.ready, r):
                     warm, n = plan[b.name]
                     if r >= warm + n:
                         continue
@@ -330,6 +330,13 @@ class Lab:
                 "they show the cost of emulation, not of virtualisation."
             )
         return self.doc
+
+
+def rotated(items: list, r: int) -> list:
+    """Round r starts with the r-th backend: none always runs right after the same
+    neighbour (a VM's disk flush would otherwise always land on native's turn)."""
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]
 
 
 def start_many(b: Backend, n: int, timeout: float = 300.0) -> tuple[list[float], float]:

@@ -139,14 +139,16 @@ class VMBackend(base.Backend):
 
     def footprint(self) -> dict[str, int]:
         """The compressed kernel (the vmlinux we boot is a cache of it), the
-        initramfs, and the blocks the sparse data disk really uses."""
+        initramfs (both read-only, shared by every VM on disk; each VM copies the
+        initramfs into its own RAM), and the blocks the sparse data disk really
+        uses: a VM writes to a disk of its own, so that one counts per instance."""
         sizes: dict[str, int] = {}
         if self.kernel is not None:
             sizes["kernel"] = self.kernel.stat().st_size
         if self.guest is not None:
             sizes["initramfs"] = self.guest.initrd.stat().st_size
         if self.disk is not None and self.disk.exists():
-            sizes["data disk (allocated)"] = vmguest.allocated_bytes(self.disk)
+            sizes["per-instance data disk (allocated)"] = vmguest.allocated_bytes(self.disk)
         return sizes
 
     def cleanup(self) -> None:
