@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from minicontainer.compare import memory
 from minicontainer.compare.base import MARKER, Backend, Instance, Probe, Run, Unavailable
 from minicontainer.compare.workload import disk_bytes, payload_tar
 
@@ -76,27 +77,6 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, ValueError):
-                    if _ppid(int(entry.name)) == pid:
-                        found.append(int(entry.name))
-        return found
-
-
-def _pids_named(name: str) -> list[int]:
-    return sorted(
-        int(p.name)
-        for p in Path("/proc").iterdir()
-        if p.name.isdigit() and _comm(int(p.name)) == name
-    )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -351,7 +331,7 @@ class UnshareBackend(NativeBackend):
         proc, ready_s = _start_process(argv, timeout, TOOL_ENV)
         # unshare --fork: the unshare process waits; its child chroot()s and becomes mcbench,
         # PID 1 of the new PID namespace (so it only takes signals it has handlers for).
-        child = _children(proc.pid)
+        child = memory.descendants(proc.pid)
         inner = child[0] if child else None
 
         def components() -> dict[str, list[int]]:
@@ -710,7 +690,9 @@ class DockerBackend(Backend):
         return instance
 
     def shared_daemons(self) -> dict[str, list[int]]:
-        return {name: pids for name in ("dockerd", "containerd") if (pids := _pids_named(name))}
+        return {
+            name: pids for name in ("dockerd", "containerd") if (pids := memory.pids_named(name))
+        }
 
     def footprint(self) -> dict[str, int]:
         size = _quiet(["docker", "image", "inspect", "--format", "{{.Size}}", IMAGE]).stdout
