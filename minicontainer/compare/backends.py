@@ -97,6 +97,24 @@ def _quiet(cmd: list[str], timeout: float = 30.0, **kw) -> subprocess.CompletedP
         return subprocess.CompletedProcess(cmd, 255, "", str(e))
 
 
+def _spawn(cmd: list[str], env: dict[str, str] | None) -> subprocess.Popen:
+    """``cmd`` with stdout+stderr on one pipe, in a session of its own: one process
+    group, so a timeout or a stop kills all of it."""
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise Unavailable(f"cannot run {cmd[0]}: {e.strerror or e}") from None
+    assert proc.stdout is not None
+    return proc
+
+
 def timed_run(
     cmd: list[str],
     timeout: float,
@@ -106,18 +124,7 @@ def timed_run(
 ) -> Run:
     """Spawn ``cmd``, read its stdout+stderr as it comes, and time MARKER and exit."""
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # one process group: a timeout kills all of it
-        )
-    except OSError as e:
-        raise Unavailable(f"cannot run {cmd[0]}: {e.strerror or e}") from None
-    assert proc.stdout is not None
+    proc = _spawn(cmd, env)
     fd, out, ready_s = proc.stdout.fileno(), bytearray(), None
     marker = MARKER.encode()
     deadline = t0 + timeout
@@ -202,18 +209,7 @@ def _start_process(
 ) -> tuple[subprocess.Popen, float]:
     """Start an idle process in its own session; return it once MARKER is read."""
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as e:
-        raise Unavailable(f"cannot run {cmd[0]}: {e.strerror or e}") from None
-    assert proc.stdout is not None
+    proc = _spawn(cmd, env)
     fd, out, deadline = proc.stdout.fileno(), bytearray(), t0 + timeout
     while MARKER.encode() not in out:
         remaining = deadline - time.perf_counter()

@@ -71,6 +71,8 @@ class Lab:
                 f"unknown measurement {sorted(unknown)[0]!r}: " + ", ".join(METRIC_GROUPS + SINGLE)
             )
         self.settings = {**MODES[self.mode], **self.settings}
+        t0, say = time.perf_counter(), self.log
+        self.log = lambda msg: say(f"{time.perf_counter() - t0:6.1f} s  {msg}")
         self.ready: list[Backend] = []
         self.doc: dict = {}
 
@@ -426,6 +428,15 @@ def measure(
     lab = Lab(default_backends(names), mode="quick", metrics=(what,),
               log=log or (lambda _m: None), settings=settings)  # fmt: skip
     return lab.run()
+
+
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "docker-vs-vm" / "results"
+
+
+def saved_results(where: Path = RESULTS_DIR) -> list[dict]:
+    """Earlier runs kept under docker-vs-vm/results/*/results.json (this project's
+    reference machine, or one you dropped in from a machine with a real KVM)."""
+    return [results.load(f) for f in sorted(Path(where).glob("*/results.json"))]
 
 
 def write_outputs(doc: dict, out: Path) -> list[Path]:

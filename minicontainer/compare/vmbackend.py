@@ -66,6 +66,7 @@ class VMBackend(base.Backend):
         self.guest: vmguest.Guest | None = None
         self.kernel: Path | None = None
         self.disk: Path | None = None
+        self.disk_fresh_bytes = 0
         self.disk_problem = "prepare() was not called"
         self._instances: list[qemu.QemuInstance] = []
 
@@ -100,6 +101,9 @@ class VMBackend(base.Backend):
             return
         try:
             self.disk = vmguest.make_disk(out / "data.img", self.disk_mib)
+            # What a new VM's disk costs, before fileio fills blocks that ext4
+            # frees again but a sparse file without discard keeps.
+            self.disk_fresh_bytes = vmguest.allocated_bytes(self.disk)
             self.disk_problem = ""
         except Unavailable as e:
             self.disk_problem = str(e)
@@ -147,8 +151,8 @@ class VMBackend(base.Backend):
             sizes["kernel"] = self.kernel.stat().st_size
         if self.guest is not None:
             sizes["initramfs"] = self.guest.initrd.stat().st_size
-        if self.disk is not None and self.disk.exists():
-            sizes["per-instance data disk (allocated)"] = vmguest.allocated_bytes(self.disk)
+        if self.disk is not None:
+            sizes["per-instance data disk (allocated)"] = self.disk_fresh_bytes
         return sizes
 
     def cleanup(self) -> None:

@@ -44,8 +44,8 @@ MCBENCH = "/bench/mcbench"
 # TCG emulation is 10-50x slower); "full" runs long enough for steadier rates.
 SIZES = {
     "quick": {"cpu": ["200"], "sha256": ["32"], "fileio": ["{data}", "32"], "syscall": ["1000"]},
-    "full": {"cpu": ["2000"], "sha256": ["256"], "fileio": ["{data}", "256"],
-             "syscall": ["10000"]},
+    "full": {"cpu": ["1000"], "sha256": ["128"], "fileio": ["{data}", "256"],
+             "syscall": ["5000"]},
 }  # fmt: skip
 WORKLOADS = ("ready", "idle", "cpu", "sha256", "fileio", "syscall")
 
