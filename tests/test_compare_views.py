@@ -66,3 +66,16 @@ def test_one_summary_section_and_one_figure() -> None:
         results.section(doc, "speed")
     assert plots.figure_for(doc, "sha256") is not None
     assert plots.figure_for(doc, "nothing") is None
+
+
+def test_the_kept_reference_run_is_valid_and_comparable() -> None:
+    from minicontainer.compare import lab
+
+    saved = lab.saved_results()
+    assert saved, "docker-vs-vm/results/debian12-2cores-tcg/results.json is missing"
+    ref = saved[0]
+    assert ref["mode"] == "full" and ref["host"]["accel"] == "tcg"
+    vm = [m for m in ref["measurements"] if m["backend"] == "vm-tcg"]
+    assert vm and all(m["emulated"] for m in vm)
+    table = results.compare([ref, fake_doc("kvm", hostname="laptop")])
+    assert "(tcg)" in table and "(kvm)" in table
