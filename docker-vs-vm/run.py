@@ -13,6 +13,7 @@ minicontainer.compare; this file only parses the command line.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         help="compare earlier runs (e.g. this machine and a real-KVM one) instead of measuring",
     )
     a = p.parse_args(argv)
+    # `kill` (or a CI timeout) stops the lab like Ctrl-C does: everything is removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if a.compare:
             docs = [results.load(f) for f in a.compare]
@@ -69,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     print(results.markdown(doc))
     print(f"\nwritten to {out}/", file=sys.stderr)
     return 0
+
+
+def _interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def parse_size(text: str) -> int:

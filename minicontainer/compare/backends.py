@@ -143,10 +143,12 @@ def timed_run(
                 ready_s = time.perf_counter() - t0
         rc = proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
         exit_s = time.perf_counter() - t0
-    except subprocess.TimeoutExpired:
+    except BaseException as e:  # a timeout, or Ctrl-C: nothing may outlive us
         _kill_group(proc)
         if on_timeout is not None:
             on_timeout()
+        if not isinstance(e, subprocess.TimeoutExpired):
+            raise
         text = out.decode(errors="replace") + f"\n[killed: no exit after {timeout:g} s]\n"
         return Run(rc=TIMED_OUT, exit_s=time.perf_counter() - t0, ready_s=ready_s, output=text)
     finally:
@@ -211,16 +213,21 @@ def _start_process(
     t0 = time.perf_counter()
     proc = _spawn(cmd, env)
     fd, out, deadline = proc.stdout.fileno(), bytearray(), t0 + timeout
-    while MARKER.encode() not in out:
-        remaining = deadline - time.perf_counter()
-        ready = remaining > 0 and select.select([fd], [], [], remaining)[0]
-        data = os.read(fd, 65536) if ready else b""
-        if not data:  # exited or too slow: leave nothing behind
-            _kill_group(proc)
-            proc.stdout.close()
-            text = out.decode(errors="replace").strip()[-300:]
-            raise Unavailable(f"{cmd[0]}: the idle workload was not ready ({text or 'no output'})")
-        out += data
+    try:
+        while MARKER.encode() not in out:
+            remaining = deadline - time.perf_counter()
+            ready = remaining > 0 and select.select([fd], [], [], remaining)[0]
+            data = os.read(fd, 65536) if ready else b""
+            if not data:  # exited or too slow
+                text = out.decode(errors="replace").strip()[-300:]
+                raise Unavailable(
+                    f"{cmd[0]}: the idle workload was not ready ({text or 'no output'})"
+                )
+            out += data
+    except BaseException:  # not ready, or Ctrl-C: leave nothing behind
+        _kill_group(proc)
+        proc.stdout.close()
+        raise
     return proc, time.perf_counter() - t0
 
 

@@ -14,12 +14,14 @@ VM overhead).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,18 +322,38 @@ class Lab:
             if "disk" in self.metrics:
                 self.disk()
         finally:
-            for b in self.ready:
-                try:
-                    b.cleanup()
-                except Exception as e:  # noqa: BLE001 - cleanup must reach every backend
-                    self.log(f"{b.name}: cleanup failed: {e}")
-            shutil.rmtree(scratch, ignore_errors=True)
+            with interrupts_deferred():
+                for b in self.ready:
+                    try:
+                        b.cleanup()
+                    except Exception as e:  # noqa: BLE001 - cleanup must reach every backend
+                        self.log(f"{b.name}: cleanup failed: {e}")
+                shutil.rmtree(scratch, ignore_errors=True)
         if self.doc["host"].get("accel") == "tcg":
             self.doc["notes"].append(
                 "VM figures were measured under TCG, software emulation (no usable KVM here): "
                 "they show the cost of emulation, not of virtualisation."
             )
         return self.doc
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM) while cleaning up: a second Ctrl-C must not leave
+    containers or VMs behind. Raised once the block is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {sig: signal.signal(sig, lambda s, _f: held.append(s))
+           for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if held:
+            raise KeyboardInterrupt
 
 
 def rotated(items: list, r: int) -> list:
@@ -344,7 +366,8 @@ def rotated(items: list, r: int) -> list:
 def start_many(b: Backend, n: int, timeout: float = 300.0) -> tuple[list[float], float]:
     """Start n idle instances at once (threads released together); returns each
     one's start-to-ready time from the common start and the time until all were
-    ready. Every instance is stopped, also when one fails."""
+    ready. Every instance is stopped, also when one fails or on Ctrl-C: then the
+    threads are let finish their start (each stops what it started)."""
     instances: list[base.Instance] = []
     times: list[float] = []
     errors: list[str] = []
@@ -353,7 +376,10 @@ def start_many(b: Backend, n: int, timeout: float = 300.0) -> tuple[list[float],
     t0 = [0.0]
 
     def one() -> None:
-        go.wait()
+        try:
+            go.wait()
+        except threading.BrokenBarrierError:
+            return
         try:
             inst = b.start_idle(timeout=timeout)
         except Exception as e:  # noqa: BLE001 - reported below, instances stopped
@@ -369,18 +395,39 @@ def start_many(b: Backend, n: int, timeout: float = 300.0) -> tuple[list[float],
     for t in threads:
         t.start()
     t0[0] = time.perf_counter()
-    go.wait()
+    try:
+        go.wait()
+        for t in threads:
+            t.join(timeout + 30)
+    except BaseException:
+        go.abort()  # threads not yet released start nothing
+        finish(threads)
+        raise
+    finally:
+        all_ready = time.perf_counter() - t0[0]
+        stop_all(instances)
+    if errors or len(times) < n:
+        raise Unavailable(errors[0] if errors else f"only {len(times)} of {n} became ready")
+    return sorted(times), all_ready
+
+
+def finish(threads: list[threading.Thread]) -> None:
+    """Wait for threads to end, through further Ctrl-Cs: what they start must be
+    known before it can be stopped."""
     for t in threads:
-        t.join(timeout + 30)
-    all_ready = time.perf_counter() - t0[0]
+        while t.is_alive():
+            try:
+                t.join(0.5)
+            except KeyboardInterrupt:
+                continue
+
+
+def stop_all(instances: list[base.Instance]) -> None:
     for inst in instances:
         try:
             inst.stop()
         except Exception:  # noqa: BLE001, S110 - keep stopping the others
             pass
-    if errors or len(times) < n:
-        raise Unavailable(errors[0] if errors else f"only {len(times)} of {n} became ready")
-    return sorted(times), all_ready
 
 
 def default_backends(names: Iterable[str] | None = None) -> list[Backend]:
