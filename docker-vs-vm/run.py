@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             out=out,
             budget_bytes=parse_size(a.budget),
         )
-    except Unavailable as e:
+    except (Unavailable, results.ResultsError) as e:
         print(f"docker-vs-vm: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
