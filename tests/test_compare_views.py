@@ -79,3 +79,20 @@ def test_the_kept_reference_run_is_valid_and_comparable() -> None:
     assert vm and all(m["emulated"] for m in vm)
     table = results.compare([ref, fake_doc("kvm", hostname="laptop")])
     assert "(tcg)" in table and "(kvm)" in table
+
+
+def test_widget_reruns_a_real_measurement() -> None:
+    """The widget's Run really measures (native only: no root needed) and shows a
+    table and the figure for that measurement."""
+    w = widgets.LabWidget(["native"], default=("native",))
+    w.what.value = "CPU: integer loop"
+    w.runs.value = 1
+    doc = w.run()
+    cpu = [m for m in doc["measurements"] if m["metric"] == "cpu"]
+    assert len(cpu) == 1 and cpu[0]["backend"] == "native" and cpu[0]["median"] > 0
+    outs = w.output.outputs
+    assert len(outs) == 2  # the table, then the figure
+    assert "<td>cpu</td>" in outs[0]["data"]["text/html"]
+    assert "Figure" in outs[1]["data"]["text/plain"]
+    assert not w.button.disabled
+    assert repr(w) == "LabWidget(backends=['native'], measure='cpu', runs=1)"
