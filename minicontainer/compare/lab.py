@@ -487,12 +487,11 @@ def saved_results(where: Path = RESULTS_DIR) -> list[dict]:
 
 
 def write_outputs(doc: dict, out: Path) -> list[Path]:
+    from ..monitor import write_atomic
     from . import plots
 
     out.mkdir(parents=True, exist_ok=True)
     results.save(doc, out / "results.json")
     md = out / "results.md"
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(results.markdown(doc))
-    tmp.replace(md)
+    write_atomic(str(md), results.markdown(doc))
     return [out / "results.json", md, *plots.save_figures(doc, out)]

@@ -111,7 +111,7 @@ class VMBackend(base.Backend):
     def _command(self, argv: list[str]) -> list[str]:
         if self.guest is None:
             raise Unavailable(f"{self.name}: prepare() was not called")
-        argv = [a.replace("{data}", self.data_dir) for a in argv]
+        argv = base.expand(argv, self)  # the lab already did; direct callers may not
         try:
             extra = [f"mcrun={vmguest.encode_argv(argv)}"]
         except ValueError as e:

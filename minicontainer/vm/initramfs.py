@@ -21,6 +21,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from minicontainer.monitor import write_atomic
+
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 
@@ -98,24 +100,11 @@ class Archive:
         return b"".join(self.iter_bytes())
 
     def write(self, dest: Path, compress: bool = True) -> Path:
-        """Write the archive (gzip'd, mtime 0) to a temporary name, then rename."""
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as raw:
-                if compress:
-                    # filename="" and mtime=0: the gzip header holds neither name nor date
-                    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-                        for chunk in self.iter_bytes():
-                            gz.write(chunk)
-                else:
-                    for chunk in self.iter_bytes():
-                        raw.write(chunk)
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return dest
+        """Write the archive (gzip'd, mtime 0: no date in the header) to a temporary
+        name, then rename. An initramfs is small: it is built in memory."""
+        data = self.to_bytes()
+        write_atomic(str(dest), gzip.compress(data, mtime=0) if compress else data)
+        return Path(dest)
 
 
 def _pad(n: int) -> bytes:
