@@ -27,11 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import minicontainer as mc  # noqa: E402
-from minicontainer.image.oci import (  # noqa: E402
+from minicontainer.image.oci import (
     MEDIA_TYPE_OCI_CONFIG,
     MEDIA_TYPE_OCI_LAYER,
     Manifest,
-    json_bytes,  # noqa: E402
+    json_bytes,
 )
 from minicontainer.registry import client  # noqa: E402
 

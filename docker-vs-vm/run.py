@@ -7,7 +7,7 @@
 
 Writes results.json (schema: results.schema.json), results.md and PNG figures to
 --out (default: docker-vs-vm/results/<hostname>-<mode>/). The code lives in
-minicontainer.compare; this file only parses the command line.
+minicontainer.lab; this file only parses the command line.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a clone without installing
 
-from minicontainer.compare import lab, results  # noqa: E402
-from minicontainer.compare.base import Unavailable  # noqa: E402
+from minicontainer.lab import results, runner  # noqa: E402
+from minicontainer.lab.base import Unavailable  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         "--backends",
         help="comma-separated subset of: native,unshare,minicontainer,runc,docker,vm-kvm,vm-tcg",
     )
-    p.add_argument("--only", help="comma-separated subset of: " + ",".join(lab.METRIC_GROUPS))
+    p.add_argument("--only", help="comma-separated subset of: " + ",".join(runner.METRIC_GROUPS))
     p.add_argument("--out", type=Path, help="output directory (default: results/HOST-MODE/)")
     p.add_argument("--budget", default="4G", help="memory budget for the density count (4G)")
     p.add_argument(
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         mode = "quick" if a.quick else "full"
         out = a.out or HERE / "results" / f"{socket.gethostname()}-{mode}"
-        doc = lab.run_lab(
+        doc = runner.run_lab(
             mode,
             backends=a.backends.split(",") if a.backends else None,
             metrics=a.only.split(",") if a.only else None,

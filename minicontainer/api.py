@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import container as _c
-from .state import StateRoot
+from .runtime import container as _c
+from .runtime.state import StateRoot
 
 
 class Runtime:
@@ -60,12 +60,7 @@ class Runtime:
         exit code and the captured output; with detach=True, the running Container."""
         container = self.create(image, command, detach=detach, **options)
         if detach:
-            try:
-                container.start_detached()
-            except Exception:
-                if container.dir.exists() and container.spec.auto_remove:
-                    _c.remove_files(self.state, container.id)
-                raise
+            container.start_detached()
             return container
         out: list[bytes] = []
         err: list[bytes] = []
@@ -205,7 +200,7 @@ class Runtime:
         """``docker system df``: per image, shared and unique bytes; containers' R/W layers."""
         from .image import maintenance
 
-        return maintenance.disk_usage(self)
+        return maintenance.disk_usage(self.store, self.containers(all=True))
 
     # -- the workflow: build, push, pull (build/, registry/)
 

@@ -61,14 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         detach=args.detach,
     )
     if args.detach:
-        try:
-            container.start_detached()
-        except UserError:
-            if args.rm and container.dir.exists():
-                from .container import remove_files
-
-                remove_files(rt.state, container.id)
-            raise
+        container.start_detached()
         print(container.id)
         return 0
 
@@ -82,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from .container import status_text
+    from .runtime.container import status_text
 
     rt = _runtime(args)
     rows = []
@@ -449,7 +442,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from .registry import server
-    from .state import StateRoot
+    from .runtime.state import StateRoot
 
     root_dir = args.root_dir or str(StateRoot(args.root).root / "registry")
     return server.main_serve(root_dir, args.host, args.port)
@@ -462,7 +455,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checks import check_all
+    from .lessons.checks import check_all
 
     worst = 0
     for c in check_all():

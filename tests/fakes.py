@@ -1,4 +1,4 @@
-"""A recording fake of ``minicontainer.kernel.Kernel``: every system call is
+"""A recording fake of ``minicontainer.runtime.kernel.Kernel``: every system call is
 written down in ``calls`` (in order) instead of being made, so tests can check
 which mounts, pivots and capability changes the runtime *would* do, without
 root and without touching the host.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from minicontainer import kernel as k
+from minicontainer.runtime import kernel as k
 
 
 @dataclass(frozen=True)

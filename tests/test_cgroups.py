@@ -1,4 +1,4 @@
-"""Tests for minicontainer.cgroups.
+"""Tests for minicontainer.runtime.cgroups.
 
 Most tests run against FAKE cgroup trees in tmp_path: ordinary directories and
 files laid out like /sys/fs/cgroup on a v1 or a v2 machine. A fake kernel
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from minicontainer import cgroups
-from minicontainer.cgroups import Cgroup, CgroupSetup, Limits, detect, list_cgroups
 from minicontainer.errors import NotSupported, UserError
+from minicontainer.runtime import cgroups
+from minicontainer.runtime.cgroups import Cgroup, CgroupSetup, Limits, detect, list_cgroups
 
 MiB = 1 << 20
 
@@ -248,9 +248,24 @@ def test_detect_v1_comounted(fake_v1_comounted):
     assert setup.mounts["cpu"] == both and setup.mounts["cpuacct"] == both
 
 
+def test_layout_v1_and_hybrid(fake_v1_comounted, tmp_path):
+    setup, kernel = fake_v1_comounted
+    assert setup.layout == "v1" and not setup.hybrid
+    proc = tmp_path / "proc"
+    mountinfo = (proc / "self/mountinfo").read_text()
+    (kernel.root / "unified").mkdir()
+    (proc / "self/mountinfo").write_text(
+        mountinfo + f"60 31 0:60 / {kernel.root / 'unified'} rw - cgroup2 cgroup2 rw\n"
+    )
+    hybrid = detect(proc, kernel.root, euid=0)
+    assert hybrid.version == 1 and hybrid.hybrid and hybrid.layout == "hybrid"
+    assert hybrid.mounts == setup.mounts  # the empty cgroup2 offers no controller
+
+
 def test_detect_nothing_mounted(tmp_path):
     setup = detect(tmp_path / "proc", tmp_path / "none", euid=0)
     assert setup.version is None and not setup.can_create and setup.reason
+    assert setup.layout == "none"
     assert Cgroup.create("minicontainer/x", Limits(), setup=setup) is None
     with pytest.raises(NotSupported):
         Cgroup.create("minicontainer/x", Limits(pids=3), setup=setup)
@@ -259,6 +274,7 @@ def test_detect_nothing_mounted(tmp_path):
 def test_detect_v2_root(fake_v2):
     setup, kernel = fake_v2
     assert setup.version == 2 and setup.can_create and setup.base == kernel.root
+    assert setup.layout == "v2"
 
 
 def test_detect_v2_via_mountinfo(tmp_path, monkeypatch):

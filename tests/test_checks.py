@@ -1,4 +1,4 @@
-"""minicontainer.checks: every probe replaced, to play machines we are not on."""
+"""minicontainer.lessons.checks: every probe replaced, to play machines we are not on."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from minicontainer import checks
-from minicontainer.cgroups import CgroupSetup
+from minicontainer.lessons import checks
+from minicontainer.runtime.cgroups import CgroupSetup
 
 
 @pytest.fixture
@@ -103,14 +103,13 @@ def test_root_but_unprivileged_userns_off_is_a_warning(machine) -> None:
 
 def test_cgroup_v1_rootless_limits_do_not_work(machine) -> None:
     machine["state"]["euid"] = 1000
-    machine["files"]["/proc/self/mountinfo"] = (
-        "30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
-    )
     machine["monkeypatch"].setattr(
         checks,
         "_cgroup_setup",
         lambda: CgroupSetup(
-            version=1, reason="cgroup v1 cannot be delegated to an unprivileged user"
+            version=1,
+            hybrid=True,
+            reason="cgroup v1 cannot be delegated to an unprivileged user",
         ),
     )
     c = checks.check_cgroups()

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from conftest import check_no_leaks, skip_or_fail, snapshot_host
-from minicontainer.compare import backends as B
-from minicontainer.compare import workload as W
-from minicontainer.compare.base import MARKER, RESULT_RE, Backend, Unavailable, expand
+from minicontainer.lab import backends as B
+from minicontainer.lab import workload as W
+from minicontainer.lab.base import MARKER, RESULT_RE, Backend, Unavailable, expand
 
 # --------------------------------------------------------------------------- builds
 

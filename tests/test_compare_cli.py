@@ -12,7 +12,7 @@ import pytest
 from test_compare_report import fake_doc
 
 from conftest import REPO
-from minicontainer.compare import results
+from minicontainer.lab import results
 
 RUN = [sys.executable, str(REPO / "docker-vs-vm" / "run.py")]
 REFERENCE = REPO / "docker-vs-vm" / "results" / "debian12-2cores-tcg" / "results.json"

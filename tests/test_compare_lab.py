@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from minicontainer.compare import base, lab, results, workload
-from minicontainer.compare.base import Instance, Probe, Run, Unavailable
+from minicontainer.lab import base, results, workload
+from minicontainer.lab import runner as lab
+from minicontainer.lab.base import Instance, Probe, Run, Unavailable
 
 
 class FakeInstance(Instance):
@@ -86,7 +87,7 @@ def fake_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             for name, pids in comps.items()
         }
 
-    from minicontainer.compare import memory
+    from minicontainer.lab import memory
 
     monkeypatch.setattr(memory, "components", fake_components)
     monkeypatch.setattr(lab.time, "sleep", lambda s: None)

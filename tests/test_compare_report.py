@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import skip_or_fail
-from minicontainer.compare import memory, plots, results, stats
-from minicontainer.compare.base import RESULT_UNITS
+from minicontainer.lab import memory, plots, results, stats
+from minicontainer.lab.base import RESULT_UNITS
+from minicontainer.runtime import cgroups
 
 MiB = 2**20
 NATIVE = {"cpu": 1000.0, "sha256": 800.0, "fileio": 400.0, "smallfiles": 2000.0, "syscall": 9000.0}
@@ -292,12 +293,20 @@ def test_host_facts_are_valid_here():
     results.validate(doc)
 
 
-def test_cgroups_version_follows_ci_logic(tmp_path):
+def test_cgroups_version_follows_the_runtime(tmp_path):
+    # Not mounted (so judged by the directory layout, as runtime/cgroups.py does).
+    assert results.cgroups_version(tmp_path) == "none"
+    for name in ("memory", "cpu,cpuacct", "pids"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cgroup.procs").write_text("")
     assert results.cgroups_version(tmp_path) == "v1"
     (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.procs").write_text("")
+    (tmp_path / "unified" / "cgroup.controllers").write_text("")
     assert results.cgroups_version(tmp_path) == "hybrid"
     (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
     assert results.cgroups_version(tmp_path) == "v2"
+    assert results.cgroups_version() == cgroups.detect().layout != "none"
 
 
 # --------------------------------------------------------------------------- Markdown

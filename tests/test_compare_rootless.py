@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.rootless, pytest.mark.slow]
 
 SCRIPT = """
 import json, sys
-from minicontainer.compare import lab
+from minicontainer.lab import runner as lab
 settings = {"warmup": 0, "runs": 2, "vm_runs": 1}
 doc = lab.Lab(lab.default_backends(["native", "unshare", "minicontainer", "runc", "vm-tcg"]),
               metrics=("start",), settings=settings, log=lambda m: None).run()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from minicontainer.compare import backends, lab, results
-from minicontainer.compare.vmbackend import VMBackend
-from minicontainer.vm import guest, qemu
+from minicontainer.lab import backends, results
+from minicontainer.lab import runner as lab
+from minicontainer.lab.vm import guest, qemu
+from minicontainer.lab.vmbackend import VMBackend
 
 QUICK = {"warmup": 0, "runs": 2, "workload_runs": 1, "memory_runs": 1,
          "density": (1, 2), "vm_density": (1,)}  # fmt: skip

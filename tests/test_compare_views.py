@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from test_compare_report import fake_doc
 
-from minicontainer.compare import literature, plots, results, stacks, widgets
+from minicontainer.lab import literature, plots, results, stacks
+from minicontainer.lessons.viz import lab as widgets
 
 
 def test_stacks_name_the_accelerator_and_both_kernels() -> None:
@@ -69,7 +70,7 @@ def test_one_summary_section_and_one_figure() -> None:
 
 
 def test_the_kept_reference_run_is_valid_and_comparable() -> None:
-    from minicontainer.compare import lab
+    from minicontainer.lab import runner as lab
 
     saved = lab.saved_results()
     assert saved, "docker-vs-vm/results/debian12-2cores-tcg/results.json is missing"

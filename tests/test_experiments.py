@@ -1,4 +1,4 @@
-"""minicontainer.experiments: the parsers on their own, then every experiment for
+"""minicontainer.lessons.experiments: the parsers on their own, then every experiment for
 real as root (a fresh state root with the base images)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from minicontainer import experiments as ex
-from minicontainer import namespaces as ns
+from minicontainer.lessons import experiments as ex
+from minicontainer.runtime import namespaces as ns
 
 # --------------------------------------------------------------------------- pure
 

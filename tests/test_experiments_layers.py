@@ -1,5 +1,5 @@
-"""minicontainer.experiments_layers (notebooks 03 and 04), and the thin widgets of
-minicontainer.viz.layers. The pure parts run anywhere; overlay mounts, whiteouts
+"""minicontainer.lessons.layers (notebooks 03 and 04), and the thin widgets of
+minicontainer.lessons.viz.layers. The pure parts run anywhere; overlay mounts, whiteouts
 (char 0:0) and containers need root and the real kernel."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from minicontainer import experiments_layers as xl
 from minicontainer.image.layer import LayerEntry, write_layer
 from minicontainer.image.model import ImageModel
 from minicontainer.image.store import ImageStore
+from minicontainer.lessons import layers as xl
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -94,7 +94,7 @@ def test_raw_manifest_and_config(tmp_path: Path) -> None:
 
 def test_store_graph_draws_a_shared_layer_once(tmp_path: Path) -> None:
     pytest.importorskip("graphviz")
-    from minicontainer.viz.layers import store_graph
+    from minicontainer.lessons.viz.layers import store_graph
 
     store = ImageStore(tmp_path / "s", rootless=os.geteuid() != 0)
     base = tmp_path / "base.tar"
@@ -115,7 +115,7 @@ def test_store_graph_draws_a_shared_layer_once(tmp_path: Path) -> None:
 
 
 def test_layer_html_escapes_names(tmp_path: Path) -> None:
-    from minicontainer.viz.layers import history_html, layer_html
+    from minicontainer.lessons.viz.layers import history_html, layer_html
 
     t0, t1 = tmp_path / "0.tar", tmp_path / "1.tar"
     write_layer([LayerEntry("<whiteout>", data=b"a\n"), LayerEntry("x", data=b"1\n")], t0)
@@ -248,7 +248,7 @@ def test_cow_steps_in_a_running_container(rt, host_snapshot, assert_no_leaks) ->
 @pytest.mark.root
 def test_cow_stepper_widget(rt) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("ipywidgets")
-    from minicontainer.viz.layers import cow_stepper
+    from minicontainer.lessons.viz.layers import cow_stepper
 
     xl.demo_image(rt.store, "cow-demo:latest")
     c = rt.run("cow-demo", ["sleep", "300"], detach=True, name="cow-widget")
@@ -269,7 +269,7 @@ def test_cow_stepper_widget(rt) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.root
 def test_layer_explorer_widget(rt) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("ipywidgets")
-    from minicontainer.viz.layers import layer_explorer
+    from minicontainer.lessons.viz.layers import layer_explorer
 
     xl.demo_image(rt.store, "cow-demo:latest")
     ex = layer_explorer(rt.store, ["cow-demo:latest", "busybox:latest"])

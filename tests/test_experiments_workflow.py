@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from minicontainer import experiments_workflow as xw
+from minicontainer.lessons import workflow as xw
 
 # --------------------------------------------------------------------------- no root
 

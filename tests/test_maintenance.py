@@ -225,7 +225,7 @@ def test_disk_usage_busybox_layer_shared_with_hello_world(tmp_path: Path) -> Non
     bb, hw = rt.bootstrap()
     for img in (bb, hw):
         rt.store.layer_dirs(img)
-    usage = maintenance.disk_usage(rt)
+    usage = rt.disk_usage()
     rows = {r["ref"]: r for r in usage["images"]}
     b, h = rows["busybox:latest"], rows["hello-world:latest"]
     base = rt.store.blob_path(bb.layer_digests[0]).stat().st_size + maintenance._tree_size(
@@ -247,7 +247,7 @@ def test_disk_usage_counts_unreferenced(tmp_path: Path) -> None:
     rt = Runtime(tmp_path / "state")
     two_images(tmp_path, rt.store)
     rt.store.put_blob_bytes(b"x" * 1234, MEDIA_TYPE_OCI_CONFIG)
-    unref = maintenance.disk_usage(rt)["summary"]["Unreferenced"]
+    unref = rt.disk_usage()["summary"]["Unreferenced"]
     assert unref["count"] == 1 and unref["size"] == unref["reclaimable"] == 1234
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fakes import ALL_CAPS, Call, FakeKernel
 
-from minicontainer import kernel as k
-from minicontainer import namespaces, rootfs, security
-from minicontainer.spec import Mount, Spec
+from minicontainer.runtime import kernel as k
+from minicontainer.runtime import namespaces, rootfs, security
+from minicontainer.runtime.spec import Mount, Spec
 
 DOCKER_DEFAULT_CAPS = 0x00000000A80425FB
 

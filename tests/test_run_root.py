@@ -482,7 +482,7 @@ def test_ps_true_after_supervisor_killed(root):
     state = json.loads((root / "containers" / cid / "state.json").read_text())
     shim, pid = state["shim_pid"], state["pid"]
     cmdline = Path(f"/proc/{shim}/cmdline").read_bytes()
-    assert b"monitor.py" in cmdline and cid.encode() in cmdline
+    assert b"minicontainer.runtime.monitor" in cmdline and cid.encode() in cmdline
     os.kill(shim, signal.SIGKILL)
     assert wait_for(lambda: not pid_alive(shim), 5)
     assert status_of(cid) == "running"  # its supervisor died, the container did not

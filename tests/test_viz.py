@@ -1,4 +1,4 @@
-"""minicontainer.viz: the namespace graph and table (fake /proc data and real
+"""minicontainer.lessons.viz: the namespace graph and table (fake /proc data and real
 pids), and the toggle widget with its experiment replaced."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from minicontainer import experiments, viz
-from minicontainer.viz import namespaces as vns
+from minicontainer.lessons import experiments, viz
+from minicontainer.lessons.viz import namespaces as vns
 
 HOST = {n: f"{n}:[40265318{i:02d}]" for i, n in enumerate(vns.ns.ALL)}
 CONTAINER = {n: f"{n}:[40265322{i:02d}]" for i, n in enumerate(vns.ns.ALL)}
@@ -103,7 +103,7 @@ def test_real_processes_share_host_namespaces() -> None:
 
 
 def test_selected_keeps_kernel_order() -> None:
-    from minicontainer.viz.widgets import selected
+    from minicontainer.lessons.viz.widgets import selected
 
     assert selected({"user": True, "uts": True, "net": False}) == ["uts", "user"]
 
@@ -111,7 +111,7 @@ def test_selected_keeps_kernel_order() -> None:
 def test_toggle_runs_the_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ipywidgets")
     pytest.importorskip("IPython")
-    from minicontainer.viz import widgets
+    from minicontainer.lessons.viz import widgets
 
     calls = []
 
@@ -141,7 +141,7 @@ def test_toggle_runs_the_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_toggle_container_mode_only_with_a_runtime() -> None:
     pytest.importorskip("ipywidgets")
-    from minicontainer.viz import widgets
+    from minicontainer.lessons.viz import widgets
 
     assert len(widgets.NamespaceToggle(None).mode.options) == 1
     assert len(widgets.NamespaceToggle(object()).mode.options) == 2
@@ -149,7 +149,7 @@ def test_toggle_container_mode_only_with_a_runtime() -> None:
 
 def test_toggle_shows_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ipywidgets")
-    from minicontainer.viz import widgets
+    from minicontainer.lessons.viz import widgets
 
     def broken(names, rt=None):  # type: ignore[no-untyped-def]
         raise RuntimeError("<no>")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import skip_or_fail
-from minicontainer.compare.base import MARKER, Run, Unavailable
-from minicontainer.vm import guest, kvm, qemu
-from minicontainer.vm.initramfs import Archive
+from minicontainer.lab.base import MARKER, Run, Unavailable
+from minicontainer.lab.vm import guest, kvm, qemu
+from minicontainer.lab.vm.initramfs import Archive
 
 # --------------------------------------------------------------------------- newc reader
 
@@ -426,7 +426,7 @@ def qemu_pids(needle: str) -> set[int]:
 
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory):
-    from minicontainer.compare.vmbackend import VMBackend
+    from minicontainer.lab.vmbackend import VMBackend
 
     backend = VMBackend("tcg")
     probe = backend.probe()
@@ -437,7 +437,7 @@ def vm(tmp_path_factory):
     work = tmp_path_factory.mktemp("vm")
     real = False
     try:
-        from minicontainer.compare import workload
+        from minicontainer.lab import workload
 
     except ImportError:  # the workload module is written in parallel with this one
         payload = stand_in_payload(work / "payload")
@@ -511,7 +511,7 @@ def test_real_timeout_kills_qemu(vm):
 
 
 def test_vm_backend_names_and_disk_only_for_data_workloads(tmp_path: Path):
-    from minicontainer.compare.vmbackend import VMBackend
+    from minicontainer.lab.vmbackend import VMBackend
 
     tcg, kvm_b = VMBackend("tcg"), VMBackend("kvm")
     assert (tcg.name, tcg.kind, tcg.emulated) == ("vm-tcg", "vm", True)

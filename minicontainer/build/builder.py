@@ -33,18 +33,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from minicontainer import progress as _progress
-from minicontainer.build.context import Context, atomic_write
-from minicontainer.build.dockerfile import (
-    DockerfileError,
-    Instruction,
-    key_values,
-    parse,
-    substitute,
-    words,
-)
-from minicontainer.errors import ImageNotFound, UserError
-from minicontainer.image.oci import (
+from .. import progress as _progress
+from ..errors import ImageNotFound, UserError
+from ..image.oci import (
     MEDIA_TYPE_OCI_CONFIG,
     MEDIA_TYPE_OCI_LAYER,
     MEDIA_TYPE_OCI_MANIFEST,
@@ -55,11 +46,13 @@ from minicontainer.image.oci import (
     json_bytes,
     sha256_bytes,
 )
-from minicontainer.image.store import Image, normalize_ref
-from minicontainer.record import Record
+from ..image.store import Image, normalize_ref
+from ..record import Record
+from .context import Context, atomic_write
+from .dockerfile import DockerfileError, Instruction, key_values, parse, substitute, words
 
 if TYPE_CHECKING:
-    from minicontainer.image.layer import LayerEntry
+    from ..image.layer import LayerEntry
 
 # tarfile, subprocess, image/commit.py and image/layer.py are imported where a
 # step needs them: a fully cached rebuild never does (it is mostly Python startup).
@@ -426,7 +419,7 @@ class _Builder:
             conf["Labels"] = {**(conf.get("Labels") or {}), **dict(key_values(ins, env, self.path))}
         elif kw == "EXPOSE":
             ports = dict(conf.get("ExposedPorts") or {})
-            from minicontainer.image.commit import _port
+            from ..image.commit import _port
 
             for word in words(ins.rest, env):
                 ports[_port(word)] = {}
@@ -449,7 +442,7 @@ class _Builder:
         elif kw == "USER":
             conf["User"] = substitute(ins.rest, env)
         elif kw == "STOPSIGNAL":
-            from minicontainer.spec import parse_signal
+            from ..runtime.spec import parse_signal
 
             value = substitute(ins.rest, env)
             try:
@@ -467,7 +460,7 @@ class _Builder:
     # ------------------------------------------------------------ RUN
 
     def _run(self, stage: Stage, ins: Instruction, env: dict[str, str]) -> tuple[Descriptor, str]:
-        from minicontainer.image import commit
+        from ..image import commit
 
         conf = stage.state.conf
         shell = conf.get("Shell") or DEFAULT_SHELL
@@ -541,7 +534,7 @@ class _Builder:
 
     def _write(self, entries: list[LayerEntry]) -> tuple[Descriptor, str]:
         """A layer of these entries, uncompressed like commit's (digest == diff_id)."""
-        from minicontainer.image.layer import write_layer
+        from ..image.layer import write_layer
 
         tmp = str(self.store.blobs / f".build.tmp-{os.getpid()}-{time.monotonic_ns()}.tar")
         try:
@@ -729,13 +722,13 @@ class _Builder:
 
 def _lower_stat(lower: list[str], rel: str) -> os.stat_result | None:
     """What the image shows at `rel` (overlayfs rules; image/commit.py's)."""
-    from minicontainer.image.commit import _lower_stat as lower_stat
+    from ..image.commit import _lower_stat as lower_stat
 
     return lower_stat(lower, rel)
 
 
 def _new_entry(*args: Any, **kwargs: Any) -> LayerEntry:
-    from minicontainer.image.layer import LayerEntry
+    from ..image.layer import LayerEntry
 
     return LayerEntry(*args, **kwargs)
 

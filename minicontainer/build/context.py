@@ -23,7 +23,7 @@ import re
 import stat
 from pathlib import Path
 
-from minicontainer.image.oci import sha256_bytes
+from ..image.oci import sha256_bytes
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -221,7 +221,7 @@ class Context:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file + rename, the one way the package writes small state files."""
-    from minicontainer.state import write_atomic
+    from ..runtime.state import write_atomic
 
     write_atomic(path, data)
 

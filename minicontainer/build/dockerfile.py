@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from minicontainer.errors import UserError
+from ..errors import UserError
 
 INSTRUCTIONS = (
     "FROM RUN COPY ADD ENV ARG WORKDIR USER LABEL EXPOSE ENTRYPOINT CMD SHELL "

@@ -48,8 +48,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from minicontainer.errors import UserError
-from minicontainer.image.layer import (
+from ..errors import UserError
+from .layer import (
     GZIP_LEVEL,
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
@@ -59,7 +59,7 @@ from minicontainer.image.layer import (
     _HashWriter,
     open_uncompressed,
 )
-from minicontainer.image.oci import (
+from .oci import (
     ANNOTATION_REF_NAME,
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
@@ -77,7 +77,7 @@ from minicontainer.image.oci import (
     platform_matches,
     sha256_bytes,
 )
-from minicontainer.image.store import Image, ImageStore, normalize_ref
+from .store import Image, ImageStore, normalize_ref
 
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 _CHUNK = 1 << 20

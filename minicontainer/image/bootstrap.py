@@ -20,10 +20,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from minicontainer.errors import ImageNotFound, NotSupported, UserError
-from minicontainer.image.layer import LayerEntry, write_layer
-from minicontainer.image.oci import host_platform
-from minicontainer.image.store import Image, ImageStore
+from ..errors import ImageNotFound, NotSupported, UserError
+from .layer import LayerEntry, write_layer
+from .oci import host_platform
+from .store import Image, ImageStore
 
 BUSYBOX_REF = "busybox:latest"
 HELLO_REF = "hello-world:latest"

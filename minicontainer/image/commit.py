@@ -30,10 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from minicontainer.errors import NotSupported, UserError
-from minicontainer.image.layer import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, write_layer
-from minicontainer.image.oci import MEDIA_TYPE_OCI_LAYER, Descriptor, digest_hex, host_platform
-from minicontainer.image.store import Image, ImageStore, normalize_ref
+from ..errors import NotSupported, UserError
+from .layer import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, write_layer
+from .oci import MEDIA_TYPE_OCI_LAYER, Descriptor, digest_hex, host_platform
+from .store import Image, ImageStore, normalize_ref
 
 # Made by the runtime at every start (rootfs.py), never by the container's program.
 RUNTIME_PATHS = ("proc", "dev", "sys", "etc/hostname", "etc/hosts", "etc/resolv.conf")
@@ -225,7 +225,7 @@ def _paused(container) -> Iterator[bool]:  # type: ignore[no-untyped-def]
     if not (state.status == "running" and state.alive()):
         yield False
         return
-    from minicontainer import cgroups
+    from ..runtime import cgroups
 
     cg = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
     if cg is None or os.geteuid() != 0 or not (_FREEZER / "cgroup.procs").exists():
@@ -358,7 +358,7 @@ def apply_changes(conf: dict[str, Any], changes: list[str]) -> dict[str, Any]:
         elif instruction == "USER":
             conf["User"] = rest
         else:  # STOPSIGNAL
-            from minicontainer.spec import parse_signal
+            from ..runtime.spec import parse_signal
 
             parse_signal(rest)
             conf["StopSignal"] = rest
@@ -511,12 +511,7 @@ def _add_image_or_nothing(
     manifest, tag. Same steps as store.add_image, which only takes layer files. A
     failure leaves no blob it wrote behind; under the store lock, so no other
     writer's new blob can be mistaken for ours."""
-    from minicontainer.image.oci import (
-        MEDIA_TYPE_OCI_CONFIG,
-        MEDIA_TYPE_OCI_MANIFEST,
-        Manifest,
-        json_bytes,
-    )
+    from .oci import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Manifest, json_bytes
 
     with store._lock():
         before = set(os.listdir(store.blobs))

@@ -36,12 +36,12 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minicontainer.errors import UserError
-from minicontainer.image.oci import (
+from ..errors import UserError
+from .oci import (
     GZIP_LAYER_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
@@ -53,8 +53,8 @@ from minicontainer.image.oci import (
 )
 
 if TYPE_CHECKING:
-    from minicontainer.api import Runtime
-    from minicontainer.image.store import Image, ImageStore
+    from ..runtime.container import Container
+    from .store import Image, ImageStore
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -129,7 +129,7 @@ def _clean_temps(store: ImageStore, grace: float) -> list[str]:
     `.bootstrap-*` (root). Unpackers hold the store lock, so under it a dot-dir in
     layers/ is always stale; blob writers may run without it, so a temp file there
     goes only once no process has it open and it has not changed for `grace` s."""
-    from minicontainer.image.layer import rmtree
+    from .layer import rmtree
 
     held = _open_paths()
     now = time.time()
@@ -172,7 +172,7 @@ def _compression(path: Path) -> str:
 def _diff_id(path: Path, digest: str) -> str:
     """sha256 of the uncompressed tar (config.md DiffID). A blob stored uncompressed
     (as commit writes them) is its own tar: its verified digest is the answer."""
-    from minicontainer.image.layer import open_uncompressed
+    from .layer import open_uncompressed
 
     if not _compression(path):
         return digest
@@ -228,7 +228,7 @@ def _compare_layer(store: ImageStore, chain: str, desc: Descriptor, diff_id: str
     """Unpack the layer blob again next to the dir and compare (lock held)."""
     import tempfile
 
-    from minicontainer.image.layer import apply_layer, rmtree
+    from .layer import apply_layer, rmtree
 
     d = store.layers_dir / digest_hex(chain)
     scratch = Path(tempfile.mkdtemp(prefix=".verify-", dir=store.layers_dir))
@@ -460,14 +460,13 @@ def _images(store: ImageStore) -> Iterator[tuple[str, Image]]:
         yield e.ref_name or "<none>:<none>", img
 
 
-def disk_usage(rt: Runtime) -> dict[str, Any]:
+def disk_usage(store: ImageStore, all_containers: Iterable[Container]) -> dict[str, Any]:
     """`docker system df`: {"summary": {"Images", "Containers", "Unreferenced"}: {count,
     active, size, reclaimable}, "images": [{ref, id, size, shared, unique,
     containers}], "containers": [{id, name, image, status, size}]}."""
-    store = rt.store
     containers = []
     users: dict[str, int] = {}  # image id -> containers using it
-    for c in rt.containers(all=True):
+    for c in all_containers:
         try:
             spec, status = c.spec, c.state().status
         except UserError:

@@ -16,8 +16,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from minicontainer.errors import UserError
-from minicontainer.record import Record
+from ..errors import UserError
+from ..record import Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
 if TYPE_CHECKING:

@@ -34,8 +34,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from minicontainer.errors import Conflict, ImageNotFound, UserError
-from minicontainer.image.oci import (
+from ..errors import Conflict, ImageNotFound, UserError
+from ..record import Record
+from .oci import (
     ANNOTATION_REF_NAME,
     INDEX_MEDIA_TYPES,
     MEDIA_TYPE_OCI_CONFIG,
@@ -54,7 +55,6 @@ from minicontainer.image.oci import (
     sha256_bytes,
     sha256_file,
 )
-from minicontainer.record import Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
 if TYPE_CHECKING:
@@ -301,7 +301,7 @@ class ImageStore:
         (when given) before the blob becomes visible. Returns (digest, size)."""
         import tempfile
 
-        from minicontainer.image.layer import _HashWriter
+        from .layer import _HashWriter
 
         fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=self.blobs)
         try:
@@ -333,7 +333,7 @@ class ImageStore:
         import gzip
         import tempfile
 
-        from minicontainer.image.layer import GZIP_LEVEL, _HashWriter
+        from .layer import GZIP_LEVEL, _HashWriter
 
         with open(path, "rb") as f:
             compressed = f.read(2) == b"\x1f\x8b"
@@ -483,7 +483,7 @@ class ImageStore:
         store lock, so concurrent callers unpack each layer once."""
         dirs = [self.layers_dir / digest_hex(c) for c in image.chain_ids]
         if not all(d.is_dir() for d in dirs):
-            from minicontainer.image.layer import apply_layer  # tarfile: only when unpacking
+            from .layer import apply_layer  # tarfile: only when unpacking
 
             with self._lock():
                 for desc, diff_id, d in zip(image.layers, image.diff_ids, dirs, strict=True):
@@ -604,7 +604,7 @@ class ImageStore:
         import tarfile
         import tempfile
 
-        from minicontainer.image.layer import open_uncompressed
+        from .layer import open_uncompressed
 
         if isinstance(src, str) and src == "-":
             src = sys.stdin.buffer  # `minicontainer import - ref`, as docker does
@@ -772,7 +772,7 @@ class ImageStore:
     def _remove_layer_dir(self, chain_id: str) -> None:
         import tempfile
 
-        from minicontainer.image.layer import rmtree
+        from .layer import rmtree
 
         d = self.layers_dir / digest_hex(chain_id)
         if d.exists():
@@ -784,7 +784,7 @@ class ImageStore:
     def gc(self) -> list[str]:
         """Remove blobs and unpacked layers no index entry uses, and temp files left
         by interrupted writes (older than an hour, so running writers are safe)."""
-        from minicontainer.image.layer import rmtree
+        from .layer import rmtree
 
         removed: list[str] = []
         with self._lock():

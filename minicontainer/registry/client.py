@@ -32,9 +32,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-from minicontainer import progress as _progress
-from minicontainer.errors import ImageNotFound, UserError
-from minicontainer.image.oci import (
+from .. import progress as _progress
+from ..errors import ImageNotFound, UserError
+from ..image.oci import (
     CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import IO, Any
 
-    from minicontainer.image.store import Image, ImageStore
+    from ..image.store import Image, ImageStore
 
 DOCKER_HUB = "registry-1.docker.io"
 AUTH_ENV = "MINICONTAINER_REGISTRY_AUTH"
@@ -98,7 +98,7 @@ def _insecure(host: str) -> bool:
 def parse_remote(ref: str) -> RemoteRef:
     """Docker's reference grammar: a first component with `.` or `:` (or `localhost`)
     is a registry host; otherwise Docker Hub, whose official images live in library/."""
-    from minicontainer.image.store import normalize_ref
+    from ..image.store import normalize_ref
 
     ref = ref.strip()
     normalize_ref(ref)  # validates names and tags with the store's own rules
@@ -661,7 +661,7 @@ def _compressed(store: ImageStore, desc: Descriptor, diff_id: str) -> Descriptor
     import gzip
     import shutil
 
-    from minicontainer.image.layer import GZIP_LEVEL, _HashWriter
+    from ..image.layer import GZIP_LEVEL, _HashWriter
 
     entry = _read_record(store, COMPRESSED_RECORD).get(diff_id)
     if entry and store.has_blob(entry["digest"]):

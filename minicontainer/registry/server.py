@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from minicontainer.image import oci
+from ..image import oci
 
 # spec.md "Pulling manifests": names and tags.
 NAME_RE = re.compile(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$")
@@ -862,7 +862,7 @@ class Registry:
 def main_serve(root_dir: str | None, host: str, port: int) -> int:
     """`minicontainer registry serve`: foreground until SIGINT or SIGTERM."""
     if root_dir is None:
-        from minicontainer.state import StateRoot
+        from ..runtime.state import StateRoot
 
         root: Path = StateRoot().root / "registry"
     else:

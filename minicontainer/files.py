@@ -1,0 +1,169 @@
+"""Files that are whole or absent, and trees removed without following symlinks.
+
+Every file the package writes (state.json, blobs, index.json, the registry's
+uploads, results, the lab's payload) goes through ``write_atomic`` or
+``atomic_file``: the bytes go to a temporary name in the same directory, are
+flushed to the disk (fsync(2)), and only then take the real name with rename(2),
+which replaces the old file in one step; an fsync of the directory makes the
+rename itself durable. A crash, a full disk or Ctrl-C leaves the old file or
+the new one, never half of one, and at worst a temporary file whose name starts
+with a dot (``.NAME.tmp-PID-N``) for a clean-up pass to remove.
+
+Standard library only, nothing heavy imported at load time: the per-container
+supervisor (runtime/monitor.py), which must stay small, uses it too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+_serial = itertools.count()  # next() is atomic under the GIL: unique across threads
+
+
+def temp_path(path: str | os.PathLike[str], prefix: str | None = None) -> str:
+    """A fresh name beside ``path`` (same directory, so rename(2) cannot cross file
+    systems), starting with a dot so that listings and clean-ups can tell it."""
+    path = os.fspath(path)
+    head, name = os.path.split(path)
+    prefix = prefix if prefix is not None else f".{name}.tmp-"
+    return os.path.join(head, f"{prefix}{os.getpid()}-{next(_serial)}")
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename in ``path`` durable. Some file systems refuse fsync on a
+    directory; the rename has happened anyway, so that is not an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_file(path: str | os.PathLike[str]) -> None:
+    """unlink(2), where a file already gone is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class _AtomicFile:
+    """``with atomic_file(path) as f``: f is the open temporary file; leaving the
+    block normally renames it to ``path``, an exception removes it."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], mode: int, prefix: str | None, durable: bool
+    ) -> None:
+        self.path = os.fspath(path)
+        self.mode = mode
+        self.durable = durable
+        self.tmp = temp_path(self.path, prefix)
+        self.file: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.file = os.fdopen(fd, "wb")
+        return self.file
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self.file is not None
+        if exc_type is not None:
+            self.file.close()
+            remove_file(self.tmp)
+            return
+        try:
+            self.file.flush()
+            if self.durable:
+                os.fsync(self.file.fileno())
+            os.fchmod(self.file.fileno(), self.mode)  # after the data: never a readable half
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.file.close()
+            remove_file(self.tmp)
+            raise
+        if self.durable:
+            fsync_dir(os.path.dirname(self.path) or ".")
+
+
+def atomic_file(
+    path: str | os.PathLike[str],
+    mode: int = 0o644,
+    prefix: str | None = None,
+    *,
+    durable: bool = True,
+) -> _AtomicFile:
+    """Stream into ``path`` atomically (see the module docstring). ``durable=False``
+    skips the two fsyncs (about 1 ms each on an SSD): still never half a file for
+    readers, but after a power cut possibly the old one. For a container's own
+    state, which does not outlive a reboot anyway."""
+    return _AtomicFile(path, mode, prefix, durable)
+
+
+def write_atomic(
+    path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644, *, durable: bool = True
+) -> None:
+    """Replace ``path`` with ``data`` in one step: readers see the old file or the
+    new one, and after a crash the file is one of the two."""
+    with atomic_file(path, mode, durable=durable) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def rmtree(path: str | os.PathLike[str]) -> None:
+    """Remove a directory tree; a missing one is fine.
+
+    Never follows a symlink: a link inside (an image layer, a container's upper
+    dir may plant one pointing at /etc) is removed as a link. When not root,
+    directories we own but may not enter (overlayfs leaves its work dir mode
+    000) are opened without following links and made 0700 first: the owner may
+    always chmod."""
+    import shutil  # lazily: the supervisor rarely removes anything
+
+    try:
+        shutil.rmtree(path)  # safe against symlink attacks where the platform allows (Linux)
+        return
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise
+    _open_up(os.fspath(path))
+    shutil.rmtree(path)
+
+
+def _open_up(top: str) -> None:
+    """chmod u+rwx every directory under ``top`` that we may not read, through
+    descriptors opened with O_NOFOLLOW (no symlink is followed, none is chmodded)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.lstat(d)
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            if st.st_mode & 0o700 != 0o700 and st.st_uid == os.geteuid():
+                fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.chmod(f"/proc/self/fd/{fd}", st.st_mode | 0o700)
+                finally:
+                    os.close(fd)
+            fd = os.open(d, flags)
+        except OSError:
+            continue
+        try:
+            with os.scandir(fd) as it:
+                stack.extend(os.path.join(d, e.name) for e in it if e.is_dir(follow_symlinks=False))
+        finally:
+            os.close(fd)

@@ -1,0 +1,497 @@
+"""The docker-vs-vm lab: every measurement, in the order a run performs it.
+
+    probe backends -> build the payload -> prepare each backend ->
+    1 start time -> 3/4 CPU and I/O workloads -> 2 idle memory -> 5 density ->
+    6 disk footprint -> JSON + Markdown + figures
+
+Timed runs are interleaved round-robin across backends after a warm-up, so a
+slow patch of the machine hurts every backend alike; each figure is kept as
+min / median / max. A backend that cannot run here is skipped with its reason
+and the rest still runs. VM figures measured under TCG carry ``emulated: true``
+and say "emulated (TCG)" wherever they are shown (vm-bench.md: never call them
+VM overhead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import base, memory, results, stats, workload
+from .base import Backend, Unavailable
+
+# What each mode does. quick: under 2 minutes here (TCG VM included); full: under 15.
+MODES: dict[str, dict] = {
+    "quick": {
+        "warmup": 1, "runs": 5, "vm_runs": 3,
+        "workload_runs": 3, "vm_workload_runs": 1,
+        "memory_runs": 1, "density": (1, 10), "vm_density": (1, 4),
+    },
+    "full": {
+        "warmup": 2, "runs": 15, "vm_runs": 7,
+        "workload_runs": 5, "vm_workload_runs": 3,
+        "memory_runs": 3, "density": (1, 10, 50), "vm_density": (1, 10, 50),
+    },
+}  # fmt: skip
+METRIC_GROUPS = ("start", "cpu", "io", "memory", "density", "disk")
+WORKLOADS = {"cpu": ("cpu", "sha256"), "io": ("fileio", "syscall")}
+# One workload alone can be asked for too (the notebook's widget does).
+SINGLE = tuple(w for group in WORKLOADS.values() for w in group)
+DEFAULT_BUDGET = 4 << 30  # the memory budget density_fit fills (4 GiB)
+DISK_N = (1, 10, 50)
+
+
+def log_stderr(msg: str) -> None:
+    print(f"[lab] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Lab:
+    """One run of the lab. ``backends`` are Backend objects (tests pass fakes)."""
+
+    backends: list[Backend]
+    mode: str = "quick"
+    metrics: tuple[str, ...] = METRIC_GROUPS
+    budget_bytes: int = DEFAULT_BUDGET
+    log: Callable[[str], None] = log_stderr
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise Unavailable(f"unknown mode {self.mode!r}: quick or full")
+        unknown = set(self.metrics) - set(METRIC_GROUPS) - set(SINGLE)
+        if unknown:
+            raise Unavailable(
+                f"unknown measurement {sorted(unknown)[0]!r}: " + ", ".join(METRIC_GROUPS + SINGLE)
+            )
+        self.settings = {**MODES[self.mode], **self.settings}
+        t0, say = time.perf_counter(), self.log
+        self.log = lambda msg: say(f"{time.perf_counter() - t0:6.1f} s  {msg}")
+        self.ready: list[Backend] = []
+        self.doc: dict = {}
+
+    # -- 0. probe and prepare ------------------------------------------------------
+
+    def probe(self) -> None:
+        entries = []
+        for b in self.backends:
+            try:
+                p = b.probe()
+            except Unavailable as e:
+                p = base.Probe(False, str(e))
+            entries.append({
+                "name": b.name, "label": b.label, "kind": b.kind, "emulated": b.emulated,
+                "available": p.ok, "reason": p.reason,
+            })  # fmt: skip
+            if p.ok:
+                self.ready.append(b)
+                self.log(f"{b.name}: {p.reason or 'available'}")
+            else:
+                self.log(f"{b.name}: skipped: {p.reason}")
+                results.add_skip(self.doc, b.name, "all", p.reason)
+            if b.kind == "vm":
+                self._vm_facts(p)
+        self.doc["backends"] = entries
+
+    def _vm_facts(self, p: base.Probe) -> None:
+        """host.kvm is the KVM verdict; host.accel what the VM figures use (KVM wins)."""
+        host = self.doc["host"]
+        if isinstance(p.facts.get("kvm"), dict):
+            host["kvm"] = p.facts["kvm"]
+        if p.ok and host.get("accel") != "kvm":
+            host["accel"] = p.facts.get("accel")
+
+    def prepare(self, payload: Path, work: Path) -> None:
+        for b in list(self.ready):
+            t = time.perf_counter()
+            try:
+                b.prepare(payload, work / b.name)
+            except Unavailable as e:
+                self._drop(b, f"prepare failed: {e}")
+                continue
+            self.log(f"{b.name}: prepared in {time.perf_counter() - t:.1f} s")
+
+    def _drop(self, b: Backend, reason: str) -> None:
+        self.log(f"{b.name}: skipped: {reason}")
+        self.ready.remove(b)
+        results.add_skip(self.doc, b.name, "all", reason)
+        for e in self.doc.get("backends", []):
+            if e["name"] == b.name:
+                e["available"], e["reason"] = False, reason
+
+    # -- 1. start time -------------------------------------------------------------
+
+    def start_time(self) -> None:
+        s = self.settings
+        ready: dict[str, list[float]] = {b.name: [] for b in self.ready}
+        exits: dict[str, list[float]] = {b.name: [] for b in self.ready}
+        rounds = s["warmup"] + s["runs"]
+        self.log(
+            f"start time: {s['runs']} runs each ({s['vm_runs']} for VMs), {s['warmup']} warm-up"
+        )
+        for r in range(rounds):
+            for b in rotated(self.ready, r):
+                n_wanted = s["vm_runs"] if b.kind == "vm" else s["runs"]
+                if r >= s["warmup"] + n_wanted:
+                    continue
+                run = self._run(b, ["/bench/mcbench", "ready"], "start_to_exit")
+                if run is None or r < s["warmup"]:
+                    continue
+                exits[b.name].append(run.exit_s)
+                if run.ready_s is not None:
+                    ready[b.name].append(run.ready_s)
+        for b in self.ready:
+            for metric, samples in (("start_to_ready", ready), ("start_to_exit", exits)):
+                if samples[b.name]:
+                    self._add(metric, b, "s", samples[b.name])
+
+    def _run(self, b: Backend, argv: list[str], metric: str) -> base.Run | None:
+        try:
+            run = b.run(base.expand(argv, b))
+        except Unavailable as e:
+            results.add_skip(self.doc, b.name, metric, str(e))
+            return None
+        if run.rc != 0:
+            tail = run.output.strip().splitlines()[-1:] or ["no output"]
+            results.add_skip(self.doc, b.name, metric, f"exit code {run.rc}: {tail[0][:200]}")
+            return None
+        return run
+
+    # -- 3/4. CPU and I/O workloads, relative to native ----------------------------
+
+    def workloads(self, names: Iterable[str]) -> None:
+        s = self.settings
+        for name in names:
+            argv = workload.workload_argv(name, self.mode)
+            samples: dict[str, dict[str, list[float]]] = {b.name: {} for b in self.ready}
+            plan = {b.name: self._plan(b) for b in self.ready}
+            self.log(
+                f"workload {name}: {s['workload_runs']} runs each ({s['vm_workload_runs']} for VMs)"
+            )
+            for r in range(max((w + n for w, n in plan.values()), default=0)):
+                for b in rotated(self.ready, r):
+                    warm, n = plan[b.name]
+                    if r >= warm + n:
+                        continue
+                    run = self._run(b, argv, name)
+                    if run is None or r < warm:
+                        continue
+                    for k, v in run.results().items():
+                        samples[b.name].setdefault(k, []).append(v)
+            native = next((b for b in self.ready if b.kind == "native"), None)
+            for b in self.ready:
+                for k, vals in samples[b.name].items():
+                    if k not in stats.RATE_UNITS:
+                        results.add_skip(self.doc, b.name, name, f"unknown result {k!r} ignored")
+                        continue
+                    nat = samples[native.name].get(k) if native else None
+                    unit = stats.RATE_UNITS[k]
+                    self._add(
+                        k, b, unit, vals, native=stats.summarize(nat)["median"] if nat else None
+                    )
+
+    def _plan(self, b: Backend) -> tuple[int, int]:
+        """(warm-up runs, measured runs) of a workload: a TCG boot is costly, so a
+        VM measured once gets no warm-up (its boot is outside the timed part)."""
+        if b.kind == "vm":
+            n = self.settings["vm_workload_runs"]
+            return (1 if n > 1 else 0), n
+        return 1, self.settings["workload_runs"]
+
+    # -- 2. memory of an idle instance ---------------------------------------------
+
+    def idle_memory(self) -> None:
+        runs = self.settings["memory_runs"]
+        self.log(f"idle memory: {runs} instance(s) each")
+        daemons: dict[str, dict] = {}
+        for b in self.ready:
+            totals, rss_totals = [], []
+            comps: dict[str, dict[str, list[int]]] = {}
+            for _ in range(runs):
+                try:
+                    inst = b.start_idle()
+                except Unavailable as e:
+                    results.add_skip(self.doc, b.name, "idle_memory", str(e))
+                    break
+                try:
+                    time.sleep(0.3)  # let the instance settle after its marker
+                    measured = memory.components(inst.components(), with_children=True)
+                finally:
+                    inst.stop()
+                totals.append(sum(c["pss"] for c in measured.values()))
+                rss_totals.append(sum(c["rss"] for c in measured.values()))
+                for cname, c in measured.items():
+                    for k in ("rss", "pss"):
+                        comps.setdefault(cname, {}).setdefault(k, []).append(c[k])
+            if not totals:
+                continue
+            med = {
+                n: {k: int(stats.summarize(v)["median"]) for k, v in c.items()}
+                for n, c in comps.items()
+            }
+            extra = {"rss": int(stats.summarize(rss_totals)["median"]), "components": med}
+            self._add("idle_memory", b, "bytes", totals, extra=extra)
+            shared = b.shared_daemons()
+            if shared:
+                daemons[b.name] = memory.components(shared)
+        self.doc["shared_daemons"] = daemons
+
+    # -- 5. density ----------------------------------------------------------------
+
+    def density(self) -> None:
+        s = self.settings
+        for b in self.ready:
+            for n in s["vm_density"] if b.kind == "vm" else s["density"]:
+                self.log(f"density: {n} x {b.name} at once")
+                try:
+                    per, all_ready = start_many(b, n)
+                except Unavailable as e:
+                    results.add_skip(self.doc, b.name, "density_start", f"{n} at once: {e}")
+                    break
+                self._add(
+                    "density_start", b, "s", per, extra={"instances": n, "all_ready_s": all_ready}
+                )
+        for m in [m for m in self.doc["measurements"] if m["metric"] == "idle_memory"]:
+            b = next(x for x in self.ready if x.name == m["backend"])
+            fixed = sum(d["pss"] for d in self.doc["shared_daemons"].get(b.name, {}).values())
+            fits = max(0, self.budget_bytes - fixed) // max(1, int(m["median"]))
+            extra = {"budget_bytes": self.budget_bytes, "per_instance_pss": int(m["median"])}
+            if fixed:
+                extra["shared_daemons_pss"] = fixed
+            self._add("density_fit", b, "instances", [fits], extra=extra)
+
+    # -- 6. disk footprint ---------------------------------------------------------
+
+    def disk(self) -> None:
+        for b in self.ready:
+            comps = b.footprint()
+            if not comps:
+                continue
+            per_instance = {k: v for k, v in comps.items() if k.startswith("per-instance")}
+            shared = sum(v for k, v in comps.items() if k not in per_instance)
+            each = sum(per_instance.values())
+            for_n = {str(n): shared + n * each for n in DISK_N}
+            self._add(
+                "disk", b, "bytes", [shared + each], extra={"components": comps, "for_n": for_n}
+            )
+
+    # -- the whole run -------------------------------------------------------------
+
+    def _add(self, metric: str, b: Backend, unit: str, samples: list[float], *,
+             native: float | None = None, extra: dict | None = None) -> None:  # fmt: skip
+        results.add_measurement(self.doc, stats.measurement(
+            metric, b.name, unit, samples, label=b.label, emulated=b.emulated,
+            native_median=native, extra=extra or {},
+        ))  # fmt: skip
+
+    def run(self, work: Path | None = None) -> dict:
+        host = results.host_facts()
+        self.doc = results.new_document(self.mode, host, [])
+        self.probe()
+        if not self.ready:
+            raise Unavailable(
+                "no backend can run here: "
+                + "; ".join(f"{e['name']}: {e['reason']}" for e in self.doc["backends"])
+            )
+        scratch = Path(tempfile.mkdtemp(prefix="mc-lab-", dir=work))
+        try:
+            payload = workload.build_payload(scratch / "payload")
+            self.prepare(payload, scratch)
+            if "start" in self.metrics:
+                self.start_time()
+            names = [
+                w
+                for g, ws in WORKLOADS.items()
+                for w in ws
+                if g in self.metrics or w in self.metrics
+            ]
+            if names:
+                self.workloads(names)
+            if "memory" in self.metrics or "density" in self.metrics:
+                self.idle_memory()
+            if "density" in self.metrics:
+                self.density()
+            if "disk" in self.metrics:
+                self.disk()
+        finally:
+            with interrupts_deferred():
+                for b in self.ready:
+                    try:
+                        b.cleanup()
+                    except Exception as e:  # noqa: BLE001 - cleanup must reach every backend
+                        self.log(f"{b.name}: cleanup failed: {e}")
+                shutil.rmtree(scratch, ignore_errors=True)
+        if self.doc["host"].get("accel") == "tcg":
+            self.doc["notes"].append(
+                "VM figures were measured under TCG, software emulation (no usable KVM here): "
+                "they show the cost of emulation, not of virtualisation."
+            )
+        return self.doc
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM) while cleaning up: a second Ctrl-C must not leave
+    containers or VMs behind. Raised once the block is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {sig: signal.signal(sig, lambda s, _f: held.append(s))
+           for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if held:
+            raise KeyboardInterrupt
+
+
+def rotated(items: list, r: int) -> list:
+    """Round r starts with the r-th backend: none always runs right after the same
+    neighbour (a VM's disk flush would otherwise always land on native's turn)."""
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def start_many(b: Backend, n: int, timeout: float = 300.0) -> tuple[list[float], float]:
+    """Start n idle instances at once (threads released together); returns each
+    one's start-to-ready time from the common start and the time until all were
+    ready. Every instance is stopped, also when one fails or on Ctrl-C: then the
+    threads are let finish their start (each stops what it started)."""
+    instances: list[base.Instance] = []
+    times: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    go = threading.Barrier(n + 1)
+    t0 = [0.0]
+
+    def one() -> None:
+        try:
+            go.wait()
+        except threading.BrokenBarrierError:
+            return
+        try:
+            inst = b.start_idle(timeout=timeout)
+        except Exception as e:  # noqa: BLE001 - reported below, instances stopped
+            with lock:
+                errors.append(str(e) or type(e).__name__)
+            return
+        t = time.perf_counter() - t0[0]
+        with lock:
+            instances.append(inst)
+            times.append(t)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    t0[0] = time.perf_counter()
+    try:
+        go.wait()
+        for t in threads:
+            t.join(timeout + 30)
+    except BaseException:
+        go.abort()  # threads not yet released start nothing
+        finish(threads)
+        raise
+    finally:
+        all_ready = time.perf_counter() - t0[0]
+        stop_all(instances)
+    if errors or len(times) < n:
+        raise Unavailable(errors[0] if errors else f"only {len(times)} of {n} became ready")
+    return sorted(times), all_ready
+
+
+def finish(threads: list[threading.Thread]) -> None:
+    """Wait for threads to end, through further Ctrl-Cs: what they start must be
+    known before it can be stopped."""
+    for t in threads:
+        while t.is_alive():
+            try:
+                t.join(0.5)
+            except KeyboardInterrupt:
+                continue
+
+
+def stop_all(instances: list[base.Instance]) -> None:
+    for inst in instances:
+        try:
+            inst.stop()
+        except Exception:  # noqa: BLE001, S110 - keep stopping the others
+            pass
+
+
+def default_backends(names: Iterable[str] | None = None) -> list[Backend]:
+    """All backends in presentation order, or those named."""
+    from . import backends as _b
+    from .vmbackend import VMBackend
+
+    everything = [*_b.all_backends(), VMBackend("kvm"), VMBackend("tcg")]
+    if names is None:
+        return everything
+    by_name = {b.name: b for b in everything}
+    out = []
+    for n in names:
+        if n not in by_name:
+            raise Unavailable(f"unknown backend {n!r}: {', '.join(by_name)}")
+        out.append(by_name[n])
+    return out
+
+
+def run_lab(mode: str = "quick", backends: Iterable[str] | None = None,
+            metrics: Iterable[str] | None = None, out: Path | None = None,
+            log: Callable[[str], None] = log_stderr, **kw) -> dict:  # fmt: skip
+    """Run the lab; with ``out``, write results.json, results.md and the figures there."""
+    lab = Lab(default_backends(backends), mode=mode,
+              metrics=tuple(metrics or METRIC_GROUPS), log=log, **kw)  # fmt: skip
+    t = time.perf_counter()
+    doc = lab.run()
+    doc["notes"].append(f"lab run took {time.perf_counter() - t:.0f} s ({mode} mode)")
+    if out is not None:
+        write_outputs(doc, Path(out))
+    return doc
+
+
+def measure(
+    backends: Iterable[str], what: str, runs: int = 3, log: Callable[[str], None] | None = None
+) -> dict:
+    """One measurement on some backends (the notebook's widget): ``what`` is
+    "start", "memory", "density", "disk" or a workload (cpu, sha256, fileio, syscall).
+    Native is added for workloads, since they are reported relative to it."""
+    names = list(backends)
+    if what in SINGLE and "native" not in names:
+        names.insert(0, "native")
+    runs = max(1, runs)
+    settings = {"runs": runs, "vm_runs": runs, "workload_runs": runs, "vm_workload_runs": runs}
+    lab = Lab(default_backends(names), mode="quick", metrics=(what,),
+              log=log or (lambda _m: None), settings=settings)  # fmt: skip
+    return lab.run()
+
+
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "docker-vs-vm" / "results"
+
+
+def saved_results(where: Path = RESULTS_DIR) -> list[dict]:
+    """Earlier runs kept under docker-vs-vm/results/*/results.json (this project's
+    reference machine, or one you dropped in from a machine with a real KVM)."""
+    return [results.load(f) for f in sorted(Path(where).glob("*/results.json"))]
+
+
+def write_outputs(doc: dict, out: Path) -> list[Path]:
+    from ..runtime.monitor import write_atomic
+    from . import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    results.save(doc, out / "results.json")
+    md = out / "results.md"
+    write_atomic(str(md), results.markdown(doc))
+    return [out / "results.json", md, *plots.save_figures(doc, out)]

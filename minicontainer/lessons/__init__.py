@@ -1,0 +1,14 @@
+"""What the notebooks call: each experiment as a function that returns data, the
+setup check, and the pictures and widgets that show the results.
+
+    checks      is this machine ready (notebook 00, ``minicontainer check``)
+    experiments namespaces and cgroups seen from inside and outside (notebooks 01, 02)
+    layers      images, layers, overlayfs and copy-on-write (notebooks 03, 04)
+    workflow    build, push, pull between two stores and a registry (notebooks 05, 06)
+    viz         graphviz drawings and ipywidgets, thin views over the above and
+                over the models of image/ and lab/ (notebook 07's re-run widget)
+
+The logic lives here or in the packages it calls, tested by pytest; notebook
+cells stay a line or two. Nothing here is on the runtime's path: graphviz,
+ipywidgets and matplotlib are imported only where used.
+"""

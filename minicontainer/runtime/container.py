@@ -1,0 +1,638 @@
+"""A container's life: create, start (attached or detached), exec, stop, kill,
+logs, stats, inspect, remove. The same verbs as ``docker container ...``.
+
+``create`` checks everything the user gave before touching the disk, then
+makes the container's directory and cgroup; ``start`` hands over to the shim
+(see shim.py), in this process for a foreground run or in a small process of
+its own for ``-d``; ``remove`` leaves no directory, cgroup or process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import Conflict, ContainerNotFound, NotSupported, UserError
+from ..record import Record
+from . import cgroups, namespaces, rootfs, shim
+from . import kernel as k
+from .spec import NETWORK_MODES, Spec, parse_env, parse_signal, parse_user, parse_volume
+from .state import State, StateRoot, now
+
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+_ADJECTIVES = (
+    "brave",
+    "calm",
+    "eager",
+    "fond",
+    "gentle",
+    "happy",
+    "jolly",
+    "keen",
+    "lucid",
+    "merry",
+    "nimble",
+    "proud",
+    "quiet",
+    "sharp",
+    "tender",
+    "vivid",
+    "witty",
+    "zen",
+)
+_NAMES = (
+    "babbage",
+    "curie",
+    "dijkstra",
+    "euler",
+    "hopper",
+    "kernighan",
+    "lamport",
+    "liskov",
+    "lovelace",
+    "noether",
+    "ritchie",
+    "shannon",
+    "thompson",
+    "torvalds",
+    "turing",
+    "wing",
+)
+
+
+class RunResult(Record):
+    """What a foreground run returns to Python: its exit and its output."""
+
+    id: str
+    name: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    oom_killed: bool = False
+
+
+def _random_name(taken: set[str]) -> str:
+    """adjective_scientist, as Docker names containers (digits added on a clash)."""
+    while True:
+        a, b, n = os.urandom(3)
+        name = f"{_ADJECTIVES[a % len(_ADJECTIVES)]}_{_NAMES[b % len(_NAMES)]}"
+        if name in taken:
+            name += str(n % 100)
+        if name not in taken:
+            return name
+
+
+class Container:
+    def __init__(self, root: StateRoot, container_id: str) -> None:
+        self.root = root
+        self.id = container_id
+        self._spec: Spec | None = None
+
+    @property
+    def dir(self) -> Path:
+        return self.root.container_dir(self.id)
+
+    @property
+    def spec(self) -> Spec:
+        if self._spec is None:
+            try:
+                self._spec = Spec.from_json((self.dir / "config.json").read_text())
+            except FileNotFoundError:
+                raise ContainerNotFound(f"No such container: {self.id[:12]}") from None
+        return self._spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return f"<Container {self.id[:12]} {self.name} {self.state().status}>"
+
+    # -- state
+
+    def state(self) -> State:
+        """The recorded state, corrected by the kernel's truth (``ps`` after a crash)."""
+        state = self.root.read_state(self.id)
+        if state.status == "running" and not state.alive() and not state.supervised():
+            # Its supervisor died before it could record the end: say so, and
+            # free the cgroup (everything else is for `rm`).
+            state.status = "exited"
+            state.error = state.error or "the container's supervisor died; exit code unknown"
+            state.finished_at = state.finished_at or now()
+            self.root.write_state(self.id, state)
+            if self.spec.cgroup and (cg := cgroups.Cgroup.open(self.spec.cgroup)) is not None:
+                cg.remove()
+        return state
+
+    def running(self) -> bool:
+        state = self.state()
+        return state.status == "running" and state.alive()
+
+    # -- start
+
+    def run_attached(
+        self,
+        *,
+        sink: shim.Sink | None = None,
+        stdin: int | None = None,
+        tty_stdin: int | None = None,
+    ) -> State:
+        """Start and supervise from this process (``run`` without ``-d``)."""
+        spec = self.spec
+        try:
+            launched = shim.launch(k.real(), self.root, spec, stdin=stdin, parent_bound=True)
+        except UserError as e:
+            self._failed_start(e)
+            raise
+        shim.mark_running(self.root, spec, launched.pid)
+        saved = shim.raw_terminal(tty_stdin) if tty_stdin is not None else None
+        try:
+            return shim.supervise(self.root, spec, launched, sink=sink, stdin_relay=tty_stdin)
+        finally:
+            if saved is not None:
+                import termios
+
+                termios.tcsetattr(tty_stdin, termios.TCSADRAIN, saved)
+            if spec.auto_remove:
+                shim.remove_files(self.root, self.id)
+
+    def start_detached(self) -> None:
+        """Start under a shim process of its own that outlives us (``run -d``)."""
+        ready_r, ready_w = os.pipe()
+        import subprocess
+
+        log = open(self.dir / "shim.log", "ab")
+        subprocess.Popen(
+            [*shim.package_python("shim"), str(self.root.root), self.id, str(ready_w)],
+            pass_fds=(ready_w,),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        os.close(ready_w)
+        report = b""
+        while chunk := os.read(ready_r, 4096):
+            report += chunk
+        os.close(ready_r)
+        if report == b"ok":
+            return
+        # The shim recorded the failure (and removed an --rm container); if it
+        # died before it could, the directory is ours to remove.
+        if self.spec.auto_remove and self.dir.exists():
+            shim.remove_files(self.root, self.id)
+        code_text, _, message = report.decode(errors="replace").partition(" ")
+        if not code_text.isdigit():
+            raise UserError(f"the container's supervisor failed: see {self.dir}/shim.log")
+        raise UserError(message, int(code_text))
+
+    def _failed_start(self, error: UserError) -> None:
+        state = self.root.read_state(self.id)
+        state.status, state.exit_code, state.error = "exited", error.exit_code, str(error)
+        state.finished_at = now()
+        self.root.write_state(self.id, state)
+        if self.spec.cgroup and (cg := cgroups.Cgroup.open(self.spec.cgroup)) is not None:
+            cg.remove()
+        if self.spec.auto_remove:
+            shim.remove_files(self.root, self.id)
+
+    # -- wait, stop, kill, remove
+
+    def wait(self, timeout: float | None = None) -> State:
+        """Block until the container has exited and its end is recorded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = self.state()
+        if state.status == "running" and state.pid:
+            try:
+                pidfd = os.pidfd_open(state.pid)
+            except ProcessLookupError:
+                pidfd = None
+            if pidfd is not None:
+                import select
+
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                select.select([pidfd], [], [], remaining)
+                os.close(pidfd)
+        # The shim writes the final state just after the process is gone.
+        while (state := self.state()).status == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return state
+
+    def kill(self, sig: int | str = signal.SIGKILL) -> None:
+        number = parse_signal(sig)
+        state = self.state()
+        if not (state.status == "running" and state.alive()):
+            raise Conflict(f"container {self.id[:12]} is not running")
+        try:
+            os.kill(state.pid, number)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 10) -> State:
+        """The stop signal (SIGTERM unless the image says otherwise), then SIGKILL."""
+        if not self.running():
+            return self.state()
+        self.kill(shim.stop_signal(self.spec))
+        state = self.wait(timeout)
+        if state.status == "running":
+            try:
+                self.kill(signal.SIGKILL)
+            except Conflict:
+                pass
+            state = self.wait(10)
+        return state
+
+    def remove(self, force: bool = False) -> None:
+        if self.running():
+            if not force:
+                raise Conflict(
+                    f"You cannot remove a running container {self.id}. "
+                    "Stop the container before attempting removal or force remove"
+                )
+            self.kill(signal.SIGKILL)
+            self.wait(10)
+        shim.remove_files(self.root, self.id)
+
+    # -- look inside
+
+    def logs(self, follow: bool = False) -> Iterator[tuple[str, str]]:
+        """(stream, text) pairs from the log; with follow, until the container exits."""
+        path = self.dir / "log.json"
+        position = 0
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(position)
+                    for line in f:
+                        if not line.endswith(b"\n"):
+                            break
+                        position += len(line)
+                        entry = json.loads(line)
+                        yield entry["stream"], entry["log"]
+            except FileNotFoundError:
+                pass
+            if not follow or self.state().status != "running":
+                if follow:
+                    follow = False
+                    continue  # one last read after the exit
+                return
+            time.sleep(0.1)
+
+    def stats(self) -> dict:
+        """Memory, CPU and pids from the container's cgroup (like ``docker stats``)."""
+        state = self.state()
+        cg = cgroups.Cgroup.open(self.spec.cgroup) if self.spec.cgroup else None
+        if state.status != "running" or cg is None:
+            reason = "not running" if state.status != "running" else "no cgroup (rootless)"
+            return {"id": self.id, "name": self.name, "available": False, "reason": reason}
+        first, t0 = cg.stats(), time.monotonic()
+        time.sleep(0.2)
+        second, t1 = cg.stats(), time.monotonic()
+        cpu = None
+        if first.cpu_usage_ns is not None and second.cpu_usage_ns is not None:
+            cpu = 100.0 * (second.cpu_usage_ns - first.cpu_usage_ns) / ((t1 - t0) * 1e9)
+        return {
+            "id": self.id,
+            "name": self.name,
+            "available": True,
+            "cpu_percent": cpu,
+            "memory_usage": second.memory_usage,
+            "memory_limit": second.memory_limit,
+            "pids": second.pids_current,
+            "pids_limit": second.pids_limit,
+            "oom_kills": second.oom_kills,
+        }
+
+    def inspect(self) -> dict:
+        """Docker-shaped ``inspect`` output."""
+        spec, state = self.spec, self.state()
+        return {
+            "Id": self.id,
+            "Name": "/" + spec.name,
+            "Created": spec.created,
+            "Path": spec.args[0] if spec.args else "",
+            "Args": spec.args[1:],
+            "Image": spec.image_id,
+            "State": {
+                "Status": state.status,
+                "Running": state.status == "running",
+                "Pid": state.pid if state.status == "running" else 0,
+                "ExitCode": state.exit_code if state.exit_code is not None else 0,
+                "OOMKilled": state.oom_killed,
+                "Error": state.error,
+                "StartedAt": state.started_at,
+                "FinishedAt": state.finished_at,
+            },
+            "Config": {
+                "Hostname": spec.hostname,
+                "User": spec.user,
+                "Env": spec.env,
+                "Cmd": spec.args,
+                "Image": spec.image,
+                "WorkingDir": spec.cwd,
+                "Tty": spec.tty,
+                "OpenStdin": spec.interactive,
+                "StopSignal": spec.stop_signal,
+            },
+            "HostConfig": {
+                "Memory": spec.memory or 0,
+                "NanoCpus": int((spec.cpus or 0) * 1e9),
+                "PidsLimit": spec.pids_limit,
+                "NetworkMode": spec.network,
+                "AutoRemove": spec.auto_remove,
+                "Binds": [
+                    f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts
+                ],
+                "Init": spec.init,
+            },
+            "GraphDriver": {
+                "Name": "overlay",
+                "Data": {
+                    "LowerDir": ":".join(spec.lowerdirs),
+                    "UpperDir": str(self.dir / "upper"),
+                    "WorkDir": str(self.dir / "work"),
+                    "MergedDir": str(self.dir / "rootfs"),
+                },
+            },
+            "Namespaces": spec.namespaces,
+            "Rootless": spec.rootless,
+            "Cgroup": spec.cgroup,
+            "LogPath": str(self.dir / "log.json"),
+        }
+
+    # -- exec
+
+    def exec(
+        self,
+        argv: list[str],
+        *,
+        env: list[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+        stdin: int | None = None,
+        sink: shim.Sink | None = None,
+        tty_stdin: int | None = None,
+    ) -> int:
+        """Run another process in the running container's namespaces and cgroup."""
+        if not argv:
+            raise UserError("exec needs a command")
+        state = self.state()
+        if not (state.status == "running" and state.alive()):
+            raise Conflict(f"container {self.id[:12]} is not running")
+        spec = self.spec
+        exec_spec = Spec.from_json(spec.to_json())
+        exec_spec.args = list(argv)
+        exec_spec.env = parse_env(list(env), spec.env)
+        exec_spec.cwd = workdir or spec.cwd
+        exec_spec.tty = tty
+        if user:
+            exec_spec.uid, exec_spec.gid, exec_spec.groups = parse_user(
+                user, [str(self.dir / "upper"), *spec.lowerdirs]
+            )
+        return shim.enter(
+            self.root, exec_spec, state.pid, stdin=stdin, sink=sink, tty_stdin=tty_stdin
+        )
+
+
+# --- create
+
+
+def create(
+    root: StateRoot,
+    store,
+    image: str,
+    command: list[str] | None = None,
+    *,  # type: ignore[no-untyped-def]
+    name: str | None = None,
+    hostname: str | None = None,
+    env: list[str] = (),
+    workdir: str | None = None,
+    user: str | None = None,
+    volumes: list[str] = (),
+    memory: str | int | None = None,
+    cpus: str | float | None = None,
+    pids_limit: int | None = None,
+    network: str = "none",
+    namespaces_: list[str] | None = None,
+    entrypoint: str | None = None,
+    tty: bool = False,
+    interactive: bool = False,
+    init: bool = False,
+    auto_remove: bool = False,
+    detach: bool = False,
+) -> Container:
+    """Check everything, then make the container's directory and cgroup."""
+    # 1. Validate what the user typed, before any side effect.
+    limits = cgroups.Limits(
+        memory=cgroups.parse_memory(memory) if isinstance(memory, str) else memory,
+        cpus=cgroups.parse_cpus(cpus) if isinstance(cpus, str) else cpus,
+        pids=_parse_pids(pids_limit),
+    )
+    if network not in NETWORK_MODES:
+        raise UserError(
+            f"network {network} not found: use none or host (bridge networks come later)"
+        )
+    mounts = [parse_volume(v) for v in volumes]
+    if name is not None and not NAME_RE.fullmatch(name):
+        raise UserError(
+            f'Invalid container name "{name}", only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
+        )
+    rootless = os.geteuid() != 0
+    chosen = list(namespaces_ if namespaces_ is not None else namespaces.ALL)
+    unknown = set(chosen) - set(namespaces.ALL)
+    if unknown:
+        raise UserError(f"unknown namespace(s): {', '.join(sorted(unknown))}")
+    if "mnt" not in chosen:
+        chosen.append("mnt")  # the image's root filesystem lives in a mount namespace
+    if rootless:
+        ok, why = namespaces.userns_available()
+        if not ok:
+            raise NotSupported(f"rootless mode needs user namespaces: {why}")
+        if "user" not in chosen:
+            chosen.append("user")
+    elif namespaces_ is None:
+        chosen.remove("user")  # like Docker: root in the container is root (no userns-remap)
+    if "user" in chosen and "pid" not in chosen:
+        raise UserError(
+            "a user namespace without a PID namespace cannot mount its own /proc "
+            "(the kernel wants the user namespace to own the PID namespace): add 'pid'"
+        )
+    if network == "host" and "net" in chosen:
+        chosen.remove("net")
+    chosen = [n for n in namespaces.ALL if n in chosen]
+
+    img = store.resolve(image)
+    config = img.config.get("config", {}) or {}
+    entry = [entrypoint] if entrypoint else list(config.get("Entrypoint") or [])
+    cmd = list(command) if command else ([] if entrypoint else list(config.get("Cmd") or []))
+    args = entry + cmd
+    if not args:
+        raise UserError("No command specified")
+    lowerdirs = [str(p) for p in store.layer_dirs(img)]
+    cwd = workdir or config.get("WorkingDir") or "/"
+    if not cwd.startswith("/"):
+        raise UserError(
+            f"the working directory '{cwd}' is invalid, it needs to be an absolute path"
+        )
+    uid, gid, groups = parse_user(user if user is not None else config.get("User") or "", lowerdirs)
+    if rootless and uid != 0:
+        uid_maps, _, _ = namespaces.rootless_maps(os.getuid(), os.getgid())
+        if not any(m.inside <= uid < m.inside + m.count for m in uid_maps):
+            raise NotSupported(
+                f"rootless: uid {uid} is not mapped in the user namespace (only root is); "
+                "add a range for your user to /etc/subuid and /etc/subgid and install uidmap"
+            )
+    env_list = parse_env(list(env), list(config.get("Env") or []))
+    if not any(e.startswith("PATH=") for e in env_list):
+        env_list.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if not any(e.startswith("HOSTNAME=") for e in env_list):
+        env_list.append("HOSTNAME=")  # filled below, once the id is known
+
+    # 2. Claim a name and a directory, atomically with respect to other runs.
+    root.ensure()
+    with root.lock():
+        taken = {_read_name(root, cid): cid for cid in root.ids()}
+        if name is not None and name in taken:
+            raise Conflict(
+                f'the container name "/{name}" is already in use by container "{taken[name]}". '
+                "You have to remove (or rename) that container to be able to reuse that name."
+            )
+        container_id = os.urandom(32).hex()
+        final_name = name or _random_name(set(taken))
+        directory = root.container_dir(container_id)
+        directory.mkdir()
+        spec = Spec(
+            id=container_id,
+            name=final_name,
+            image=image,
+            image_id=img.id,
+            args=args,
+            env=[
+                e if e != "HOSTNAME=" else f"HOSTNAME={hostname or container_id[:12]}"
+                for e in env_list
+            ],
+            cwd=cwd,
+            uid=uid,
+            gid=gid,
+            groups=groups,
+            user=user or config.get("User") or "",
+            hostname=hostname or container_id[:12],
+            mounts=mounts,
+            memory=limits.memory,
+            cpus=limits.cpus,
+            pids_limit=limits.pids,
+            network=network,
+            namespaces=chosen,
+            tty=tty,
+            interactive=interactive,
+            init=init,
+            rootless=rootless,
+            auto_remove=auto_remove,
+            detach=detach,
+            stop_signal=config.get("StopSignal") or "SIGTERM",
+            lowerdirs=lowerdirs,
+            created=now(),
+        )
+        (directory / "config.json").write_text(spec.to_json())  # claims the name
+    try:
+        for sub in ("upper", "work", "rootfs"):
+            (directory / sub).mkdir()
+        rootfs.write_etc_files(directory, spec.hostname)
+        # 3. The cgroup: its limits fail here, with nothing half-done.
+        cg = cgroups.Cgroup.create(shim.cgroup_name(container_id), limits)
+        if cg is not None:
+            spec.cgroup = shim.cgroup_name(container_id)
+        root.write_state(container_id, State())
+        (directory / "config.json").write_text(spec.to_json())
+    except BaseException:
+        shim.remove_files(root, container_id)
+        raise
+    return Container(root, container_id)
+
+
+def _parse_pids(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise UserError(f"invalid pids limit '{value}': use a whole number") from None
+    if number <= 0:
+        return None  # Docker: 0 or -1 means unlimited
+    return number
+
+
+def _read_name(root: StateRoot, container_id: str) -> str:
+    try:
+        return json.loads((root.container_dir(container_id) / "config.json").read_text())["name"]
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def lookup(root: StateRoot, ref: str) -> Container:
+    """By full id, unique id prefix, or name (as Docker resolves them)."""
+    ids = root.ids()
+    if ref in ids:
+        return Container(root, ref)
+    for cid in ids:
+        if _read_name(root, cid) == ref:
+            return Container(root, cid)
+    matches = [cid for cid in ids if cid.startswith(ref)] if ref else []
+    if len(matches) == 1:
+        return Container(root, matches[0])
+    if len(matches) > 1:
+        raise UserError(f"multiple containers match '{ref}': use more of the id")
+    raise ContainerNotFound(f"No such container: {ref}")
+
+
+def list_containers(root: StateRoot, all_: bool = False) -> list[Container]:
+    containers = []
+    for cid in root.ids():
+        c = Container(root, cid)
+        try:
+            state = c.state()
+            spec = c.spec
+        except ContainerNotFound:
+            continue
+        if state.status != "running" and spec.auto_remove and state.status == "exited":
+            # A --rm container whose supervisor died: finish its removal now.
+            shim.remove_files(root, cid)
+            continue
+        if all_ or state.status == "running":
+            containers.append(c)
+    containers.sort(key=lambda c: c.spec.created, reverse=True)
+    return containers
+
+
+def status_text(state: State) -> str:
+    """``Up 3 seconds`` / ``Exited (0) 5 seconds ago``, as ``docker ps`` prints it."""
+    if state.status == "running":
+        return f"Up {_ago(state.started_at)}"
+    if state.status == "created":
+        return "Created"
+    code = "?" if state.exit_code is None else state.exit_code
+    return f"Exited ({code}) {_ago(state.finished_at)} ago"
+
+
+def _ago(stamp: str) -> str:
+    if not stamp:
+        return "a moment"
+    try:
+        t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    except ValueError:
+        return "a moment"
+    seconds = max(0, int(time.time() - t))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n > 1 else ''}"
+    return "Less than a second" if seconds < 1 else f"{seconds} seconds"

@@ -1,0 +1,549 @@
+"""The supervisor of one container: it starts the container's first process
+and stays its parent until it exits (the role of Docker's containerd-shim).
+
+launch() is the heart of ``run``:
+
+    parent (this process)                    child (clone with CLONE_NEW*)
+    ---------------------                    -----------------------------
+    clone() ------------------------------>  is PID 1 of a new PID namespace,
+                                             waits on the "go" pipe
+    writes /proc/CHILD/uid_map, gid_map
+    writes a byte to "go" ----------------->  mounts its root filesystem, pivot_root,
+    puts CHILD in the container's cgroup     sets hostname, brings lo up,
+    closes "go" -------------------------->  waits for EOF on "go"
+                                             unshare(CLONE_NEWCGROUP)
+                                             drops capabilities, no_new_privs
+                                             becomes the requested user
+    reads the error pipe <----------------- execve(command): the close-on-exec
+    (EOF: exec worked; else the error)       error pipe closes by itself
+
+supervise() then copies the container's output to the log (and to the
+terminal, when attached), forwards signals, and records how it ended.
+
+For ``run -d`` this module runs as its own small process (``main``), started
+with ``python -S`` so it imports only what it needs and stays small in memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from ..errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UserError
+from ..files import rmtree
+from ..record import Record
+from . import cgroups, console, monitor, namespaces, rootfs, security
+from . import kernel as k
+from .spec import Spec, parse_signal
+from .state import State, StateRoot, now, process_start_time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (startup time)
+if TYPE_CHECKING:
+    import _socket
+
+FORWARDED = monitor.FORWARDED
+
+
+class Launched(Record):
+    pid: int
+    outputs: dict[int, str]  # fd -> stream name ("stdout", "stderr"; a tty is "stdout")
+    tty_master: int | None = None
+
+
+def cgroup_name(container_id: str) -> str:
+    return f"minicontainer/{container_id}"
+
+
+# --- the child: runs between clone() and execve()
+
+
+class ExecError(OSError):
+    """execve(2) of the user's command failed: Docker's 126 or 127, not 125."""
+
+
+def _exit_code_for(error: OSError) -> int:
+    if not isinstance(error, ExecError):
+        return EXIT_RUNTIME  # a mount, setns, ... failed: the runtime's fault
+    if error.errno == errno.ENOENT:
+        return EXIT_NOT_FOUND
+    return EXIT_NOT_EXECUTABLE
+
+
+def _close_other_fds(keep: int) -> None:
+    """Nothing of ours may leak into the container but stdio (and the close-on-exec
+    error pipe): an inherited pipe would also keep `run -d` waiting for EOF."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
+
+
+def _exec(spec: Spec) -> None:
+    env = dict(e.partition("=")[::2] for e in spec.env)
+    argv = spec.args
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        if e.errno == errno.ENOENT and "/" not in argv[0]:
+            message = f'exec: "{argv[0]}": executable file not found in $PATH'
+        else:
+            message = f'exec: "{argv[0]}": {os.strerror(e.errno or 0).lower()}'
+        raise ExecError(e.errno, message) from None
+
+
+def _run_init(spec: Spec, err_w: int) -> None:
+    """``--init``: stay as PID 1, run the command as PID 2, reap every orphan
+    (zombies re-parent to PID 1) and pass signals on, like tini."""
+    child = os.fork()
+    if child == 0:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        _exec(spec)
+    os.close(err_w)
+    for sig in (*FORWARDED, signal.SIGWINCH):
+        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+
+
+def _child(
+    kernel: k.Kernel,
+    spec: Spec,
+    bundle: str,
+    go_r: int,
+    err_w: int,
+    stdio: tuple[int, int, int] | None,
+    console_sock: _socket.socket | None,
+    parent_bound: bool,
+) -> None:
+    code = EXIT_RUNTIME
+    try:
+        os.read(go_r, 1)  # wait until the parent has written our id maps
+        if parent_bound:  # in the foreground, the container dies with its CLI
+            kernel.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()
+        if stdio is not None:
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        rootfs.setup(kernel, spec, bundle)
+        if console_sock is not None:  # -t: our terminal, from our own /dev/pts
+            master, slave = console.new_pty()
+            console.send_fd(console_sock, master)
+            os.close(master)
+            console_sock.close()
+            console.make_controlling(slave)
+        if "uts" in spec.namespaces:
+            kernel.sethostname(spec.hostname)
+        if "net" in spec.namespaces:
+            kernel.set_link_up("lo")
+        rootfs.prepare_workdir(spec.cwd)
+        # Meanwhile the parent moved us into our cgroup; wait for it (EOF) before
+        # making that cgroup our cgroup namespace's root, and before the exec.
+        os.read(go_r, 1)
+        os.close(go_r)
+        if "cgroup" in spec.namespaces:
+            kernel.unshare(k.CLONE_NEWCGROUP)
+        security.drop_capabilities(kernel)
+        kernel.set_ids(spec.uid, spec.gid, spec.groups)
+        security.set_no_new_privs(kernel)
+        _close_other_fds(keep=err_w)
+        if spec.init:
+            _run_init(spec, err_w)
+        _exec(spec)
+    except OSError as e:
+        code = _exit_code_for(e)
+        message = e.strerror or str(e)
+        if e.filename and str(e.filename) not in message:
+            message += f": {e.filename}"
+        _report(err_w, code, message)
+    except BaseException as e:  # noqa: BLE001 - a bug: say what it was
+        _report(err_w, EXIT_RUNTIME, f"{type(e).__name__}: {e}")
+    finally:
+        os._exit(code)
+
+
+def _report(err_w: int, code: int, message: str) -> None:
+    try:
+        os.write(err_w, f"{code} {message}".encode())
+    except OSError:
+        pass
+
+
+# --- the parent
+
+
+def launch(
+    kernel: k.Kernel,
+    root: StateRoot,
+    spec: Spec,
+    *,
+    stdin: int | None = None,
+    parent_bound: bool = False,
+) -> Launched:
+    """Start the container's first process; returns once execve succeeded.
+
+    Raises UserError with Docker's exit code (125, 126, 127) if it did not.
+    """
+    bundle = str(root.container_dir(spec.id))
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    parent_fds: list[int] = []
+    child_fds = [go_r, err_w, devnull]
+    stdio: tuple[int, int, int] | None = None
+    parent_sock = child_sock = None
+    if spec.tty:
+        parent_sock, child_sock = console.socketpair()
+        outputs = {}
+    else:
+        out_r, out_w = os.pipe()
+        e_r, e_w = os.pipe()
+        child_fds += [out_w, e_w]
+        parent_fds += [out_r, e_r]
+        stdio = (stdin if stdin is not None else devnull, out_w, e_w)
+        outputs = {out_r: "stdout", e_r: "stderr"}
+    cgroup = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+
+    pid = kernel.clone(namespaces.flags_for([n for n in spec.namespaces if n != "cgroup"]))
+    if pid == 0:
+        os.close(go_w)
+        os.close(err_r)
+        for fd in parent_fds:
+            os.close(fd)
+        if parent_sock is not None:
+            parent_sock.close()
+        _child(kernel, spec, bundle, go_r, err_w, stdio, child_sock, parent_bound)
+    for fd in child_fds:
+        os.close(fd)
+    if child_sock is not None:
+        child_sock.close()
+    try:
+        if "user" in spec.namespaces:
+            uid_maps, gid_maps, helpers = namespaces.rootless_maps(os.getuid(), os.getgid())
+            namespaces.write_id_maps(pid, uid_maps, gid_maps, helpers)
+        os.write(go_w, b"m")  # maps written: the child may mount its root filesystem
+        if cgroup is not None:
+            cgroup.add(pid)  # (slow on cgroup v1: done while the child mounts)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(go_w)
+        os.close(err_r)
+        raise
+    os.close(go_w)  # in its cgroup: the child may exec
+    tty_master = None
+    if parent_sock is not None:
+        tty_master = console.recv_fd(parent_sock)  # None: the child failed before
+        parent_sock.close()
+        if tty_master is not None:
+            console.copy_size(0, tty_master)
+            outputs = {tty_master: "stdout"}
+            parent_fds.append(tty_master)
+    report = b""
+    while chunk := os.read(err_r, 4096):
+        report += chunk
+    os.close(err_r)
+    if report:
+        _, status = os.waitpid(pid, 0)
+        for fd in parent_fds:
+            os.close(fd)
+        code, _, message = report.decode(errors="replace").partition(" ")
+        raise UserError(f"failed to start container: {message}", int(code))
+    return Launched(pid, outputs, tty_master)
+
+
+Sink = Callable[[str, bytes], None]
+
+
+def job(root: StateRoot, spec: Spec, launched: Launched) -> dict:
+    """What monitor.supervise needs, as plain values (it runs without this package)."""
+    directory = root.container_dir(spec.id)
+    cgroup = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+    oom_file = ""
+    if cgroup is not None and "memory" in cgroup.dirs:
+        name = "memory.events" if cgroup.version == 2 else "memory.oom_control"
+        oom_file = str(cgroup.dirs["memory"] / name)
+    return {
+        "pid": launched.pid,
+        "outputs": {str(fd): stream for fd, stream in launched.outputs.items()},
+        "tty_master": launched.tty_master,
+        "log": str(directory / "log.json"),
+        "state": str(directory / "state.json"),
+        "cgroup": [str(p) for p in cgroup.paths] if cgroup is not None else [],
+        "oom_file": oom_file,
+        "auto_remove": spec.auto_remove,
+    }
+
+
+def supervise(
+    root: StateRoot,
+    spec: Spec,
+    launched: Launched,
+    *,
+    sink: Sink | None = None,
+    stdin_relay: int | None = None,
+) -> State:
+    """Copy output to the log (and ``sink``), forward signals, wait, record the end."""
+    monitor.supervise(job(root, spec, launched), sink=sink, stdin_relay=stdin_relay)
+    return root.read_state(spec.id)
+
+
+def mark_running(root: StateRoot, spec: Spec, pid: int) -> State:
+    state = root.read_state(spec.id)
+    state.status = "running"
+    state.pid = pid
+    state.pid_start = process_start_time(pid) or 0
+    state.shim_pid = os.getpid()
+    state.shim_start = process_start_time(state.shim_pid) or 0
+    state.started_at = now()
+    root.write_state(spec.id, state)
+    return state
+
+
+def stop_signal(spec: Spec) -> int:
+    return parse_signal(spec.stop_signal or "SIGTERM")
+
+
+def remove_files(root: StateRoot, container_id: str) -> None:
+    """Delete the container's directory (its R/W layer, logs, state) and its cgroup."""
+    directory = root.container_dir(container_id)
+    try:
+        spec = Spec.from_json((directory / "config.json").read_text())
+        if spec.cgroup and (cg := cgroups.Cgroup.open(spec.cgroup)) is not None:
+            cg.remove()
+    except (OSError, ValueError):
+        pass
+    if directory.exists():
+        # Rename first: a half-deleted container never shows up in ps.
+        doomed = directory.with_name(f".rm-{container_id}")
+        try:
+            os.replace(directory, doomed)
+        except OSError:
+            doomed = directory
+        try:
+            rmtree(str(doomed))
+        except PermissionError:
+            # Rootless: files made by other mapped ids inside; remove them from
+            # inside a user namespace with the same mapping.
+            namespaces.run_in(["user"], ["rm", "-rf", str(doomed)])
+            if doomed.exists():
+                raise
+
+
+# --- exec: one more process in a running container
+
+
+def enter(
+    root: StateRoot,
+    spec: Spec,
+    target: int,
+    *,
+    stdin: int | None,
+    sink: Sink | None,
+    tty_stdin: int | None,
+) -> int:
+    """setns(2) into each namespace of ``target``, user namespace first, then run.
+
+    Joining a PID namespace only affects children, so the joining process
+    forks once more; the grandchild is the command, seen inside with a low pid.
+    """
+    kernel = k.real()
+    fds = {
+        name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        for name in namespaces.FLAGS  # the user namespace first: it grants the rest
+        if name in spec.namespaces
+    }
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    parent_sock = child_sock = None
+    if spec.tty:  # the pty comes from the container's /dev/pts: see console.py
+        parent_sock, child_sock = console.socketpair()
+        stdio = (devnull, devnull, devnull)
+        outputs: dict[int, str] = {}
+        child_only = []
+    else:
+        out_r, out_w = os.pipe()
+        e_r, e_w = os.pipe()
+        stdio = (stdin if stdin is not None else devnull, out_w, e_w)
+        outputs = {out_r: "stdout", e_r: "stderr"}
+        child_only = [out_w, e_w]
+    cg = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+    pid = os.fork()
+    if pid == 0:
+        code = EXIT_RUNTIME
+        try:
+            for fd in outputs:
+                os.close(fd)
+            os.close(err_r)
+            if parent_sock is not None:
+                parent_sock.close()
+            if cg is not None:
+                cg.add(os.getpid())
+            for name, fd in fds.items():
+                kernel.setns(fd, namespaces.FLAGS[name])
+            child = os.fork()  # now inside the PID namespace
+            if child == 0:
+                os.setsid()
+                for target_fd, fd in enumerate(stdio):
+                    os.dup2(fd, target_fd)
+                if child_sock is not None:
+                    master, slave = console.new_pty()
+                    console.send_fd(child_sock, master)
+                    os.close(master)
+                    console.make_controlling(slave)
+                rootfs.prepare_workdir(spec.cwd)
+                security.drop_capabilities(kernel)
+                kernel.set_ids(spec.uid, spec.gid, spec.groups)
+                security.set_no_new_privs(kernel)
+                _close_other_fds(keep=err_w)
+                _exec(spec)
+            os.close(err_w)
+            for fd in (*child_only, devnull):
+                os.close(fd)
+            _, status = os.waitpid(child, 0)
+            code = os.waitstatus_to_exitcode(status)
+            code = code if code >= 0 else 128 - code
+        except OSError as e:
+            code = _exit_code_for(e)
+            _report(err_w, code, e.strerror or str(e))
+        finally:
+            os._exit(code)
+    for fd in (*fds.values(), err_w, *child_only, devnull):
+        os.close(fd)
+    master = None
+    if child_sock is not None and parent_sock is not None:
+        child_sock.close()
+        master = console.recv_fd(parent_sock)
+        parent_sock.close()
+        if master is not None:
+            console.copy_size(0, master)
+            outputs = {master: "stdout"}
+    report = b""
+    while chunk := os.read(err_r, 4096):
+        report += chunk
+    os.close(err_r)
+    if report:
+        os.waitpid(pid, 0)
+        for fd in outputs:
+            os.close(fd)
+        code_text, _, message = report.decode(errors="replace").partition(" ")
+        raise UserError(message, int(code_text))
+    launched = Launched(pid, outputs, master)
+    return _pump_exec(launched, sink, tty_stdin)
+
+
+def _pump_exec(launched: Launched, sink: Sink | None, tty_stdin: int | None) -> int:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    for fd in launched.outputs:
+        sel.register(fd, selectors.EVENT_READ, "out")
+    if tty_stdin is not None and launched.tty_master is not None:
+        sel.register(tty_stdin, selectors.EVENT_READ, "in")
+    saved = raw_terminal(tty_stdin) if tty_stdin is not None else None
+    try:
+        while any(key.data == "out" for key in sel.get_map().values()):
+            for key, _ in sel.select():
+                if key.data == "in":
+                    data = os.read(key.fd, 4096)
+                    if data:
+                        os.write(launched.tty_master or 0, data)
+                    else:
+                        sel.unregister(key.fd)
+                    continue
+                try:
+                    data = os.read(key.fd, 65536)
+                except OSError as e:
+                    if e.errno != errno.EIO:
+                        raise
+                    data = b""
+                if not data:
+                    sel.unregister(key.fd)
+                    os.close(key.fd)
+                elif sink is not None:
+                    sink(launched.outputs[key.fd], data)
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(tty_stdin, termios.TCSADRAIN, saved)
+    _, status = os.waitpid(launched.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+# --- the detached shim process (``run -d``)
+
+
+def main() -> None:
+    """argv: STATE_ROOT CONTAINER_ID READY_FD. Reports "ok" or "CODE message" on READY_FD."""
+    root, container_id, ready = StateRoot(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    os.set_inheritable(ready, False)  # or the container would hold it open, and `run -d` wait
+    spec = Spec.from_json((root.container_dir(container_id) / "config.json").read_text())
+    try:
+        launched = launch(k.real(), root, spec)
+    except UserError as e:
+        state = root.read_state(spec.id)
+        state.status, state.exit_code, state.error = "exited", e.exit_code, str(e)
+        state.finished_at = now()
+        root.write_state(spec.id, state)
+        cgroup = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+        if cgroup is not None:
+            cgroup.remove()
+        os.write(ready, f"{e.exit_code} {e}".encode())
+        if spec.auto_remove:
+            remove_files(root, spec.id)
+        sys.exit(e.exit_code)
+    mark_running(root, spec, launched.pid)
+    os.write(ready, b"ok")
+    os.close(ready)
+    # Become the small monitor: execve keeps our pid, so the container stays our
+    # child, and drops everything imported to start it (see monitor.py).
+    work = job(root, spec, launched)
+    for fd in launched.outputs:
+        os.set_inheritable(fd, True)
+    argv = package_python("monitor")
+    os.execv(argv[0], [*argv, json.dumps(work)])
+
+
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def package_python(module: str) -> list[str]:
+    """The command that runs ``minicontainer.runtime.MODULE``'s main() in a lean
+    interpreter: ``-S`` (no site-packages: only what the module imports is
+    loaded, and the process lives as long as the container) and a sys.path of
+    this package's parent and the standard library only, never the current
+    directory (``-c`` would put it first, and a file there named like a
+    standard module would run as root)."""
+    code = (
+        f"import sys; sys.path[:] = [{PACKAGE_PARENT!r}] + [p for p in sys.path if p]; "
+        f"from minicontainer.runtime.{module} import main; main()"
+    )
+    return [sys.executable, "-S", "-c", code]
+
+
+def raw_terminal(fd: int) -> list | None:
+    """Put our terminal in raw mode for ``-t`` (keys go straight to the container)."""
+    if not os.isatty(fd):
+        return None
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    return saved
+
+
+if __name__ == "__main__":
+    main()
