@@ -32,7 +32,7 @@ PYTEST_FLAGS := $(NBVAL_FLAGS) -p no:cacheprovider -ra
 TEST_CMD := $(BIN)/python -m pytest tests notebooks $(PYTEST_FLAGS)
 RUN_TEST_CMD := $(BIN)/python -m pytest tests $(wildcard notebooks) $(PYTEST_FLAGS)
 
-.PHONY: help lab setup system-deps venv images test test-notebook lint clean print-test-cmd
+.PHONY: help lab setup system-deps system-deps-lab venv images test test-notebook lint clean print-test-cmd
 
 help:
 	@echo "make lab      set up (system packages, .venv, base images), then start JupyterLab"
@@ -41,15 +41,19 @@ help:
 	@echo "make test-notebook NB=notebooks/01_namespaces.ipynb   one notebook only"
 	@echo "make setup    only the setup steps; make lint; make clean (keeps the image store)"
 
-## make lab: the README's first command.
-lab: setup
+## make lab: the README's first command. Installs what the notebooks use (not the
+## tools only the tests compare with: `make setup` or `make test` add those).
+lab: system-deps-lab venv images
 	exec $(BIN)/jupyter lab notebooks/ $(ALLOW_ROOT) $(JUPYTER_ARGS)
 
-## make setup = system packages + .venv + base images.
+## make setup = system packages (all of scripts/system-deps.sh) + .venv + base images.
 setup: system-deps venv images
 
 system-deps:
 	@PYTHON='$(PYTHON)' VENV='$(VENV)' bash scripts/system-deps.sh
+
+system-deps-lab:
+	@PYTHON='$(PYTHON)' VENV='$(VENV)' bash scripts/system-deps.sh --lab
 
 venv: $(STAMP)
 
@@ -67,13 +71,14 @@ $(STAMP): pyproject.toml
 images: venv
 	$(BIN)/minicontainer bootstrap
 
-## make test: the README's second command.
+## make test: the README's second command. The services the tests need (dockerd)
+## are started when not running and stopped again afterwards (scripts/with-services.sh).
 test: setup
-	$(RUN_TEST_CMD)
+	bash scripts/with-services.sh $(RUN_TEST_CMD)
 
 test-notebook: setup
 	@test -n '$(NB)' || { echo 'usage: make test-notebook NB=notebooks/01_namespaces.ipynb' >&2; exit 2; }
-	$(BIN)/python -m pytest '$(NB)' $(PYTEST_FLAGS)
+	bash scripts/with-services.sh $(BIN)/python -m pytest '$(NB)' $(PYTEST_FLAGS)
 
 lint: venv
 	$(BIN)/ruff check minicontainer tests conftest.py

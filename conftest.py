@@ -5,6 +5,11 @@
   exists from the repo root work from anywhere.
 - Notebook cells tagged ``needs-root`` are skipped when not root, and fail in CI
   (CI runs as root: a skip there would hide a failure).
+- The skip policy, for tests and notebooks alike: a skip is allowed only for what
+  the user chose or what the machine cannot do, and its reason then starts with
+  one of SKIP_CATEGORIES. Any other skip (a tool or package not installed, a
+  daemon not answering) means a setup step is missing: in CI it is turned into a
+  failure. The run ends with one line per skip reason and its count.
 """
 
 from __future__ import annotations
@@ -17,6 +22,15 @@ import pytest
 REPO = Path(__file__).resolve().parent
 SANITIZE_FILE = REPO / "tests" / "nbval-sanitize.cfg"
 NEEDS_ROOT_TAG = "needs-root"
+
+# "<category>: <detail>" is how an allowed skip's reason starts.
+SKIP_CATEGORIES = (
+    "not root",  # the user ran the tests without sudo: root-only tests cannot run
+    "no usable KVM",  # no hardware virtualisation here (a VM's figures are emulation)
+    "cgroup v1",  # the machine has cgroup v1 (or hybrid): a v2-only test
+    "cgroup v2",  # the machine has cgroup v2 only: a v1-only test
+    "no user namespaces",  # the kernel forbids unprivileged user namespaces
+)
 
 
 def in_ci() -> bool:
@@ -46,7 +60,60 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     tags = cell.get("metadata", {}).get("tags", []) or []
     if NEEDS_ROOT_TAG not in tags or os.geteuid() == 0:
         return
-    reason = f"cell tagged {NEEDS_ROOT_TAG!r} needs root (run `sudo make test`)"
+    reason = f"not root: cell tagged {NEEDS_ROOT_TAG!r} needs root (run `sudo make test`)"
     if in_ci():
         pytest.fail(f"CI must run as root: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------- skips
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def allowed_skip(reason: str) -> bool:
+    return any(reason.startswith(f"{c}:") for c in SKIP_CATEGORIES)
+
+
+def _fail_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    reason = skip_reason(report)
+    if not allowed_skip(reason):
+        report.outcome = "failed"
+        report.longrepr = (
+            "CI may skip only for the machine's or the user's reasons "
+            f"({', '.join(SKIP_CATEGORIES)}); this one means a setup step is missing: {reason}"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    _fail_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> object:
+    outcome = yield
+    _fail_in_ci(outcome.get_result())
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    counts: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if hasattr(report, "wasxfail"):
+            continue
+        reason = skip_reason(report)
+        counts[reason] = counts.get(reason, 0) + 1
+    if not counts:
+        terminalreporter.write_line("skips: none")
+        return
+    terminalreporter.section("skips by reason")
+    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        kind = "allowed" if allowed_skip(reason) else "MISSING SETUP"
+        terminalreporter.write_line(f"{n:5d} x {reason}  [{kind}]")

@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import pytest
 
+from minicontainer import procfs
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO / "minicontainer"
 ROOTLESS_NAME = "mcrootless"
@@ -42,10 +44,22 @@ def in_ci() -> bool:
 
 
 def skip_or_fail(reason: str) -> None:
-    """Skip with a reason; in CI, fail instead (CI must be able to run everything)."""
+    """A missing setup step (a tool not installed, a daemon not answering): skip
+    with the reason and the fix; in CI, fail (CI must be able to run everything)."""
     if in_ci():
         pytest.fail(f"CI must run as root with everything available: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def machine_cannot(category: str, detail: str) -> None:
+    """Skip for what the user chose or the machine cannot do; ``category`` is one of
+    the root conftest's SKIP_CATEGORIES ("not root", "no usable KVM", ...)."""
+    pytest.skip(f"{category}: {detail}")
+
+
+def needs_root(what: str = "this test") -> None:
+    if os.geteuid() != 0:
+        machine_cannot("not root", f"{what} needs root (run `sudo make test`)")
 
 
 # --------------------------------------------------------------------------- markers
@@ -63,7 +77,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") is not None and os.geteuid() != 0:
         if in_ci():
             pytest.fail("CI must run as root: this test is marked root", pytrace=False)
-        pytest.skip("needs root (marked root): run `sudo make test`")
+        needs_root("a test marked root")
 
 
 # --------------------------------------------------------------------------- state root
@@ -94,11 +108,7 @@ def _own_ancestry() -> set[int]:
     pids, pid = set(), os.getpid()
     while pid > 1 and pid not in pids:
         pids.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
+        pid = procfs.parent(pid) or 0
     return pids
 
 
@@ -369,7 +379,9 @@ def rootless_user():
     Root only: creating a user needs root. Skips (fails in CI) when not root, or when
     the kernel does not let unprivileged users make user namespaces."""
     if os.geteuid() != 0:
-        skip_or_fail("the rootless_user fixture needs root to create the user mcrootless")
+        if in_ci():
+            pytest.fail("CI must run as root: rootless tests create a user", pytrace=False)
+        needs_root("the rootless_user fixture (it creates the user mcrootless)")
     for tool in ("setpriv", "useradd"):
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} missing (Debian packages util-linux / passwd)")
@@ -384,7 +396,7 @@ def rootless_user():
 
     problem = _userns_problem(user)
     if problem:
-        skip_or_fail(problem)
+        machine_cannot("no user namespaces", problem)
 
     pkg_copy = _readable_package_copy()
     try:

@@ -267,7 +267,6 @@ def test_progress_bar_counts_steps(tmp_path, monkeypatch) -> None:  # type: igno
     """In a terminal or a notebook a bar counts the steps; the step lines print above it."""
     import io
 
-    pytest.importorskip("tqdm")
     from minicontainer import progress
 
     stream = io.StringIO()

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from conftest import needs_root
 from minicontainer.lessons import experiments as ex
 from minicontainer.runtime import namespaces as ns
 
@@ -129,8 +130,7 @@ def test_inside_outside_text() -> None:
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs_root("running containers")
     import minicontainer as mc
 
     runtime = mc.Runtime(tmp_path_factory.mktemp("state"))

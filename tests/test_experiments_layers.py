@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_root
 from minicontainer.image.layer import LayerEntry, write_layer
 from minicontainer.image.model import ImageModel
 from minicontainer.image.store import ImageStore
@@ -93,7 +94,6 @@ def test_raw_manifest_and_config(tmp_path: Path) -> None:
 
 
 def test_store_graph_draws_a_shared_layer_once(tmp_path: Path) -> None:
-    pytest.importorskip("graphviz")
     from minicontainer.lessons.viz.layers import store_graph
 
     store = ImageStore(tmp_path / "s", rootless=os.geteuid() != 0)
@@ -184,8 +184,7 @@ def test_copy_up_timings(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs_root("running containers")
     import minicontainer as mc
 
     runtime = mc.Runtime(tmp_path_factory.mktemp("state"))
@@ -247,7 +246,6 @@ def test_cow_steps_in_a_running_container(rt, host_snapshot, assert_no_leaks) ->
 
 @pytest.mark.root
 def test_cow_stepper_widget(rt) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("ipywidgets")
     from minicontainer.lessons.viz.layers import cow_stepper
 
     xl.demo_image(rt.store, "cow-demo:latest")
@@ -268,7 +266,6 @@ def test_cow_stepper_widget(rt) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.root
 def test_layer_explorer_widget(rt) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("ipywidgets")
     from minicontainer.lessons.viz.layers import layer_explorer
 
     xl.demo_image(rt.store, "cow-demo:latest")

@@ -44,7 +44,6 @@ def test_moved_bytes_and_lines():
 
 
 def test_transfer_graph_deterministic():
-    pytest.importorskip("graphviz")
     a = xw.transfer_graph(_moves(), title="t").source
     b = xw.transfer_graph(_moves(), title="t").source
     assert a == b

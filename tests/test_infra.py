@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+from conftest import skip_or_fail
+from minicontainer import procfs
 
 REPO = Path(__file__).resolve().parents[1]
 SANITIZE = REPO / "tests" / "nbval-sanitize.cfg"
@@ -40,7 +45,8 @@ def test_sanitize_file_parses():
 
 
 def test_nbval_reads_the_same_pairs():
-    plugin = pytest.importorskip("nbval.plugin")
+    from nbval import plugin
+
     assert plugin.get_sanitize_patterns(SANITIZE.read_text()) == sanitize_patterns()
 
 
@@ -71,7 +77,7 @@ def test_sanitizers_keep_ordinary_text():
 
 def make(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("make") is None:
-        pytest.skip("make not installed")
+        skip_or_fail("make is not installed (apt-get install make)")
     return subprocess.run(
         ["make", "--no-print-directory", "-s", *args],
         cwd=REPO,
@@ -82,10 +88,7 @@ def make(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_makefile_test_command_matches_readme():
-    readme = REPO / "README.md"
-    if not readme.exists():
-        pytest.skip("README.md not written yet")
-    text = readme.read_text()
+    text = (REPO / "README.md").read_text()
     assert "make lab" in text
     assert "make test" in text
     proc = make("print-test-cmd")
@@ -133,3 +136,70 @@ def test_leak_check_notices_a_new_container(state_root, host_snapshot, assert_no
     (state_root / "containers" / "c0ffee").mkdir(parents=True)
     with pytest.raises(pytest.fail.Exception, match="c0ffee"):
         assert_no_leaks(before, timeout=0)
+
+
+# --------------------------------------------------------------------------- services
+
+FAKE_DOCKERD = """#!/bin/sh
+echo $$ > "$FAKE_DIR/pid"
+trap 'rm -f "$FAKE_DIR/pid"; exit 0' TERM
+while :; do sleep 0.1; done
+"""
+FAKE_DOCKER = """#!/bin/sh
+[ "$1" = info ] && [ -f "$FAKE_DIR/pid" ] && kill -0 "$(cat "$FAKE_DIR/pid")" 2>/dev/null
+"""
+
+
+def fake_docker(tmp_path: Path) -> dict[str, str]:
+    """Writes the fakes; the environment that makes the wrapper use them."""
+    for name, text in (("dockerd", FAKE_DOCKERD), ("docker", FAKE_DOCKER)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    env = dict(os.environ, FAKE_DIR=str(tmp_path), TMPDIR=str(tmp_path))
+    env.update(DOCKER=str(tmp_path / "docker"), DOCKERD=str(tmp_path / "dockerd"))
+    return env
+
+
+def with_services(tmp_path: Path, *command: str) -> subprocess.Popen[str]:
+    """scripts/with-services.sh with a fake dockerd that records its pid."""
+    return subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "with-services.sh"), *command],
+        env=fake_docker(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.mark.root  # only root starts dockerd
+@pytest.mark.parametrize(("command", "code"), [("true", 0), ("false", 1), ("sleep 60", 130)])
+def test_with_services_stops_what_it_started(tmp_path: Path, command: str, code: int) -> None:
+    proc = with_services(tmp_path, "sh", "-c", f"echo running; {command}")
+    assert proc.stdout is not None
+    seen = ""
+    while "running" not in seen:
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    assert "started dockerd" in seen
+    pid = int((tmp_path / "pid").read_text())
+    assert procfs.alive(pid)
+    if code == 130:  # Ctrl-C: the terminal signals the whole foreground group
+        os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == code, seen + out
+    assert not procfs.alive(pid), "the service it started is still running"
+    assert f"stopped pid {pid}" in out
+
+
+def test_with_services_leaves_a_running_service_alone(tmp_path: Path) -> None:
+    env = fake_docker(tmp_path)
+    running = subprocess.Popen([env["DOCKERD"]], env=env)
+    try:
+        while not (tmp_path / "pid").exists():
+            time.sleep(0.05)
+        proc = with_services(tmp_path, "true")
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "dockerd already answering" in out, out
+        assert running.poll() is None, "a service that was already running was stopped"
+    finally:
+        running.terminate()
+        running.wait(10)

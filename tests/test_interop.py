@@ -16,13 +16,14 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe import mc, ok, seed  # noqa: E402
+
+from conftest import needs_root, skip_or_fail  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -38,16 +39,6 @@ PREFIX = f"mcinterop{os.getpid()}"
 RUNTIME_PATHS = ("dev/", "proc/", "sys/", ".dockerenv", "etc/hostname", "etc/hosts")
 RUNTIME_PATHS += ("etc/resolv.conf", "etc/mtab")
 PROBE = "ls -1 /bin | wc -l; cat /etc/passwd; md5sum /hello 2>&1; echo args=$0; id -u"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def skip_or_fail(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"CI must run the interop tests: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def need(*tools: str) -> None:
@@ -72,29 +63,13 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def docker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A docker daemon that answers: the running one, or one we start (and stop)."""
-    if os.geteuid() != 0:
-        skip_or_fail("interop tests need root")
+def docker() -> str:
+    """The docker daemon, which `make test` starts when it is not running."""
+    needs_root("interop with docker")
     need("docker", "dockerd")
-    started = None
     if not _docker_answers():
-        log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-        with open(log, "wb") as f:
-            started = subprocess.Popen(["dockerd"], stdout=f, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not _docker_answers():
-            if started.poll() is not None or time.monotonic() > deadline:
-                started.kill()
-                skip_or_fail(f"dockerd did not answer within 60 s: see {log}")
-            time.sleep(0.5)
-    yield "docker"
-    if started is not None:
-        started.terminate()
-        try:
-            started.wait(30)
-        except subprocess.TimeoutExpired:
-            started.kill()
+        skip_or_fail("dockerd is not answering: `make test` starts it (or: sudo dockerd &)")
+    return "docker"
 
 
 @pytest.fixture(scope="module")

@@ -92,10 +92,8 @@ def reference_registry(tmp_path: Path):
 
 @pytest.fixture
 def embedded_registry(tmp_path: Path):
-    try:
-        from minicontainer.registry.server import Registry
-    except ImportError as e:
-        skip_or_fail(f"the embedded registry is not importable yet: {e}")
+    from minicontainer.registry.server import Registry
+
     reg = Registry(tmp_path / "embedded", port=0).start()
     try:
         yield f"127.0.0.1:{reg.port}"
@@ -114,10 +112,7 @@ def registry(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def laptop(tmp_path: Path) -> mc.Runtime:
     rt = mc.Runtime(tmp_path / "laptop")
-    try:
-        rt.bootstrap()
-    except UserError as e:
-        skip_or_fail(f"cannot bootstrap busybox: {e}")
+    rt.bootstrap()
     return rt
 
 

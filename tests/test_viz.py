@@ -39,7 +39,8 @@ def test_map_numbers_and_sharing() -> None:
 
 
 def test_graph_is_deterministic_and_draws_each_namespace_once() -> None:
-    graphviz = pytest.importorskip("graphviz")
+    import graphviz
+
     g = viz.namespace_graph(PROCS, reader=fake_reader)
     assert isinstance(g, graphviz.Digraph)
     assert g.source == viz.namespace_graph(PROCS, reader=fake_reader).source
@@ -55,14 +56,12 @@ def test_graph_is_deterministic_and_draws_each_namespace_once() -> None:
 
 
 def test_graph_order_follows_given_order() -> None:
-    pytest.importorskip("graphviz")
     swapped = {"container A": 200, "kernel": 100}
     src = viz.namespace_graph(swapped, reader=fake_reader).source
     assert f'ns_uts_1 [label="#1 {CONTAINER["uts"]}"' in src
 
 
 def test_unreadable_process_is_shown_not_fatal() -> None:
-    pytest.importorskip("graphviz")
     src = viz.namespace_graph({"kernel": 100, "init": 1}, reader=fake_reader).source
     assert "Permission denied" in src
     table = str(viz.namespace_table({"kernel": 100, "init": 1}, reader=fake_reader))
@@ -109,8 +108,6 @@ def test_selected_keeps_kernel_order() -> None:
 
 
 def test_toggle_runs_the_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("ipywidgets")
-    pytest.importorskip("IPython")
     from minicontainer.lessons.viz import widgets
 
     calls = []
@@ -140,7 +137,6 @@ def test_toggle_runs_the_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_toggle_container_mode_only_with_a_runtime() -> None:
-    pytest.importorskip("ipywidgets")
     from minicontainer.lessons.viz import widgets
 
     assert len(widgets.NamespaceToggle(None).mode.options) == 1
@@ -148,7 +144,6 @@ def test_toggle_container_mode_only_with_a_runtime() -> None:
 
 
 def test_toggle_shows_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("ipywidgets")
     from minicontainer.lessons.viz import widgets
 
     def broken(names, rt=None):  # type: ignore[no-untyped-def]

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from minicontainer import procfs
+
 REPO = Path(__file__).resolve().parents[2]
 CGROUP_FS = Path("/sys/fs/cgroup")
 
@@ -111,11 +113,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type:
 
 def pid_alive(pid: int) -> bool:
     """Alive and not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return procfs.alive(pid)
 
 
 def cgroup_dirs(container_id: str) -> list[Path]:
@@ -138,13 +136,6 @@ def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
 # --------------------------------------------------------------------------- leaks, ours only
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _mentions(pid: int, needle: bytes) -> bool:
     for name in ("cmdline", "environ"):
         try:
@@ -165,7 +156,7 @@ def ours(pid: int, root: str | os.PathLike[str]) -> bool:
         seen.add(pid)
         if pid == me or _mentions(pid, needle):
             return True
-        pid = _ppid(pid) or 0
+        pid = procfs.parent(pid) or 0
     return False
 
 
