@@ -1,0 +1,149 @@
+"""minicontainer/files.py (whole-or-absent files, rmtree that follows no symlink) and
+minicontainer/procfs.py (the one /proc/PID/stat parser), on the real kernel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minicontainer import files, procfs
+
+
+def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    files.write_atomic(target, "old")
+    files.write_atomic(target, b"new", mode=0o600)
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    files.write_atomic(target, "again", durable=False)
+    assert target.read_text() == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_atomic_file_failure_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "blob"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), files.atomic_file(target) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob"]
+
+
+def test_temp_names_are_hidden_and_unique(tmp_path: Path) -> None:
+    names = {files.temp_path(tmp_path / "x") for _ in range(100)}
+    assert len(names) == 100
+    assert all(Path(n).name.startswith(".x.tmp-") and Path(n).parent == tmp_path for n in names)
+    assert Path(files.temp_path(tmp_path / "x", prefix=".blob.tmp-")).name.startswith(".blob.tmp-")
+
+
+def test_a_killed_writer_leaves_the_old_file_or_the_new(tmp_path: Path) -> None:
+    target = tmp_path / "big"
+    files.write_atomic(target, b"a" * 1000)
+    code = (
+        "import sys; from minicontainer import files\n"
+        "with files.atomic_file(sys.argv[1]) as f:\n"
+        "    while True: f.write(b'b' * 65536)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(target)])
+    time.sleep(0.3)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert target.read_bytes() == b"a" * 1000
+
+
+def test_rmtree_removes_a_planted_symlink_not_its_target(tmp_path: Path) -> None:
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    (outside / "passwd").write_text("keep me")
+    tree = tmp_path / "upper"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("x")
+    (tree / "link").symlink_to(outside)
+    (tree / "a" / "deep").symlink_to(outside / "passwd")
+    files.rmtree(tree)
+    assert not tree.exists()
+    assert (outside / "passwd").read_text() == "keep me"
+    files.rmtree(tree)  # already gone: fine
+
+
+@pytest.mark.rootless
+def test_rootless_rmtree_opens_locked_dirs_but_chmods_no_symlink_target(rootless_user) -> None:
+    """Unprivileged, a mode-000 directory (overlayfs leaves its work dir so) is opened
+    up to be removed; a symlink to a directory of the user's is left as it was."""
+    home = Path(rootless_user.home)
+    script = f"""
+import os, stat, sys
+sys.path.insert(0, {rootless_user.pythonpath!r})
+from minicontainer import files
+base = os.path.join({str(home)!r}, "rmtree-test")
+files.rmtree(base)
+os.makedirs(base + "/tree/work/inner")
+os.makedirs(base + "/private")
+open(base + "/tree/work/inner/f", "w").close()
+os.symlink(base + "/private", base + "/tree/work/link")
+os.chmod(base + "/private", 0o500)
+os.chmod(base + "/tree/work/inner", 0)
+os.chmod(base + "/tree/work", 0)
+files.rmtree(base + "/tree")
+print(os.path.exists(base + "/tree"), oct(stat.S_IMODE(os.stat(base + "/private").st_mode)))
+os.chmod(base + "/private", 0o700)
+files.rmtree(base)
+"""
+    proc = rootless_user.run([rootless_user.python, "-c", script])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "0o500"]
+
+
+# --------------------------------------------------------------------------- procfs
+
+
+def test_procfs_reads_this_process() -> None:
+    me = os.getpid()
+    assert procfs.alive(me)
+    assert procfs.parent(me) == os.getppid()
+    start = procfs.start_time(me)
+    assert isinstance(start, int) and start > 0
+    assert procfs.start_time(me) == start  # a process keeps its start time
+    assert procfs.cmdline(me)[0] == sys.executable or "python" in procfs.cmdline(me)[0]
+    assert me in set(procfs.pids())
+
+
+def test_procfs_zombie_and_gone() -> None:
+    child = subprocess.Popen(["sh", "-c", "exit 0"])
+    deadline = time.monotonic() + 10
+    while procfs.alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Exited but not reaped: a zombie is not alive and has no start time to match.
+    assert not procfs.alive(child.pid) and procfs.start_time(child.pid) is None
+    assert procfs.parent(child.pid) == os.getpid()
+    child.wait()
+    assert procfs.parent(child.pid) is None and procfs.comm(child.pid) == ""
+    assert procfs.cmdline(child.pid) == []
+
+
+def test_procfs_descendants_and_names_with_spaces(tmp_path: Path) -> None:
+    # A command name with a space and a parenthesis: fields are counted from the last ")".
+    odd = tmp_path / "odd) name"
+    odd.symlink_to("/bin/sleep")
+    outer = subprocess.Popen(["sh", "-c", f"'{odd}' 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while not procfs.descendants(outer.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (inner,) = procfs.descendants(outer.pid)
+        assert procfs.parent(inner) == outer.pid and procfs.alive(inner)
+        assert procfs.comm(inner) == "odd) name"
+        assert inner in procfs.pids_named("odd) name")
+        assert outer.pid in procfs.descendants(os.getpid())
+    finally:
+        for pid in procfs.descendants(outer.pid):
+            os.kill(pid, signal.SIGKILL)
+        outer.wait()
