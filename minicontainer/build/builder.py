@@ -33,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from .. import files
 from .. import progress as _progress
 from ..errors import ImageNotFound, UserError
 from ..image.oci import (
@@ -48,7 +49,7 @@ from ..image.oci import (
 )
 from ..image.store import Image, normalize_ref
 from ..record import Record
-from .context import Context, atomic_write
+from .context import Context
 from .dockerfile import DockerfileError, Instruction, key_values, parse, substitute, words
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ class _Builder:
         with self.store._lock():
             current = self._load_cache()
             current.update(self.new_cache)
-            atomic_write(self.cache_file, json.dumps(current, sort_keys=True).encode())
+            files.write_atomic(self.cache_file, json.dumps(current, sort_keys=True).encode())
 
     def _cached(self, key: str) -> State | None:
         data = self.cache.get(key)

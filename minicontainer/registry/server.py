@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+from .. import files
 from ..image import oci
 
 # spec.md "Pulling manifests": names and tags.
@@ -122,23 +123,6 @@ def _is_uuid(sid: str) -> bool:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp name unique per call (threads share a pid), then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- storage
 
 
@@ -179,7 +163,9 @@ class Store:
             ) from None
 
     def link_blob(self, name: str, digest: str) -> None:
-        _write_atomic(self._layer_link(name, digest), digest.encode())
+        link = self._layer_link(name, digest)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(link, digest.encode())
 
     def delete_blob(self, name: str, digest: str) -> None:
         """Only the link goes: the content may be shared (no garbage collection yet)."""
@@ -189,13 +175,6 @@ class Store:
             raise RegistryError(
                 "BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest}
             ) from None
-
-    def _commit(self, src: Path, digest: str) -> None:
-        """fsync then rename into the shared store: a blob is whole or absent."""
-        with open(src, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(src, self.blob_path(digest))
-        _fsync_dir(self.blobs)
 
     # -- uploads: spec.md "Pushing blobs"
     def new_upload(self, name: str) -> str:
@@ -272,7 +251,7 @@ class Store:
                 "provided digest did not match uploaded content",
                 {"expected": digest, "actual": actual},
             )
-        self._commit(data, digest)
+        files.replace_file(data, self.blob_path(digest))  # whole or absent, then visible
         self.link_blob(name, digest)
         self.cancel(name, sid)
 
@@ -337,12 +316,14 @@ class Store:
             raise RegistryError("TAG_INVALID", "manifest tag did not match URI", {"tag": ref})
         path = self.blob_path(digest)
         if not path.is_file():
-            tmp = self.uploads / f".manifest.{uuid.uuid4().hex}"
-            tmp.write_bytes(raw)
-            self._commit(tmp, digest)
-        _write_atomic(self._manifests(name) / "revisions" / digest[7:], media_type.encode())
+            files.write_atomic(path, raw)
+        revision = self._manifests(name) / "revisions" / digest[7:]
+        revision.parent.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(revision, media_type.encode())
         if ":" not in ref:
-            _write_atomic(self._manifests(name) / "tags" / ref, digest.encode())
+            tag = self._manifests(name) / "tags" / ref
+            tag.parent.mkdir(exist_ok=True)
+            files.write_atomic(tag, digest.encode())
         return digest
 
     def delete_manifest(self, name: str, ref: str) -> None:
