@@ -212,7 +212,7 @@ class _Builder:
     def _save_cache(self) -> None:
         if not self.new_cache:
             return
-        with self.store._lock():
+        with self.store.lock():
             current = self._load_cache()
             current.update(self.new_cache)
             files.write_atomic(self.cache_file, json.dumps(current, sort_keys=True).encode())
@@ -500,14 +500,14 @@ class _Builder:
         cfg = copy.deepcopy(state.config)
         cfg["rootfs"] = {"type": "layers", "diff_ids": list(state.diff_ids)}
         cfg.setdefault("created", _now())
-        with store._lock():
+        with store.lock():
             cfg_desc = store.put_blob_bytes(json_bytes(cfg), MEDIA_TYPE_OCI_CONFIG)
             raw = Manifest.build(cfg_desc, list(state.layers))
             man = store.put_blob_bytes(raw, MEDIA_TYPE_OCI_MANIFEST)
             platform = {"architecture": cfg["architecture"], "os": cfg["os"]}
             man = Descriptor(man.media_type, man.digest, man.size, platform=platform)
-            present = {e.digest for e in store._read_index()}
-            image = store._tag(man, ref)
+            present = {e.digest for e in store.read_index()}
+            image = store.tag_manifest(man, ref)
             if ref is None and man.digest not in present:
                 self.temp_entries.add(man.digest)
         return image
@@ -517,11 +517,11 @@ class _Builder:
         until `image prune`), never one that is tagged."""
         if not self.temp_entries:
             return
-        with self.store._lock():
-            entries = self.store._read_index()
+        with self.store.lock():
+            entries = self.store.read_index()
             keep = [e for e in entries if e.ref_name or e.digest not in self.temp_entries]
             if len(keep) != len(entries):
-                self.store._write_index(keep)
+                self.store.write_index(keep)
         self.temp_entries.clear()
 
     def _layer_dirs(self, state: State) -> list[str]:
@@ -537,16 +537,14 @@ class _Builder:
         """A layer of these entries, uncompressed like commit's (digest == diff_id)."""
         from ..image.layer import write_layer
 
-        tmp = str(self.store.blobs / f".build.tmp-{os.getpid()}-{time.monotonic_ns()}.tar")
+        tmp = self.store.temp_blob_path("build")  # .build.tmp-*: gc() sweeps it if we die
         try:
             digest, diff_id, size = write_layer(
                 entries, tmp, uid=None, gid=None, mtime=None, compress=False
             )
-            with self.store._lock():
-                self.store._commit_blob(tmp, digest)
+            self.store.commit_blob(tmp, digest)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            files.remove_file(tmp)  # committed: already renamed away
         return Descriptor(MEDIA_TYPE_OCI_LAYER, digest, size), diff_id
 
     def _mkdir_layer(self, state: State, workdir: str) -> tuple[Descriptor, str] | None:

@@ -44,19 +44,18 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from .. import files
 from ..errors import UserError
 from .layer import (
     GZIP_LEVEL,
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
     UnsafeLayer,
-    _clean_name,
-    _HashReader,
-    _HashWriter,
+    clean_name,
     open_uncompressed,
 )
 from .oci import (
@@ -68,6 +67,7 @@ from .oci import (
     MEDIA_TYPE_OCI_LAYER_GZIP,
     MEDIA_TYPE_OCI_MANIFEST,
     Descriptor,
+    HashWriter,
     InvalidDigest,
     Manifest,
     build_index,
@@ -162,38 +162,23 @@ def _tarinfo(name: str) -> tarfile.TarInfo:
 
 @contextmanager
 def _output_file(output: Any) -> Iterator[IO[bytes]]:
-    """A path: a temp file next to it, renamed over it once complete. A binary file
-    object (stdout): written as is, never seeked."""
+    """A path: written atomically (files.atomic_file: a temp file next to it, renamed
+    over it once complete). A binary file object (stdout): written as is, never seeked."""
     if not isinstance(output, (str, os.PathLike)):
         yield output
         output.flush()
         return
     path = Path(output)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
+    with ExitStack() as stack:
+        try:
+            f = stack.enter_context(files.atomic_file(path))
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror}") from None
+        yield f
 
 
 def _spool_dir(output: Any) -> str | None:
     return str(Path(output).parent) if isinstance(output, (str, os.PathLike)) else None
-
-
-def _unlink(path: str | os.PathLike[str]) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 # =============================================================== save
@@ -268,7 +253,7 @@ def _spool_plain(store: ImageStore, desc: Descriptor, diff_id: str, spool: str |
     f = tempfile.TemporaryFile(dir=spool)  # noqa: SIM115 - the caller closes it
     try:
         with open(blob, "rb") as src:
-            plain = _HashWriter(f)
+            plain = HashWriter(f)
             shutil.copyfileobj(open_uncompressed(src), plain, _CHUNK)
         if plain.digest != diff_id:
             raise InvalidDigest(
@@ -409,21 +394,14 @@ def _save_layout_dir(store: ImageStore, groups: list[tuple[Image, list[str]]], d
     blob_dir.mkdir(parents=True, exist_ok=True)
     layout = dest / "oci-layout"
     if not layout.exists():
-        _write_file(layout, json_bytes({"imageLayoutVersion": "1.0.0"}))
+        files.write_atomic(layout, json_bytes({"imageLayoutVersion": "1.0.0"}))
     for d, size in sorted(blobs.items()):
         target = blob_dir / digest_hex(d)
         if target.exists():
             continue  # named by content: whatever is there is the same bytes
         src = store.verify_blob(Descriptor("", d, size))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=blob_dir)
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-                shutil.copyfileobj(f, out, _CHUNK)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            _unlink(tmp)
-            raise
+        with files.atomic_file(target, prefix=".tmp-") as out, open(src, "rb") as f:
+            shutil.copyfileobj(f, out, _CHUNK)
     old: list[Descriptor] = []
     if (dest / "index.json").exists():
         old = parse_index(_read_limited((dest / "index.json").open("rb"), "index.json"))
@@ -433,19 +411,7 @@ def _save_layout_dir(store: ImageStore, groups: list[tuple[Image, list[str]]], d
     keep = [
         e for e in old if e.ref_name not in names and not (e.digest in digests and not e.ref_name)
     ]
-    _write_file(dest / "index.json", build_index(keep + entries))
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
+    files.write_atomic(dest / "index.json", build_index(keep + entries))
 
 
 # =============================================================== load: reading sources
@@ -462,7 +428,7 @@ def _read_limited(f: IO[bytes], what: str) -> bytes:
 def _norm(name: str, what: str = "archive member") -> str:
     """A member name as "a/b/c"; absolute names and ".." refuse the archive."""
     try:
-        return "/".join(_clean_name(name))
+        return "/".join(clean_name(name))
     except UnsafeLayer:
         raise UserError(
             f"load: {what} {name!r} is an absolute path or contains '..': refusing the archive"
@@ -569,20 +535,21 @@ def _open_source(store: ImageStore, source: Any) -> Iterator[_DirSource | _TarSo
 
 @contextmanager
 def _spooled(store: ImageStore, stream: IO[bytes]) -> Iterator[_TarSource]:
-    fd, tmp = tempfile.mkstemp(prefix=".load.tmp-", dir=store.blobs)  # gc() sweeps leftovers
+    tmp = store.temp_blob_path("load")  # .load.tmp-*: gc() sweeps leftovers
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             try:
                 shutil.copyfileobj(open_uncompressed(stream), out, _CHUNK)
             except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
                 raise UserError(f"load: cannot read the archive: {e}") from None
-        src = _TarSource(tmp)
+        src = _TarSource(str(tmp))
         try:
             yield src
         finally:
             src.close()
     finally:
-        _unlink(tmp)
+        files.remove_file(tmp)
 
 
 # =============================================================== load: staging, commit
@@ -593,22 +560,24 @@ class _Staged:
 
     def __init__(self, store: ImageStore) -> None:
         self.store = store
-        self.files: dict[str, str] = {}  # digest -> temp path
+        self.blobs: dict[str, Path] = {}  # digest -> temp path
         self.diff_ids: dict[str, str] = {}  # layer digest -> diff_id
-        self.temps: list[str] = []  # every temp file made, removed by discard()
+        self.temps: list[Path] = []  # every temp file made, removed by discard()
 
-    def _tmp(self) -> tuple[int, str]:
-        fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=self.store.blobs)
+    def _new(self) -> tuple[IO[bytes], Path]:
+        """A new temp file among the blobs (.blob.tmp-*: gc() sweeps it if we die)."""
+        tmp = self.store.temp_blob_path()
         self.temps.append(tmp)
-        return fd, tmp
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "wb"), tmp
 
     def layer_as_is(self, src: IO[bytes], desc: Descriptor) -> str:
         """An OCI layer blob copied as is, its size and digest checked; returns its diff_id."""
-        if desc.digest not in self.files and not self.store.has_blob(desc.digest):
-            fd, tmp = self._tmp()
-            self.files[desc.digest] = tmp
-            with os.fdopen(fd, "wb") as out, src:
-                w = _HashWriter(out)
+        if desc.digest not in self.blobs and not self.store.has_blob(desc.digest):
+            f, tmp = self._new()
+            self.blobs[desc.digest] = tmp
+            with f as out, src:
+                w = HashWriter(out)
                 while chunk := src.read(min(_CHUNK, desc.size + 1 - w.size)):
                     w.write(chunk)
                     if w.size > desc.size:
@@ -620,9 +589,9 @@ class _Staged:
         else:
             src.close()
         if desc.digest not in self.diff_ids:
-            path = self.files.get(desc.digest) or self.store.verify_blob(desc)
+            path = self.blobs.get(desc.digest) or self.store.verify_blob(desc)
             with open(path, "rb") as f:
-                plain = _HashWriter(None)
+                plain = HashWriter(None)
                 try:
                     shutil.copyfileobj(open_uncompressed(f), plain, _CHUNK)
                 except (OSError, EOFError) as e:
@@ -634,9 +603,9 @@ class _Staged:
         """A docker save layer (plain tar, or gzip from newer tools): kept if gzip, else
         gzipped deterministically (fixed level, mtime 0, no name). Returns (descriptor,
         diff_id) with the diff_id computed from the bytes, for the caller to check."""
-        fd, tmp = self._tmp()
-        with os.fdopen(fd, "wb") as out, src:
-            comp = _HashWriter(out)
+        f, tmp = self._new()
+        with f as out, src:
+            comp = HashWriter(out)
             head = src.read(2)
             if head == b"\x1f\x8b":
                 comp.write(head)
@@ -646,36 +615,46 @@ class _Staged:
                 with gzip.GzipFile(
                     filename="", mode="wb", fileobj=comp, compresslevel=GZIP_LEVEL, mtime=0
                 ) as gz:
-                    plain = _HashWriter(gz)
+                    plain = HashWriter(gz)
                     plain.write(head)
                     shutil.copyfileobj(src, plain, _CHUNK)
                 plain_digest = plain.digest
         if plain_digest is None:
             with open(tmp, "rb") as f:
-                reader = _HashReader(gzip.GzipFile(fileobj=f, mode="rb"))  # type: ignore[arg-type]
+                unpacked = HashWriter(None)
                 try:
-                    reader.drain()
+                    shutil.copyfileobj(gzip.GzipFile(fileobj=f, mode="rb"), unpacked, _CHUNK)
                 except (OSError, EOFError) as e:
-                    _unlink(tmp)
+                    files.remove_file(tmp)
                     raise UserError(f"load: layer {name!r}: {e}") from None
-                plain_digest = reader.digest
-        if comp.digest in self.files or self.store.has_blob(comp.digest):
-            _unlink(tmp)
+                plain_digest = unpacked.digest
+        if comp.digest in self.blobs or self.store.has_blob(comp.digest):
+            files.remove_file(tmp)
         else:
-            self.files[comp.digest] = tmp
+            self.blobs[comp.digest] = tmp
         return Descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, comp.digest, comp.size), plain_digest
 
     def discard(self) -> None:
         for tmp in self.temps:
-            _unlink(tmp)  # committed ones were renamed away: nothing to remove
+            files.remove_file(tmp)  # committed ones were renamed away: nothing to remove
         self.temps.clear()
-        self.files.clear()
+        self.blobs.clear()
+
+    def sync(self) -> None:
+        """Flush the staged blobs to the disk: the slow part of committing a large
+        layer, done before the store lock is taken."""
+        for tmp in self.blobs.values():
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def commit(self) -> None:
         """Blobs become visible (rename); the caller holds the store lock."""
-        for digest, tmp in sorted(self.files.items()):
-            self.store._commit_blob(tmp, digest)
-        self.files.clear()
+        for digest, tmp in sorted(self.blobs.items()):
+            self.store.commit_blob(tmp, digest)
+        self.blobs.clear()
 
 
 class _Plan:
@@ -702,7 +681,8 @@ def load(store: ImageStore, source: Any) -> list[Image]:
                     "layout) found: not an image archive"
                 )
             images: list[Image] = []
-            with store._lock():  # so gc() cannot sweep blobs between commit and tag
+            staged.sync()
+            with store.lock():  # so gc() cannot sweep blobs between commit and tag
                 staged.commit()
                 for plan in plans:
                     store.put_blob_bytes(plan.config, MEDIA_TYPE_OCI_CONFIG)

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from ..errors import NotSupported, UserError
 from .layer import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, write_layer
 from .oci import MEDIA_TYPE_OCI_LAYER, Descriptor, digest_hex, host_platform
@@ -448,9 +449,9 @@ def commit(
     # UNCOMPRESSED, as Docker keeps its local layers: its digest is its diff_id
     # (media type ...layer.v1.tar). Compressing is a transport concern (push); `save`
     # writes plain layer.tar anyway. Sorted entries, owners and mtimes as they are:
-    # same upperdir, same bytes. A dot name: never taken for a blob, and gc()
-    # removes it if we are killed.
-    tmp = str(store.blobs / f".commit.tmp-{container.id[:12]}-{os.getpid()}.tar")
+    # same upperdir, same bytes. A dot name (.commit.tmp-*): never taken for a blob,
+    # and gc() removes it if we are killed.
+    tmp = store.temp_blob_path("commit")
     try:
         with _paused(container):
             scan = _scan(container)
@@ -485,8 +486,7 @@ def commit(
         layer = Descriptor(MEDIA_TYPE_OCI_LAYER, digest, size)
         return _add_image_or_nothing(store, image, (tmp, layer, diff_id), config, ref, history)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        files.remove_file(tmp)  # committed: already renamed away
 
 
 def _base_history(image: Image) -> list[dict[str, Any]]:
@@ -501,7 +501,7 @@ def _base_history(image: Image) -> list[dict[str, Any]]:
 def _add_image_or_nothing(
     store: ImageStore,
     base: Image,
-    layer: tuple[str, Descriptor, str],
+    layer: tuple[Path, Descriptor, str],
     config: dict[str, Any],
     ref: str | None,
     history: list[dict[str, Any]],
@@ -513,11 +513,11 @@ def _add_image_or_nothing(
     writer's new blob can be mistaken for ours."""
     from .oci import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Manifest, json_bytes
 
-    with store._lock():
+    with store.lock():
         before = set(os.listdir(store.blobs))
         try:
             tmp, desc, diff_id = layer
-            store._commit_blob(tmp, desc.digest)  # rename into place (or drop if present)
+            store.commit_blob(tmp, desc.digest)  # rename into place (or drop if present)
             config["rootfs"] = {"type": "layers", "diff_ids": [*base.diff_ids, diff_id]}
             config["history"] = history
             cfg = store.put_blob_bytes(json_bytes(config), MEDIA_TYPE_OCI_CONFIG)
@@ -527,12 +527,11 @@ def _add_image_or_nothing(
             if config.get("variant"):
                 platform["variant"] = config["variant"]
             man = Descriptor(man.media_type, man.digest, man.size, platform=platform)
-            return store._tag(man, ref)
+            return store.tag_manifest(man, ref)
         except BaseException:
             for name in set(os.listdir(store.blobs)) - before:
                 if not name.startswith("."):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(store.blobs / name)
+                    files.remove_file(store.blobs / name)
             raise
 
 

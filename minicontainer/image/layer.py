@@ -27,7 +27,6 @@ import io
 import os
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 import threading
@@ -38,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .. import files
 from ..errors import NotSupported, UserError
+from .oci import HashWriter
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -58,33 +59,6 @@ class UnsafeLayer(UserError):
 
 
 # ---------------------------------------------------------------- stream helpers
-
-
-class _HashWriter:
-    """Counts and hashes what passes through to `sink` (tarfile/gzip need only write)."""
-
-    def __init__(self, sink: Any | None) -> None:
-        self.sink = sink
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, b: bytes) -> int:
-        self.hash.update(b)
-        self.size += len(b)
-        if self.sink is not None:
-            self.sink.write(b)
-        return len(b)
-
-    def flush(self) -> None:
-        if self.sink is not None:
-            self.sink.flush()
-
-    def tell(self) -> int:
-        return self.size
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
 
 
 class _HashReader:
@@ -167,33 +141,10 @@ def is_gzip(path: str | os.PathLike[str]) -> bool:
 # ---------------------------------------------------------------- removal helpers
 
 
-def rmtree(path: str | os.PathLike[str]) -> None:
-    """shutil.rmtree that also works for a non-root owner of read-only image dirs
-    (a layer may hold 0555 directories)."""
-
-    def retry(func: Any, p: str, _exc: Any) -> None:
-        for d in (os.path.dirname(p), p):
-            if os.path.isdir(d) and not os.path.islink(d):
-                try:
-                    os.chmod(d, 0o700)
-                except OSError:
-                    pass
-        if func in (os.rmdir, os.unlink, os.remove):
-            func(p)
-        else:  # listing the directory failed: it is readable now, start it over
-            shutil.rmtree(p, **handler)
-
-    handler: dict[str, Any] = (
-        {"onexc": retry} if sys.version_info >= (3, 12) else {"onerror": retry}
-    )
-    if os.path.lexists(path):
-        shutil.rmtree(path, **handler)
-
-
 def _remove(p: str) -> None:
     st = os.lstat(p)
     if stat.S_ISDIR(st.st_mode):
-        rmtree(p)
+        files.rmtree(p)  # never follows a link; copes with a layer's 0555 dirs
     else:
         os.unlink(p)
 
@@ -201,9 +152,9 @@ def _remove(p: str) -> None:
 # ---------------------------------------------------------------- extraction
 
 
-def _clean_name(name: str) -> tuple[str, ...]:
-    """Archive path -> components. `./x` and `x` are the same; absolute paths and
-    `..` are refused rather than silently rewritten."""
+def clean_name(name: str) -> tuple[str, ...]:
+    """Archive path -> components (extraction, writing, `load`). `./x` and `x` are
+    the same; absolute paths and `..` are refused rather than silently rewritten."""
     if name.startswith("/"):
         raise UnsafeLayer(f"layer entry {name!r} is an absolute path")
     comps = tuple(c for c in name.split("/") if c not in ("", "."))
@@ -241,7 +192,7 @@ class _Extractor:
         self.fresh: set[tuple[str, ...]] = set()
 
     def path(self, comps: tuple[str, ...]) -> str:
-        # os.path.join without its per-call checks: _clean_name's components hold no
+        # os.path.join without its per-call checks: clean_name's components hold no
         # "/" and are never empty, "." or "..".
         return "/".join((self.root, *comps))
 
@@ -334,7 +285,7 @@ class _Extractor:
     # -- entries
 
     def add(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
-        comps = _clean_name(m.name)
+        comps = clean_name(m.name)
         if not comps:
             if m.isdir():
                 self.dirs[()] = m
@@ -412,7 +363,7 @@ class _Extractor:
         self.fresh = {d for d in self.fresh if d[:n] != comps}
 
     def _hardlink_target(self, m: tarfile.TarInfo) -> str:
-        tcomps = _clean_name(m.linkname)
+        tcomps = clean_name(m.linkname)
         if not tcomps:
             raise UnsafeLayer(f"hardlink {m.name!r} points at the root")
         try:
@@ -810,11 +761,11 @@ def apply_layers(
             old = tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent)
             os.rename(dest, os.path.join(old, "d"))
             os.rename(tmp, dest)
-            rmtree(old)
+            files.rmtree(old)
         else:
             os.rename(tmp, dest)  # rename(2) replaces an empty directory atomically
     except BaseException:
-        rmtree(tmp)
+        files.rmtree(tmp)
         raise
     return diff_ids
 
@@ -970,33 +921,19 @@ def write_layer(
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            compressed = _HashWriter(raw)
-            gz = (
-                gzip.GzipFile(
-                    filename="", mode="wb", fileobj=compressed, compresslevel=level, mtime=0
-                )
-                if compress
-                else None
-            )
-            plain = _HashWriter(gz if gz is not None else compressed)
-            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
-                for entry, pax in items:
-                    _add_entry(tf, entry, pax, uid, gid, uname, gname, mtime)
-            if gz is not None:
-                gz.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with files.atomic_file(out) as raw:
+        compressed = HashWriter(raw)
+        gz = (
+            gzip.GzipFile(filename="", mode="wb", fileobj=compressed, compresslevel=level, mtime=0)
+            if compress
+            else None
+        )
+        plain = HashWriter(gz if gz is not None else compressed)
+        with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+            for entry, pax in items:
+                _add_entry(tf, entry, pax, uid, gid, uname, gname, mtime)
+        if gz is not None:
+            gz.close()
     return compressed.digest, plain.digest, compressed.size
 
 
@@ -1010,7 +947,7 @@ def _add_entry(
     gname: str,
     mtime: int | None,
 ) -> None:
-    comps = _clean_name(e.path)
+    comps = clean_name(e.path)
     if not comps:
         raise UserError(f"layer entry {e.path!r}: empty path")
     if e.type not in _TAR_TYPES:

@@ -90,6 +90,37 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
         return sha256_stream(f)
 
 
+class HashWriter:
+    """Counts and hashes what passes through to `sink` (None: only count and hash),
+    so a blob's digest is known the moment its last byte is written. A file object
+    as far as tarfile and gzip need one: write, flush, tell."""
+
+    def __init__(self, sink: Any | None) -> None:
+        import hashlib
+
+        self.sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, b: bytes) -> int:
+        self.hash.update(b)
+        self.size += len(b)
+        if self.sink is not None:
+            self.sink.write(b)
+        return len(b)
+
+    def flush(self) -> None:
+        if self.sink is not None:
+            self.sink.flush()
+
+    def tell(self) -> int:
+        return self.size
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
     """config.md "Layer ChainID": ChainID(0) = DiffID(0),
     ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n)) over the digest strings."""
