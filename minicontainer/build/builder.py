@@ -420,10 +420,10 @@ class _Builder:
             conf["Labels"] = {**(conf.get("Labels") or {}), **dict(key_values(ins, env, self.path))}
         elif kw == "EXPOSE":
             ports = dict(conf.get("ExposedPorts") or {})
-            from ..image.commit import _port
+            from ..image.commit import exposed_port
 
             for word in words(ins.rest, env):
-                ports[_port(word)] = {}
+                ports[exposed_port(word)] = {}
             conf["ExposedPorts"] = ports
         elif kw in ("CMD", "ENTRYPOINT"):
             shell = conf.get("Shell") or DEFAULT_SHELL
@@ -721,7 +721,7 @@ class _Builder:
 
 def _lower_stat(lower: list[str], rel: str) -> os.stat_result | None:
     """What the image shows at `rel` (overlayfs rules; image/commit.py's)."""
-    from ..image.commit import _lower_stat as lower_stat
+    from ..image.commit import lower_stat
 
     return lower_stat(lower, rel)
 

@@ -62,10 +62,10 @@ def _is_opaque(path: str) -> bool:
         return False
 
 
-def _lower_stat(lowerdirs: list[str], rel: str) -> os.stat_result | None:
+def lower_stat(lowerdirs: list[str], rel: str) -> os.stat_result | None:
     """What the image (lowerdirs, top first) shows at `rel`, with overlayfs' rules:
     a whiteout or a non-directory hides the path below it, an opaque directory hides
-    what lower layers have under it."""
+    what lower layers have under it. Also what a build step's COPY lands on."""
     parts = rel.split("/")
     for layer in lowerdirs:
         for i in range(1, len(parts) + 1):
@@ -127,7 +127,7 @@ class _Scan:
         self.exclude: set[str] = set()
         # A runtime path the image already had is ordinary content.
         wanted = set(RUNTIME_PATHS) | {t.strip("/") for t in volume_targets if t.strip("/")}
-        self.runtime = {r for r in wanted if _lower_stat(lowerdirs, r) is None}
+        self.runtime = {r for r in wanted if lower_stat(lowerdirs, r) is None}
         self._walk(upper, "")
         self.changes.sort(key=lambda c: c[1])
 
@@ -147,7 +147,7 @@ class _Scan:
                 self.changes.append(("D", "/" + rel))
                 content = True
                 continue
-            lower = _lower_stat(self.lowerdirs, rel)
+            lower = lower_stat(self.lowerdirs, rel)
             if not stat.S_ISDIR(st.st_mode):
                 self.changes.append(("A" if lower is None else "C", "/" + rel))
                 content = True
@@ -350,7 +350,7 @@ def apply_changes(conf: dict[str, Any], changes: list[str]) -> dict[str, Any]:
         elif instruction == "EXPOSE":
             ports = dict(conf.get("ExposedPorts") or {})
             for word in rest.split() or [""]:
-                ports[_port(word)] = {}
+                ports[exposed_port(word)] = {}
             conf["ExposedPorts"] = ports
         elif not rest:
             raise UserError(f"{instruction} requires exactly one argument")
@@ -366,7 +366,8 @@ def apply_changes(conf: dict[str, Any], changes: list[str]) -> dict[str, Any]:
     return conf
 
 
-def _port(word: str) -> str:
+def exposed_port(word: str) -> str:
+    """`EXPOSE` syntax (--change, Dockerfile): "80", "53/udp" -> "80/tcp", "53/udp"."""
     port, _, proto = word.partition("/")
     proto = proto.lower() or "tcp"
     if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("tcp", "udp", "sctp"):
@@ -623,4 +624,13 @@ def inspect_image(store: ImageStore, ref: str) -> dict:
     return out
 
 
-__all__ = ["OPAQUE_MARKER", "apply_changes", "commit", "diff", "history", "inspect_image"]
+__all__ = [
+    "OPAQUE_MARKER",
+    "apply_changes",
+    "commit",
+    "diff",
+    "exposed_port",
+    "history",
+    "inspect_image",
+    "lower_stat",
+]
