@@ -228,7 +228,7 @@ def _compare_layer(store: ImageStore, chain: str, desc: Descriptor, diff_id: str
     """Unpack the layer blob again next to the dir and compare (lock held)."""
     import tempfile
 
-    from .layer import apply_layer
+    from .extract import apply_layer
 
     d = store.layers_dir / digest_hex(chain)
     scratch = Path(tempfile.mkdtemp(prefix=".verify-", dir=store.layers_dir))

@@ -491,7 +491,7 @@ class ImageStore:
         store lock, so concurrent callers unpack each layer once."""
         dirs = [self.layers_dir / digest_hex(c) for c in image.chain_ids]
         if not all(d.is_dir() for d in dirs):
-            from .layer import apply_layer  # tarfile: only when unpacking
+            from .extract import apply_layer  # tarfile: only when unpacking
 
             with self.lock():
                 for desc, diff_id, d in zip(image.layers, image.diff_ids, dirs, strict=True):
