@@ -42,6 +42,8 @@ LAYER_MEDIA_TYPES = (MEDIA_TYPE_OCI_LAYER, *GZIP_LAYER_MEDIA_TYPES)
 
 # annotations.md: in an image layout's index.json this names the tag.
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+# containerd's (and Docker 25's) annotation for the fully qualified name, in save archives.
+ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 
 _DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
 _CHUNK = 1 << 20
