@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20240601
 OURS = (
-    "import sys; from minicontainer.image.layer import apply_layer; "
+    "import sys; from minicontainer.image.extract import apply_layer; "
     "apply_layer(sys.argv[1], sys.argv[2], rootless=sys.argv[3] == '1')"
 )
 

@@ -161,26 +161,26 @@ class Runtime:
 
         return commit.inspect_image(self.store, ref)
 
-    # -- moving images: save, load, export (image/archive.py)
+    # -- moving images: save, load, export (image/save.py, load.py, export.py)
 
     def save(self, refs: list[str], output, format: str = "docker") -> None:  # type: ignore[no-untyped-def]  # noqa: A002
         """Write images as a tar that ``docker load`` reads (format "docker"), or as an
         OCI image layout tar (format "oci")."""
-        from .image import archive
+        from .image.save import save
 
-        archive.save(self.store, refs, output, format=format)
+        save(self.store, refs, output, format=format)
 
     def load(self, source):  # type: ignore[no-untyped-def]
         """Read a ``docker save`` archive or an OCI image layout (tar or directory)."""
-        from .image import archive
+        from .image.load import load
 
-        return archive.load(self.store, source)
+        return load(self.store, source)
 
     def export(self, container: str, output) -> None:  # type: ignore[no-untyped-def]
         """The container's merged filesystem as a tar (``docker export``)."""
-        from .image import archive
+        from .image.export import export
 
-        archive.export(self, self.container(container), output)
+        export(self, self.container(container), output)
 
     # -- store upkeep (image/maintenance.py)
 

@@ -2,12 +2,14 @@
 
 Every file the package writes (state.json, blobs, index.json, the registry's
 uploads, results, the lab's payload) goes through ``write_atomic`` or
-``atomic_file``: the bytes go to a temporary name in the same directory, are
-flushed to the disk (fsync(2)), and only then take the real name with rename(2),
-which replaces the old file in one step; an fsync of the directory makes the
-rename itself durable. A crash, a full disk or Ctrl-C leaves the old file or
-the new one, never half of one, and at worst a temporary file whose name starts
-with a dot (``.NAME.tmp-PID-N``) for a clean-up pass to remove.
+``atomic_file``, or, when its name is known only once it is written (a blob is
+named by its digest), ends with ``replace_file``: the bytes go to a temporary
+name in the same directory, are flushed to the disk (fsync(2)), and only then
+take the real name with rename(2), which replaces the old file in one step; an
+fsync of the directory makes the rename itself durable. A crash, a full disk or
+Ctrl-C leaves the old file or the new one, never half of one, and at worst a
+temporary file whose name starts with a dot (``.NAME.tmp-PID-N``) for a
+clean-up pass to remove.
 
 Standard library only, nothing heavy imported at load time: the per-container
 supervisor (runtime/monitor.py), which must stay small, uses it too.
@@ -118,6 +120,34 @@ def write_atomic(
     new one, and after a crash the file is one of the two."""
     with atomic_file(path, mode, durable=durable) as f:
         f.write(data.encode() if isinstance(data, str) else data)
+
+
+def replace_file(
+    tmp: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    mode: int = 0o644,
+    *,
+    durable: bool = True,
+) -> None:
+    """The last step of ``atomic_file``, for a temporary file already written and
+    closed whose final name was not known when it was opened (a blob is named by
+    the digest of what was written) or that was written elsewhere on the same file
+    system (a registry upload): flushed to the disk, given ``mode``, renamed over
+    ``path``, the rename made durable. ``tmp`` is removed if this fails."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if durable:
+                os.fsync(fd)  # cheap if the writer fsynced already: nothing left to flush
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_file(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(os.fspath(path)) or ".")
 
 
 def rmtree(path: str | os.PathLike[str]) -> None:

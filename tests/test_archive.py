@@ -1,4 +1,4 @@
-"""save / load / export (minicontainer/image/archive.py): round trips keep digests,
+"""save / load / export (minicontainer/image/{save,load,export}.py): round trips keep digests,
 hostile archives are refused with the store unchanged, stdin streams, export."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from minicontainer.errors import UserError
-from minicontainer.image import archive
 from minicontainer.image.layer import LayerEntry, write_layer
+from minicontainer.image.load import load
 from minicontainer.image.oci import sha256_bytes
+from minicontainer.image.save import save
 from minicontainer.image.store import ImageStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def members(path: Path) -> dict[str, tarfile.TarInfo]:
 def test_docker_save_layout_and_round_trip(src, dst, tmp_path):
     img = make_image(src, tmp_path)
     out = tmp_path / "img.tar"
-    archive.save(src, ["app:v1"], out)
+    save(src, ["app:v1"], out)
     names = members(out)
     with tarfile.open(out) as tf:
         manifest = json.load(tf.extractfile("manifest.json"))
@@ -96,10 +97,10 @@ def test_docker_save_layout_and_round_trip(src, dst, tmp_path):
     assert all(m.mtime == 0 and m.uid == 0 for m in names.values())
     # Deterministic: the same image gives the same bytes.
     again = tmp_path / "again.tar"
-    archive.save(src, ["app:v1"], again)
+    save(src, ["app:v1"], again)
     assert out.read_bytes() == again.read_bytes()
 
-    loaded = archive.load(dst, out)
+    loaded = load(dst, out)
     assert [i.ref for i in loaded] == ["app:v1"]
     back = dst.resolve("app:v1")
     assert (back.id, back.diff_ids, back.layer_digests, back.manifest_digest) == (
@@ -115,7 +116,7 @@ def test_oci_tar_and_dir_round_trip(src, dst, tmp_path):
     img = make_image(src, tmp_path)
     src.tag("app:v1", "other:latest")
     out = tmp_path / "oci.tar"
-    archive.save(src, ["app:v1", "other"], out, format="oci")
+    save(src, ["app:v1", "other"], out, format="oci")
     with tarfile.open(out) as tf:
         index = json.load(tf.extractfile("index.json"))
         refs = sorted(
@@ -125,27 +126,27 @@ def test_oci_tar_and_dir_round_trip(src, dst, tmp_path):
         for m in tf.getmembers():
             if m.isfile() and m.name.startswith("blobs/sha256/"):
                 assert hashlib.sha256(tf.extractfile(m).read()).hexdigest() == m.name[13:]
-    loaded = archive.load(dst, out)
+    loaded = load(dst, out)
     assert sorted(i.ref for i in loaded) == ["app:v1", "other:latest"]
     assert dst.resolve("other").manifest_digest == img.manifest_digest
 
     # A directory: written when the path ends with "/"; an existing layout is added to.
     layout = tmp_path / "layout"
-    archive.save(src, ["app:v1"], str(layout) + "/", format="oci")
-    archive.save(src, ["other"], layout, format="oci")
+    save(src, ["app:v1"], str(layout) + "/", format="oci")
+    save(src, ["other"], layout, format="oci")
     index = json.loads((layout / "index.json").read_text())
     assert len(index["manifests"]) == 2
     third = ImageStore(tmp_path / "third")
-    assert sorted(i.ref for i in archive.load(third, layout)) == ["app:v1", "other:latest"]
+    assert sorted(i.ref for i in load(third, layout)) == ["app:v1", "other:latest"]
 
 
 def test_load_stream_and_gzip(src, dst, tmp_path):
     img = make_image(src, tmp_path)
     buf = io.BytesIO()
-    archive.save(src, ["app:v1"], buf)
-    assert archive.load(dst, io.BytesIO(buf.getvalue()))[0].id == img.id
+    save(src, ["app:v1"], buf)
+    assert load(dst, io.BytesIO(buf.getvalue()))[0].id == img.id
     other = ImageStore(tmp_path / "gz")
-    assert archive.load(other, io.BytesIO(gzip.compress(buf.getvalue())))[0].id == img.id
+    assert load(other, io.BytesIO(gzip.compress(buf.getvalue())))[0].id == img.id
     assert not [n for n in os.listdir(other.blobs) if n.startswith(".")], "spool file left"
 
 
@@ -197,7 +198,7 @@ def test_newer_docker_archive_pointing_into_blobs(src, dst, tmp_path):
         add(f"blobs/sha256/{img.id[7:]}", cfg)
         entry = {"Config": f"blobs/sha256/{img.id[7:]}", "RepoTags": ["new:1"], "Layers": layers}
         add("manifest.json", json.dumps([entry]).encode())
-    back = archive.load(dst, io.BytesIO(buf.getvalue()))[0]
+    back = load(dst, io.BytesIO(buf.getvalue()))[0]
     assert (back.ref, back.id, back.diff_ids) == ("new:1", img.id, img.diff_ids)
 
 
@@ -207,7 +208,7 @@ def test_newer_docker_archive_pointing_into_blobs(src, dst, tmp_path):
 def docker_archive(src: ImageStore, tmp_path: Path) -> dict[str, bytes]:
     make_image(src, tmp_path)
     out = tmp_path / "good.tar"
-    archive.save(src, ["app:v1"], out)
+    save(src, ["app:v1"], out)
     with tarfile.open(out) as tf:
         return {
             m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile() or m.islnk()
@@ -226,7 +227,7 @@ def tar_of(files: dict[str, bytes], path: Path) -> Path:
 def refused(store: ImageStore, source, match: str) -> None:  # type: ignore[no-untyped-def]
     before = store_state(store)
     with pytest.raises(UserError, match=match):
-        archive.load(store, source)
+        load(store, source)
     assert store_state(store) == before, "a refused load changed the store"
 
 
@@ -275,7 +276,7 @@ def test_config_not_matching_its_name_refused(src, dst, tmp_path):
 def test_oci_corrupt_blob_refused(src, dst, tmp_path):
     img = make_image(src, tmp_path)
     layout = tmp_path / "layout"
-    archive.save(src, ["app:v1"], str(layout) + "/", format="oci")
+    save(src, ["app:v1"], str(layout) + "/", format="oci")
     blob = layout / "blobs" / "sha256" / img.layers[1].hex
     data = blob.read_bytes()
     blob.write_bytes(data[:-8] + bytes([data[-8] ^ 1]) + data[-7:])  # the CRC32
@@ -293,9 +294,9 @@ def test_not_an_archive(dst, tmp_path):
 def test_save_errors(src, tmp_path):
     make_image(src, tmp_path)
     with pytest.raises(UserError, match="format"):
-        archive.save(src, ["app:v1"], tmp_path / "x.tar", format="zip")
+        save(src, ["app:v1"], tmp_path / "x.tar", format="zip")
     with pytest.raises(UserError):
-        archive.save(src, ["nope:1"], tmp_path / "x.tar")
+        save(src, ["nope:1"], tmp_path / "x.tar")
     assert not any(p.name.startswith(".x.tar") for p in tmp_path.iterdir())
 
 
@@ -380,16 +381,16 @@ def test_uncompressed_layer_docker_save_load(src, dst, tmp_path):
     img = make_plain_image(src, tmp_path)
     blob = src.blob_path(img.layer_digests[-1]).read_bytes()
     out = tmp_path / "plain.tar"
-    archive.save(src, ["plain:v1"], out)
+    save(src, ["plain:v1"], out)
     with tarfile.open(out) as tf:
         manifest = json.load(tf.extractfile("manifest.json"))
         assert tf.extractfile(manifest[0]["Layers"][-1]).read() == blob, "the blob, as is"
         layout_blob = f"blobs/sha256/{img.diff_ids[-1][7:]}"
         assert tf.extractfile(layout_blob).read() == blob
     again = tmp_path / "again.tar"
-    archive.save(src, ["plain:v1"], again)
+    save(src, ["plain:v1"], again)
     assert out.read_bytes() == again.read_bytes()
-    back = archive.load(dst, out)[0]
+    back = load(dst, out)[0]
     assert (back.id, back.diff_ids) == (img.id, img.diff_ids)
     top = dst.layer_dirs(back)[0]
     assert (top / "big").read_bytes() == PLAIN_BIG
@@ -399,8 +400,8 @@ def test_uncompressed_layer_docker_save_load(src, dst, tmp_path):
 def test_uncompressed_layer_oci_round_trip(src, dst, tmp_path):
     img = make_plain_image(src, tmp_path)
     out = tmp_path / "oci.tar"
-    archive.save(src, ["plain:v1"], out, format="oci")
-    back = archive.load(dst, out)[0]
+    save(src, ["plain:v1"], out, format="oci")
+    back = load(dst, out)[0]
     assert back.manifest_digest == img.manifest_digest
     assert [d.media_type for d in back.layers] == [d.media_type for d in img.layers]
     assert back.layers[-1].media_type == "application/vnd.oci.image.layer.v1.tar"
@@ -417,5 +418,5 @@ def test_save_refuses_corrupt_uncompressed_layer(src, tmp_path):
     p.write_bytes(bytes(data))
     buf = io.BytesIO()
     with pytest.raises(UserError):
-        archive.save(src, ["plain:v1"], buf)
+        save(src, ["plain:v1"], buf)
     assert buf.getvalue() == b"", "checked before anything is written"

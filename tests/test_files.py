@@ -37,6 +37,31 @@ def test_atomic_file_failure_keeps_the_old_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blob"]
 
 
+def test_replace_file_renames_over_with_mode(tmp_path: Path) -> None:
+    target = tmp_path / "blob"
+    target.write_bytes(b"old")
+    tmp = Path(files.temp_path(target))
+    assert tmp.name.startswith(".blob.tmp-")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"new")
+    os.close(fd)
+    files.replace_file(tmp, target, 0o640)
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob"]
+
+
+def test_replace_file_failure_removes_the_temp(tmp_path: Path) -> None:
+    tmp = tmp_path / ".x.tmp-1"
+    tmp.write_bytes(b"data")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "busy").write_text("a directory that is not empty")
+    with pytest.raises(OSError):
+        files.replace_file(tmp, tmp_path / "dir")  # rename(2) over a non-empty dir
+    assert not tmp.exists()
+    assert (tmp_path / "dir" / "busy").exists()
+
+
 def test_temp_names_are_hidden_and_unique(tmp_path: Path) -> None:
     names = {files.temp_path(tmp_path / "x") for _ in range(100)}
     assert len(names) == 100

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from minicontainer.errors import NotSupported, UserError
-from minicontainer.image.layer import UnsafeLayer, apply_layer, apply_layers
+from minicontainer.image.extract import UnsafeLayer, apply_layer, apply_layers
 from minicontainer.image.oci import digest_hex
 from minicontainer.image.store import ImageStore
 
@@ -340,7 +340,7 @@ def test_device_node_refused_as_unprivileged_user(rootless_user) -> None:  # typ
         (work / "out").mkdir()
         os.chown(work / "out", rootless_user.uid, rootless_user.gid)
         code = (
-            "import sys\nfrom minicontainer.image.layer import apply_layer\n"
+            "import sys\nfrom minicontainer.image.extract import apply_layer\n"
             "from minicontainer.errors import NotSupported\n"
             "try:\n    apply_layer(sys.argv[1], sys.argv[2], rootless=True)\n"
             "except NotSupported as e:\n    print('REFUSED', e)\n"
@@ -528,15 +528,15 @@ def test_diff_id_and_content_every_transport_and_copy_method(
     """The diff_id covers exactly the archive's bytes (not the prefix before the
     file position), whatever the transport; each kernel copy fallback gives the same
     files."""
-    import minicontainer.image.layer as layer
+    import minicontainer.image.extract as extract
 
-    monkeypatch.setattr(layer, "_copy_mode", [mode])
+    monkeypatch.setattr(extract, "_copy_mode", [mode])
     if via != "pipe":  # a regular file takes the fast path, never the stream reader
 
         def no_stream(*_a: object) -> None:
             raise AssertionError("stream path taken for a regular file")
 
-        monkeypatch.setattr(layer, "_HashReader", no_stream)
+        monkeypatch.setattr(extract, "_HashReader", no_stream)
     files = {"a": b"", "b": os.urandom(3000), "d/c": os.urandom(1 << 20) + b"tail"}
     data = tar_bytes(ti("d", "dir"), *(ti(n, data=v) for n, v in files.items())) + b"\0" * 4096
     assert _apply_via(area, data, via) == "sha256:" + hashlib.sha256(data).hexdigest()
@@ -573,16 +573,16 @@ def test_kernel_copy_failing_falls_back(
     EOF where there is data: the next method copies the same bytes."""
     import errno
 
-    import minicontainer.image.layer as layer
+    import minicontainer.image.extract as extract
 
     def broken(*_a: object) -> int:
         if failure == "zero":
             return 0
         raise OSError(errno.EXDEV, "cross-device")
 
-    monkeypatch.setattr(layer, "_copy_mode", [2])
+    monkeypatch.setattr(extract, "_copy_mode", [2])
     monkeypatch.setattr(os, "copy_file_range", broken, raising=False)
     body = os.urandom(70_000)
     apply_layer(area.layer(tar_bytes(ti("f", data=body))), area.dest, rootless=True)
     assert (area.dest / "f").read_bytes() == body
-    assert layer._copy_mode[0] < 2
+    assert extract._copy_mode[0] < 2

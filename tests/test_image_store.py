@@ -238,9 +238,9 @@ def test_interrupted_writes_leave_store_valid(store: ImageStore, tmp_path: Path)
 
 
 def _layer_dirs_in_child(root: str, ref: str, log: str) -> None:
-    from minicontainer.image import layer as layer_mod
+    from minicontainer.image import extract
 
-    real = layer_mod.apply_layer
+    real = extract.apply_layer
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         with open(log, "a") as f:
@@ -248,7 +248,7 @@ def _layer_dirs_in_child(root: str, ref: str, log: str) -> None:
         time.sleep(0.3)  # widen the race window
         return real(*args, **kwargs)
 
-    layer_mod.apply_layer = counting  # type: ignore[assignment]  # store imports it when unpacking
+    extract.apply_layer = counting  # type: ignore[assignment]  # store imports it when unpacking
     s = ImageStore(root)
     s.layer_dirs(s.resolve(ref))
 

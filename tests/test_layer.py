@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 
 from minicontainer.errors import NotSupported
-from minicontainer.image.layer import (
-    OVERLAY_OPAQUE_XATTR,
-    LayerEntry,
-    UnsafeLayer,
-    apply_layer,
-    apply_layers,
-    write_layer,
-)
+from minicontainer.image.extract import apply_layer, apply_layers
+from minicontainer.image.layer import OVERLAY_OPAQUE_XATTR, LayerEntry, UnsafeLayer, write_layer
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from .. import files
 from .. import progress as _progress
 from ..errors import ImageNotFound, UserError
 from ..image.oci import (
@@ -48,7 +49,7 @@ from ..image.oci import (
 )
 from ..image.store import Image, normalize_ref
 from ..record import Record
-from .context import Context, atomic_write
+from .context import Context
 from .dockerfile import DockerfileError, Instruction, key_values, parse, substitute, words
 
 if TYPE_CHECKING:
@@ -211,10 +212,10 @@ class _Builder:
     def _save_cache(self) -> None:
         if not self.new_cache:
             return
-        with self.store._lock():
+        with self.store.lock():
             current = self._load_cache()
             current.update(self.new_cache)
-            atomic_write(self.cache_file, json.dumps(current, sort_keys=True).encode())
+            files.write_atomic(self.cache_file, json.dumps(current, sort_keys=True).encode())
 
     def _cached(self, key: str) -> State | None:
         data = self.cache.get(key)
@@ -419,10 +420,10 @@ class _Builder:
             conf["Labels"] = {**(conf.get("Labels") or {}), **dict(key_values(ins, env, self.path))}
         elif kw == "EXPOSE":
             ports = dict(conf.get("ExposedPorts") or {})
-            from ..image.commit import _port
+            from ..image.commit import exposed_port
 
             for word in words(ins.rest, env):
-                ports[_port(word)] = {}
+                ports[exposed_port(word)] = {}
             conf["ExposedPorts"] = ports
         elif kw in ("CMD", "ENTRYPOINT"):
             shell = conf.get("Shell") or DEFAULT_SHELL
@@ -499,14 +500,14 @@ class _Builder:
         cfg = copy.deepcopy(state.config)
         cfg["rootfs"] = {"type": "layers", "diff_ids": list(state.diff_ids)}
         cfg.setdefault("created", _now())
-        with store._lock():
+        with store.lock():
             cfg_desc = store.put_blob_bytes(json_bytes(cfg), MEDIA_TYPE_OCI_CONFIG)
             raw = Manifest.build(cfg_desc, list(state.layers))
             man = store.put_blob_bytes(raw, MEDIA_TYPE_OCI_MANIFEST)
             platform = {"architecture": cfg["architecture"], "os": cfg["os"]}
             man = Descriptor(man.media_type, man.digest, man.size, platform=platform)
-            present = {e.digest for e in store._read_index()}
-            image = store._tag(man, ref)
+            present = {e.digest for e in store.read_index()}
+            image = store.tag_manifest(man, ref)
             if ref is None and man.digest not in present:
                 self.temp_entries.add(man.digest)
         return image
@@ -516,11 +517,11 @@ class _Builder:
         until `image prune`), never one that is tagged."""
         if not self.temp_entries:
             return
-        with self.store._lock():
-            entries = self.store._read_index()
+        with self.store.lock():
+            entries = self.store.read_index()
             keep = [e for e in entries if e.ref_name or e.digest not in self.temp_entries]
             if len(keep) != len(entries):
-                self.store._write_index(keep)
+                self.store.write_index(keep)
         self.temp_entries.clear()
 
     def _layer_dirs(self, state: State) -> list[str]:
@@ -536,16 +537,14 @@ class _Builder:
         """A layer of these entries, uncompressed like commit's (digest == diff_id)."""
         from ..image.layer import write_layer
 
-        tmp = str(self.store.blobs / f".build.tmp-{os.getpid()}-{time.monotonic_ns()}.tar")
+        tmp = self.store.temp_blob_path("build")  # .build.tmp-*: gc() sweeps it if we die
         try:
             digest, diff_id, size = write_layer(
                 entries, tmp, uid=None, gid=None, mtime=None, compress=False
             )
-            with self.store._lock():
-                self.store._commit_blob(tmp, digest)
+            self.store.commit_blob(tmp, digest)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            files.remove_file(tmp)  # committed: already renamed away
         return Descriptor(MEDIA_TYPE_OCI_LAYER, digest, size), diff_id
 
     def _mkdir_layer(self, state: State, workdir: str) -> tuple[Descriptor, str] | None:
@@ -722,7 +721,7 @@ class _Builder:
 
 def _lower_stat(lower: list[str], rel: str) -> os.stat_result | None:
     """What the image shows at `rel` (overlayfs rules; image/commit.py's)."""
-    from ..image.commit import _lower_stat as lower_stat
+    from ..image.commit import lower_stat
 
     return lower_stat(lower, rel)
 

@@ -23,6 +23,7 @@ import re
 import stat
 from pathlib import Path
 
+from .. import files
 from ..image.oci import sha256_bytes
 
 
@@ -215,15 +216,8 @@ class Context:
             everything = {}
         live = {k: v for k, v in self._sums.items() if os.path.lexists(self.root / k)}
         everything[str(self.root)] = live
-        atomic_write(self.sums_file, json.dumps(everything).encode())
+        files.write_atomic(self.sums_file, json.dumps(everything).encode())
         self._dirty = False
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file + rename, the one way the package writes small state files."""
-    from ..runtime.state import write_atomic
-
-    write_atomic(path, data)
-
-
-__all__ = ["Context", "Ignore", "atomic_write"]
+__all__ = ["Context", "Ignore"]

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from ..errors import NotSupported, UserError
 from .layer import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, write_layer
 from .oci import MEDIA_TYPE_OCI_LAYER, Descriptor, digest_hex, host_platform
@@ -61,10 +62,10 @@ def _is_opaque(path: str) -> bool:
         return False
 
 
-def _lower_stat(lowerdirs: list[str], rel: str) -> os.stat_result | None:
+def lower_stat(lowerdirs: list[str], rel: str) -> os.stat_result | None:
     """What the image (lowerdirs, top first) shows at `rel`, with overlayfs' rules:
     a whiteout or a non-directory hides the path below it, an opaque directory hides
-    what lower layers have under it."""
+    what lower layers have under it. Also what a build step's COPY lands on."""
     parts = rel.split("/")
     for layer in lowerdirs:
         for i in range(1, len(parts) + 1):
@@ -126,7 +127,7 @@ class _Scan:
         self.exclude: set[str] = set()
         # A runtime path the image already had is ordinary content.
         wanted = set(RUNTIME_PATHS) | {t.strip("/") for t in volume_targets if t.strip("/")}
-        self.runtime = {r for r in wanted if _lower_stat(lowerdirs, r) is None}
+        self.runtime = {r for r in wanted if lower_stat(lowerdirs, r) is None}
         self._walk(upper, "")
         self.changes.sort(key=lambda c: c[1])
 
@@ -146,7 +147,7 @@ class _Scan:
                 self.changes.append(("D", "/" + rel))
                 content = True
                 continue
-            lower = _lower_stat(self.lowerdirs, rel)
+            lower = lower_stat(self.lowerdirs, rel)
             if not stat.S_ISDIR(st.st_mode):
                 self.changes.append(("A" if lower is None else "C", "/" + rel))
                 content = True
@@ -349,7 +350,7 @@ def apply_changes(conf: dict[str, Any], changes: list[str]) -> dict[str, Any]:
         elif instruction == "EXPOSE":
             ports = dict(conf.get("ExposedPorts") or {})
             for word in rest.split() or [""]:
-                ports[_port(word)] = {}
+                ports[exposed_port(word)] = {}
             conf["ExposedPorts"] = ports
         elif not rest:
             raise UserError(f"{instruction} requires exactly one argument")
@@ -365,7 +366,8 @@ def apply_changes(conf: dict[str, Any], changes: list[str]) -> dict[str, Any]:
     return conf
 
 
-def _port(word: str) -> str:
+def exposed_port(word: str) -> str:
+    """`EXPOSE` syntax (--change, Dockerfile): "80", "53/udp" -> "80/tcp", "53/udp"."""
     port, _, proto = word.partition("/")
     proto = proto.lower() or "tcp"
     if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("tcp", "udp", "sctp"):
@@ -448,9 +450,9 @@ def commit(
     # UNCOMPRESSED, as Docker keeps its local layers: its digest is its diff_id
     # (media type ...layer.v1.tar). Compressing is a transport concern (push); `save`
     # writes plain layer.tar anyway. Sorted entries, owners and mtimes as they are:
-    # same upperdir, same bytes. A dot name: never taken for a blob, and gc()
-    # removes it if we are killed.
-    tmp = str(store.blobs / f".commit.tmp-{container.id[:12]}-{os.getpid()}.tar")
+    # same upperdir, same bytes. A dot name (.commit.tmp-*): never taken for a blob,
+    # and gc() removes it if we are killed.
+    tmp = store.temp_blob_path("commit")
     try:
         with _paused(container):
             scan = _scan(container)
@@ -485,8 +487,7 @@ def commit(
         layer = Descriptor(MEDIA_TYPE_OCI_LAYER, digest, size)
         return _add_image_or_nothing(store, image, (tmp, layer, diff_id), config, ref, history)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        files.remove_file(tmp)  # committed: already renamed away
 
 
 def _base_history(image: Image) -> list[dict[str, Any]]:
@@ -501,7 +502,7 @@ def _base_history(image: Image) -> list[dict[str, Any]]:
 def _add_image_or_nothing(
     store: ImageStore,
     base: Image,
-    layer: tuple[str, Descriptor, str],
+    layer: tuple[Path, Descriptor, str],
     config: dict[str, Any],
     ref: str | None,
     history: list[dict[str, Any]],
@@ -513,11 +514,11 @@ def _add_image_or_nothing(
     writer's new blob can be mistaken for ours."""
     from .oci import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Manifest, json_bytes
 
-    with store._lock():
+    with store.lock():
         before = set(os.listdir(store.blobs))
         try:
             tmp, desc, diff_id = layer
-            store._commit_blob(tmp, desc.digest)  # rename into place (or drop if present)
+            store.commit_blob(tmp, desc.digest)  # rename into place (or drop if present)
             config["rootfs"] = {"type": "layers", "diff_ids": [*base.diff_ids, diff_id]}
             config["history"] = history
             cfg = store.put_blob_bytes(json_bytes(config), MEDIA_TYPE_OCI_CONFIG)
@@ -527,12 +528,11 @@ def _add_image_or_nothing(
             if config.get("variant"):
                 platform["variant"] = config["variant"]
             man = Descriptor(man.media_type, man.digest, man.size, platform=platform)
-            return store._tag(man, ref)
+            return store.tag_manifest(man, ref)
         except BaseException:
             for name in set(os.listdir(store.blobs)) - before:
                 if not name.startswith("."):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(store.blobs / name)
+                    files.remove_file(store.blobs / name)
             raise
 
 
@@ -624,4 +624,13 @@ def inspect_image(store: ImageStore, ref: str) -> dict:
     return out
 
 
-__all__ = ["OPAQUE_MARKER", "apply_changes", "commit", "diff", "history", "inspect_image"]
+__all__ = [
+    "OPAQUE_MARKER",
+    "apply_changes",
+    "commit",
+    "diff",
+    "exposed_port",
+    "history",
+    "inspect_image",
+    "lower_stat",
+]

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import files
 from ..errors import UserError
 from .oci import (
     GZIP_LAYER_MEDIA_TYPES,
@@ -124,13 +125,12 @@ def _busy(path: Path, held: set[str], grace: float, now: float) -> bool:
 def _clean_temps(store: ImageStore, grace: float) -> list[str]:
     """Remove the leftovers of interrupted writes (lock held); one line per item.
 
-    Temp names all start with a dot: `.blob.tmp-*`, `.import.tmp-*` (blobs),
+    Temp names all start with a dot: `.blob.tmp-*`, `.import.tmp-*`, `.load.tmp-*`,
+    `.commit.tmp-*`, `.build.tmp-*` (blobs: store.temp_blob_path),
     `.index.json.tmp-*` (oci), `.<chainid>.tmp-*`, `.old-*`, `.trash-*` (layers),
     `.bootstrap-*` (root). Unpackers hold the store lock, so under it a dot-dir in
     layers/ is always stale; blob writers may run without it, so a temp file there
     goes only once no process has it open and it has not changed for `grace` s."""
-    from .layer import rmtree
-
     held = _open_paths()
     now = time.time()
     out = []
@@ -146,7 +146,7 @@ def _clean_temps(store: ImageStore, grace: float) -> list[str]:
             if not always_stale and _busy(p, held, grace, now):
                 continue
             if p.is_dir() and not p.is_symlink():
-                rmtree(p)
+                files.rmtree(p)
             else:
                 p.unlink(missing_ok=True)
             out.append(f"removed leftover temp {p.relative_to(store.root)}")
@@ -228,7 +228,7 @@ def _compare_layer(store: ImageStore, chain: str, desc: Descriptor, diff_id: str
     """Unpack the layer blob again next to the dir and compare (lock held)."""
     import tempfile
 
-    from .layer import apply_layer, rmtree
+    from .extract import apply_layer
 
     d = store.layers_dir / digest_hex(chain)
     scratch = Path(tempfile.mkdtemp(prefix=".verify-", dir=store.layers_dir))
@@ -246,7 +246,7 @@ def _compare_layer(store: ImageStore, chain: str, desc: Descriptor, diff_id: str
             return [f"layer {chain}: cannot unpack its blob again to compare: {e}"]
         want, have = _tree_manifest(fresh), _tree_manifest(d)
     finally:
-        rmtree(scratch)
+        files.rmtree(scratch)
     diffs = []
     for rel in sorted(set(want) | set(have)):
         if rel not in have:
@@ -285,7 +285,7 @@ def _walk_entry(
         for child in children:
             check(child, f"index {desc.digest}")
         try:
-            desc = store._manifest_desc(desc)
+            desc = store.manifest_descriptor(desc)
         except UserError:
             return None
     return None
@@ -296,7 +296,7 @@ def verify(store: ImageStore, *, grace: float = TEMP_GRACE_SECONDS, deep: bool =
     files are removed (and reported). With `deep`, every unpacked layer is compared
     with a fresh unpacking of its blob."""
     problems: list[str] = []
-    with store._lock():
+    with store.lock():
         problems += _clean_temps(store, grace)
 
         # Blobs: the name is the content's digest (descriptor.md).
@@ -328,7 +328,7 @@ def verify(store: ImageStore, *, grace: float = TEMP_GRACE_SECONDS, deep: bool =
             return True
 
         try:
-            entries = store._read_index()
+            entries = store.read_index()
         except UserError as e:
             return problems + [f"oci/index.json: {e}"]
 
@@ -346,7 +346,7 @@ def verify(store: ImageStore, *, grace: float = TEMP_GRACE_SECONDS, deep: bool =
                     ok = check(layer, f"layer of {name}") and ok
                 if not ok:
                     continue
-                img = store._load(desc, name, [])
+                img = store.load_entry(desc, name, [])
             except (UserError, ValueError) as e:
                 problems.append(f"image {name}: {e}")
                 continue
@@ -409,11 +409,11 @@ def prune(store: ImageStore, in_use: Callable[[str], bool], all_: bool = False) 
     "reclaimed": bytes freed}."""
     deleted: list[str] = []
     untagged: list[str] = []
-    with store._lock():
+    with store.lock():
         before = _store_bytes(store)
         by_id: dict[str, list[Descriptor]] = {}
-        for e in store._read_index():
-            image_id = store._entry_id(e)
+        for e in store.read_index():
+            image_id = store.entry_image_id(e)
             if image_id is not None:
                 by_id.setdefault(image_id, []).append(e)
         for image_id, entries in by_id.items():
@@ -451,10 +451,10 @@ def _pieces(store: ImageStore, img: Image) -> dict[str, int]:
 
 def _images(store: ImageStore) -> Iterator[tuple[str, Image]]:
     """(ref or "<none>:<none>", image) per index entry; broken entries skipped."""
-    for e in store._read_index():
+    for e in store.read_index():
         try:
-            desc = store._manifest_desc(e)
-            img = store._load(desc, e.ref_name, [])
+            desc = store.manifest_descriptor(e)
+            img = store.load_entry(desc, e.ref_name, [])
         except (UserError, ValueError):
             continue
         yield e.ref_name or "<none>:<none>", img

@@ -42,6 +42,8 @@ LAYER_MEDIA_TYPES = (MEDIA_TYPE_OCI_LAYER, *GZIP_LAYER_MEDIA_TYPES)
 
 # annotations.md: in an image layout's index.json this names the tag.
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+# containerd's (and Docker 25's) annotation for the fully qualified name, in save archives.
+ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 
 _DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
 _CHUNK = 1 << 20
@@ -88,6 +90,37 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
     """Digest and size of a file, streamed (layers can be large)."""
     with open(path, "rb") as f:
         return sha256_stream(f)
+
+
+class HashWriter:
+    """Counts and hashes what passes through to `sink` (None: only count and hash),
+    so a blob's digest is known the moment its last byte is written. A file object
+    as far as tarfile and gzip need one: write, flush, tell."""
+
+    def __init__(self, sink: Any | None) -> None:
+        import hashlib
+
+        self.sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, b: bytes) -> int:
+        self.hash.update(b)
+        self.size += len(b)
+        if self.sink is not None:
+            self.sink.write(b)
+        return len(b)
+
+    def flush(self) -> None:
+        if self.sink is not None:
+            self.sink.flush()
+
+    def tell(self) -> int:
+        return self.size
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:

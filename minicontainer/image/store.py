@@ -15,9 +15,10 @@ Layout (OCI image-spec image-layout.md, readable by skopeo `oci:ROOT/oci:REF`):
                                ChainID (config.md)
   ROOT/.lock                   fcntl lock serialising writers and unpackers
 
-Every write is temp file + fsync + rename, so an interrupted write leaves a valid
-store (at worst an unreferenced blob or a stale temp file that gc() removes).
-Readers take no lock: index.json is only ever replaced whole.
+Every write is temp file + fsync + rename (minicontainer/files.py), so an
+interrupted write leaves a valid store (at worst an unreferenced blob or a stale
+temp file, named `.KIND.tmp-*`, that gc() removes). Readers take no lock:
+index.json is only ever replaced whole.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import files
 from ..errors import Conflict, ImageNotFound, UserError
 from ..record import Record
 from .oci import (
@@ -43,6 +45,7 @@ from .oci import (
     MEDIA_TYPE_OCI_LAYER_GZIP,
     MEDIA_TYPE_OCI_MANIFEST,
     Descriptor,
+    HashWriter,
     InvalidDigest,
     Manifest,
     build_index,
@@ -212,17 +215,19 @@ class ImageStore:
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         layout = self.oci / "oci-layout"
         if not layout.exists():
-            self._write_atomic(layout, json_bytes({"imageLayoutVersion": "1.0.0"}))
+            files.write_atomic(layout, json_bytes({"imageLayoutVersion": "1.0.0"}))
         if not (self.oci / "index.json").exists():
-            with self._lock():
+            with self.lock():
                 if not (self.oci / "index.json").exists():
-                    self._write_index([])
+                    self.write_index([])
 
-    # ------------------------------------------------------------ locking, files
+    # ------------------------------------------------------------ locking
 
     @contextmanager
-    def _lock(self) -> Iterator[None]:
-        """Exclusive store lock: flock across processes, reentrant within one."""
+    def lock(self) -> Iterator[None]:
+        """Exclusive store lock: flock across processes, reentrant within one. Held by
+        every writer of index.json and unpacker of layers, and by whoever commits a
+        blob and then refers to it, so that gc() never sweeps it in between."""
         with self._tlock:
             if self._depth == 0:
                 fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -236,22 +241,6 @@ class ImageStore:
                 if self._depth == 0 and self._lock_fd is not None:
                     os.close(self._lock_fd)  # closing releases the flock
                     self._lock_fd = None
-
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
 
     # ------------------------------------------------------------ blobs
 
@@ -291,7 +280,7 @@ class ImageStore:
         digest = sha256_bytes(data)
         path = self.blob_path(digest)
         if not path.exists():
-            self._write_atomic(path, data)
+            files.write_atomic(path, data)
         return Descriptor(media_type, digest, len(data))
 
     def put_blob_stream(
@@ -299,41 +288,55 @@ class ImageStore:
     ) -> tuple[str, int]:
         """Store everything readable from `src` as a blob, verifying `expected_digest`
         (when given) before the blob becomes visible. Returns (digest, size)."""
-        import tempfile
-
-        from .layer import _HashWriter
-
-        fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=self.blobs)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                w = _HashWriter(f)
-                while chunk := src.read(_CHUNK):
-                    w.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            if expected_digest is not None and w.digest != expected_digest:
-                raise InvalidDigest(f"blob digest mismatch: want {expected_digest}, got {w.digest}")
-            self._commit_blob(tmp, w.digest)
-        except BaseException:
-            _unlink(tmp)
-            raise
+        with self.blob_writer(expected_digest) as w:
+            while chunk := src.read(_CHUNK):
+                w.write(chunk)
         return w.digest, w.size
 
-    def _commit_blob(self, tmp: str, digest: str) -> None:
-        path = self.blob_path(digest)
-        if path.exists():
-            _unlink(tmp)  # same name, same content: keep the inode readers may hold
-            return
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        _fsync_dir(self.blobs)
+    def temp_blob_path(self, kind: str = "blob") -> Path:
+        """A fresh name among the blobs for a file being written, `.KIND.tmp-PID-N`:
+        a dot name is never taken for a blob, and gc() and verify remove it once
+        its writer is gone."""
+        return Path(files.temp_path(self.blobs / kind, prefix=f".{kind}.tmp-"))
+
+    def commit_blob(self, tmp: str | os.PathLike[str], digest: str) -> None:
+        """The finished temp file `tmp` (from temp_blob_path, its content checked
+        against `digest` by the caller) becomes blob `digest`: flushed to the disk
+        and renamed into place, under the store lock. A blob already there stays
+        and `tmp` is dropped: same name, same content, and readers may hold its inode."""
+        with self.lock():
+            path = self.blob_path(digest)
+            if path.exists():
+                files.remove_file(tmp)
+                return
+            files.replace_file(tmp, path)
+
+    @contextmanager
+    def blob_writer(self, expected_digest: str | None = None) -> Iterator[HashWriter]:
+        """Write a new blob: yields a HashWriter over a temp file among the blobs.
+        Leaving the block flushes the file to the disk, checks `expected_digest`
+        (when given) and commits the blob (commit_blob) as `w.digest`, `w.size`
+        bytes; an exception in the block, or a mismatch, leaves nothing behind."""
+        tmp = self.temp_blob_path()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                w = HashWriter(f)
+                yield w
+                f.flush()
+                os.fsync(f.fileno())  # the slow part for a large blob: outside the lock
+            if expected_digest is not None and w.digest != expected_digest:
+                raise InvalidDigest(f"blob digest mismatch: want {expected_digest}, got {w.digest}")
+            self.commit_blob(tmp, w.digest)
+        except BaseException:
+            files.remove_file(tmp)
+            raise
 
     def _put_layer(self, path: Path) -> tuple[Descriptor, str]:
         """Store a layer tarball as a gzip blob; returns (descriptor, diff_id)."""
         import gzip
-        import tempfile
 
-        from .layer import GZIP_LEVEL, _HashWriter
+        from .layer import GZIP_LEVEL
 
         with open(path, "rb") as f:
             compressed = f.read(2) == b"\x1f\x8b"
@@ -341,42 +344,35 @@ class ImageStore:
             with open(path, "rb") as f:
                 digest, size = self.put_blob_stream(f)
             with gzip.open(self.blob_path(digest), "rb") as g:
-                plain = _HashWriter(None)
+                plain = HashWriter(None)
                 while chunk := g.read(_CHUNK):
                     plain.write(chunk)
             return Descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, digest, size), plain.digest
         # Uncompressed: gzip it deterministically (registries and docker expect gzip).
-        fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=self.blobs)
-        try:
-            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                comp = _HashWriter(out)
-                with gzip.GzipFile(
-                    filename="", mode="wb", fileobj=comp, compresslevel=GZIP_LEVEL, mtime=0
-                ) as gz:
-                    plain = _HashWriter(gz)
-                    while chunk := src.read(_CHUNK):
-                        plain.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            self._commit_blob(tmp, comp.digest)
-        except BaseException:
-            _unlink(tmp)
-            raise
+        with self.blob_writer() as comp, open(path, "rb") as src:
+            with gzip.GzipFile(
+                filename="", mode="wb", fileobj=comp, compresslevel=GZIP_LEVEL, mtime=0
+            ) as gz:
+                plain = HashWriter(gz)
+                while chunk := src.read(_CHUNK):
+                    plain.write(chunk)
         return Descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, comp.digest, comp.size), plain.digest
 
     # ------------------------------------------------------------ index.json
 
-    def _read_index(self) -> list[Descriptor]:
+    def read_index(self) -> list[Descriptor]:
+        """The entries of index.json (image-layout.md), tagged and dangling ones."""
         try:
             raw = (self.oci / "index.json").read_bytes()
         except FileNotFoundError:
             return []
         return parse_index(raw)
 
-    def _write_index(self, entries: list[Descriptor]) -> None:
-        self._write_atomic(self.oci / "index.json", build_index(entries))
+    def write_index(self, entries: list[Descriptor]) -> None:
+        """Replace index.json with `entries`, whole (hold lock() from the read on)."""
+        files.write_atomic(self.oci / "index.json", build_index(entries))
 
-    def _manifest_desc(self, desc: Descriptor) -> Descriptor:
+    def manifest_descriptor(self, desc: Descriptor) -> Descriptor:
         """For an index entry that is itself an image index (multi-platform, as
         skopeo may write), the host platform's manifest; else the entry."""
         seen = 0
@@ -394,8 +390,12 @@ class ImageStore:
             desc = match[0]
         return desc
 
-    def _load(self, entry: Descriptor, ref: str | None, tags: list[str]) -> Image:
-        desc = self._manifest_desc(entry)
+    def load_entry(
+        self, entry: Descriptor, ref: str | None = None, tags: list[str] | None = None
+    ) -> Image:
+        """The Image an index entry (or a manifest descriptor) leads to, its blobs
+        verified; `ref` and `tags` are what to call it (default: its ID, no tags)."""
+        desc = self.manifest_descriptor(entry)
         manifest = Manifest.parse(self.read_blob(desc.digest, desc.size))
         config = json.loads(self.read_blob(manifest.config.digest, manifest.config.size))
         diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
@@ -415,18 +415,26 @@ class ImageStore:
             size=sum(x.size for x in manifest.layers),
             created=config.get("created", ""),
             layers=list(manifest.layers),
-            repo_tags=tags,
+            repo_tags=tags or [],
         )
 
     def _tags_of(self, entries: list[Descriptor], digest: str) -> list[str]:
         return [e.ref_name for e in entries if e.digest == digest and e.ref_name]
 
-    # ------------------------------------------------------------ public API
+    def entry_image_id(self, e: Descriptor) -> str | None:
+        """The image ID (config digest) an index entry leads to; None if broken."""
+        try:
+            desc = self.manifest_descriptor(e)
+            return Manifest.parse(self.read_blob(desc.digest, desc.size)).config.digest
+        except (UserError, ValueError):
+            return None
+
+    # ------------------------------------------------------------ images
 
     def resolve(self, ref: str) -> Image:
         """A tag (`busybox` == `busybox:latest`), `name@sha256:<manifest digest>`, or
         an image ID / unique prefix of one (`sha256:ab12...`, or 4+ hex digits)."""
-        entries = self._read_index()
+        entries = self.read_index()
         ref = ref.strip()
         m = _ID_PREFIX.match(ref)
         if m and m.group(1):
@@ -442,11 +450,11 @@ class ImageStore:
             repo = _split(repo_tag)[0]
             for e in entries:
                 if e.digest == digest and _split(e.ref_name or "")[0] == repo:
-                    return self._load(e, name, self._tags_of(entries, e.digest))
+                    return self.load_entry(e, name, self._tags_of(entries, e.digest))
         elif name:
             for e in entries:
                 if e.ref_name == name:
-                    return self._load(e, name, self._tags_of(entries, e.digest))
+                    return self.load_entry(e, name, self._tags_of(entries, e.digest))
         if m and len(m.group(2)) >= 4:
             return self._resolve_id(entries, ref, m.group(2))
         raise ImageNotFound(f"Unable to find image '{ref}' locally")
@@ -455,7 +463,7 @@ class ImageStore:
         found: dict[str, Image] = {}
         for e in entries:
             try:
-                img = self._load(e, e.ref_name, self._tags_of(entries, e.digest))
+                img = self.load_entry(e, e.ref_name, self._tags_of(entries, e.digest))
             except UserError:
                 continue
             if digest_hex(img.id).startswith(prefix):
@@ -483,9 +491,9 @@ class ImageStore:
         store lock, so concurrent callers unpack each layer once."""
         dirs = [self.layers_dir / digest_hex(c) for c in image.chain_ids]
         if not all(d.is_dir() for d in dirs):
-            from .layer import apply_layer  # tarfile: only when unpacking
+            from .extract import apply_layer  # tarfile: only when unpacking
 
-            with self._lock():
+            with self.lock():
                 for desc, diff_id, d in zip(image.layers, image.diff_ids, dirs, strict=True):
                     if not d.is_dir():
                         blob = self.verify_blob(desc)
@@ -502,12 +510,12 @@ class ImageStore:
         """Register a manifest whose config and layer blobs are already stored (pull,
         load): stores its raw bytes and tags it."""
         manifest = Manifest.parse(raw_manifest)
-        with self._lock():
+        with self.lock():
             for d in (manifest.config, *manifest.layers):
                 if not self.has_blob(d.digest):
                     raise UserError(f"manifest references missing blob {d.digest}")
             desc = self.put_blob_bytes(raw_manifest, manifest.media_type)
-            return self._tag(desc, ref)
+            return self.tag_manifest(desc, ref)
 
     def add_image(
         self,
@@ -521,7 +529,7 @@ class ImageStore:
         `history` when given); tag it `ref` (moving the tag if it existed)."""
         import copy
 
-        with self._lock():
+        with self.lock():
             descs: list[Descriptor] = []
             diff_ids: list[str] = []
             for p in layers:
@@ -542,13 +550,13 @@ class ImageStore:
             if cfg.get("variant"):
                 platform["variant"] = cfg["variant"]
             man = Descriptor(man.media_type, man.digest, man.size, platform=platform)
-            return self._tag(man, ref)
+            return self.tag_manifest(man, ref)
 
     def tag(self, source: str, ref: str) -> Image:
         """Point tag `ref` at the image `source` resolves to (`docker tag`)."""
-        with self._lock():
+        with self.lock():
             img = self.resolve(source)
-            entries = self._read_index()
+            entries = self.read_index()
             for e in entries:
                 if e.digest == img.manifest_digest or img.ref == e.ref_name:
                     desc = Descriptor(e.media_type, e.digest, e.size, platform=e.platform)
@@ -556,39 +564,44 @@ class ImageStore:
             else:
                 size = self.blob_path(img.manifest_digest).stat().st_size
                 desc = Descriptor(MEDIA_TYPE_OCI_MANIFEST, img.manifest_digest, size)
-            return self._tag(desc, ref)
+            return self.tag_manifest(desc, ref)
 
-    def _tag(self, desc: Descriptor, ref: str | None) -> Image:
-        entries = self._read_index()
-        name = normalize_ref(ref) if ref else None
-        if name and "@" in name:
-            raise UserError(f"cannot tag with a digest reference: {ref!r}")
-        moved_from = {e.digest for e in entries if name and e.ref_name == name}
-        keep = [e for e in entries if not (name and e.ref_name == name)]
-        if name:
-            # A tagged entry replaces the manifest's dangling entry, if any.
-            keep = [e for e in keep if not (e.digest == desc.digest and not e.ref_name)]
-            keep.append(
-                Descriptor(
-                    desc.media_type,
-                    desc.digest,
-                    desc.size,
-                    annotations={ANNOTATION_REF_NAME: name},
-                    platform=desc.platform,
+    def tag_manifest(self, desc: Descriptor, ref: str | None) -> Image:
+        """Point tag `ref` at the stored manifest `desc` (moving the tag if it existed),
+        or with no `ref` give it a dangling entry unless it has one; under the lock."""
+        with self.lock():
+            entries = self.read_index()
+            name = normalize_ref(ref) if ref else None
+            if name and "@" in name:
+                raise UserError(f"cannot tag with a digest reference: {ref!r}")
+            moved_from = {e.digest for e in entries if name and e.ref_name == name}
+            keep = [e for e in entries if not (name and e.ref_name == name)]
+            if name:
+                # A tagged entry replaces the manifest's dangling entry, if any.
+                keep = [e for e in keep if not (e.digest == desc.digest and not e.ref_name)]
+                keep.append(
+                    Descriptor(
+                        desc.media_type,
+                        desc.digest,
+                        desc.size,
+                        annotations={ANNOTATION_REF_NAME: name},
+                        platform=desc.platform,
+                    )
                 )
+            elif not any(e.digest == desc.digest for e in keep):
+                keep.append(
+                    Descriptor(desc.media_type, desc.digest, desc.size, platform=desc.platform)
+                )
+            # Like Docker, an image that loses its last tag stays as a dangling <none> image.
+            for digest in moved_from - {e.digest for e in keep}:
+                old = next(e for e in entries if e.digest == digest)
+                keep.append(Descriptor(old.media_type, digest, old.size, platform=old.platform))
+            self.write_index(keep)
+            return self.load_entry(
+                Descriptor(desc.media_type, desc.digest, desc.size),
+                name,
+                self._tags_of(keep, desc.digest),
             )
-        elif not any(e.digest == desc.digest for e in keep):
-            keep.append(Descriptor(desc.media_type, desc.digest, desc.size, platform=desc.platform))
-        # Like Docker, an image that loses its last tag stays as a dangling <none> image.
-        for digest in moved_from - {e.digest for e in keep}:
-            old = next(e for e in entries if e.digest == digest)
-            keep.append(Descriptor(old.media_type, digest, old.size, platform=old.platform))
-        self._write_index(keep)
-        return self._load(
-            Descriptor(desc.media_type, desc.digest, desc.size),
-            name,
-            self._tags_of(keep, desc.digest),
-        )
 
     def import_tar(
         self,
@@ -602,14 +615,15 @@ class ImageStore:
         keys (Cmd, Env, Entrypoint, WorkingDir, User, Labels, ExposedPorts, ...); a
         string Cmd or Entrypoint is shell form (`/bin/sh -c ...`)."""
         import tarfile
-        import tempfile
 
         from .layer import open_uncompressed
 
         if isinstance(src, str) and src == "-":
             src = sys.stdin.buffer  # `minicontainer import - ref`, as docker does
-        fd, tmp = tempfile.mkstemp(prefix=".import.tmp-", dir=self.blobs)
+        # The plain tar, a scratch file among the blobs (gc() sweeps it if we die).
+        tmp = self.temp_blob_path("import")
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as out:
                 try:
                     if isinstance(src, (str, os.PathLike)):
@@ -643,16 +657,16 @@ class ImageStore:
                     "comment": message or f"Imported from {origin}",
                 }
             ]
-            return self.add_image([Path(tmp)], config, ref, history)
+            return self.add_image([tmp], config, ref, history)
         finally:
-            _unlink(tmp)
+            files.remove_file(tmp)
 
     def images(self) -> list[ImageSummary]:
         """One row per tag, plus dangling images, newest first (`docker images`)."""
         rows = []
-        for e in self._read_index():
+        for e in self.read_index():
             try:
-                img = self._load(e, e.ref_name, [])
+                img = self.load_entry(e, e.ref_name, [])
             except (UserError, ValueError):
                 continue  # a broken entry must not hide the others
             repo, tag = split_ref(e.ref_name) if e.ref_name else ("<none>", "<none>")
@@ -672,8 +686,8 @@ class ImageStore:
         lines. An image a container uses (`in_use(image_id)`) is refused with Conflict
         unless `force`, and then only untagged: its data stays as a dangling image."""
         check = in_use or self.in_use
-        with self._lock():
-            entries = self._read_index()
+        with self.lock():
+            entries = self.read_index()
             img = self.resolve(ref)
             used = bool(check and check(img.id))
             try:
@@ -681,7 +695,7 @@ class ImageStore:
             except UserError:
                 name = ""
             by_tag = any(e.ref_name == name for e in entries)
-            same_image = [e for e in entries if self._entry_id(e) == img.id]
+            same_image = [e for e in entries if self.entry_image_id(e) == img.id]
             tags = [e.ref_name for e in same_image if e.ref_name]
             out: list[str] = []
             if by_tag:
@@ -713,17 +727,10 @@ class ImageStore:
                         Descriptor(old.media_type, old.digest, old.size, platform=old.platform)
                     )
                 gone = {}
-            self._write_index(keep)
+            self.write_index(keep)
             if gone:
                 out += self._collect(gone, keep)
             return out
-
-    def _entry_id(self, e: Descriptor) -> str | None:
-        try:
-            desc = self._manifest_desc(e)
-            return Manifest.parse(self.read_blob(desc.digest, desc.size)).config.digest
-        except (UserError, ValueError):
-            return None
 
     def _blobs_of(self, entry: Descriptor) -> tuple[set[str], set[str]]:
         """Blob digests (index, manifest, config, layers) and ChainIDs of one entry."""
@@ -734,8 +741,8 @@ class ImageStore:
                 if desc.media_type not in INDEX_MEDIA_TYPES:
                     break
                 blobs.update(c.digest for c in parse_index(self.read_blob(desc.digest)))
-                desc = self._manifest_desc(desc)
-            img = self._load(desc, None, [])
+                desc = self.manifest_descriptor(desc)
+            img = self.load_entry(desc, None, [])
         except (UserError, ValueError):
             return blobs, set()
         blobs.update([img.manifest_digest, img.id, *img.layer_digests])
@@ -757,7 +764,7 @@ class ImageStore:
         out: list[str] = []
         for entry in gone.values():
             doomed, doomed_chains = self._blobs_of(entry)
-            entry_id = self._entry_id(entry)
+            entry_id = self.entry_image_id(entry)
             if entry_id:
                 out.append(f"Deleted: {entry_id}")
             for c in sorted(doomed_chains - chains):
@@ -765,43 +772,39 @@ class ImageStore:
                 out.append(f"Deleted: {c}")
             chains |= doomed_chains
             for d in sorted(doomed - blobs):
-                _unlink(str(self.blob_path(d)))
+                files.remove_file(self.blob_path(d))
             blobs |= doomed
         return out
 
     def _remove_layer_dir(self, chain_id: str) -> None:
         import tempfile
 
-        from .layer import rmtree
-
         d = self.layers_dir / digest_hex(chain_id)
         if d.exists():
             # Move aside first: a half-deleted dir never shows under its ChainID.
             trash = tempfile.mkdtemp(prefix=".trash-", dir=self.layers_dir)
             os.rename(d, os.path.join(trash, "d"))
-            rmtree(trash)
+            files.rmtree(trash)
 
     def gc(self) -> list[str]:
         """Remove blobs and unpacked layers no index entry uses, and temp files left
         by interrupted writes (older than an hour, so running writers are safe)."""
-        from .layer import rmtree
-
         removed: list[str] = []
-        with self._lock():
-            blobs, chains = self._referenced(self._read_index())
+        with self.lock():
+            blobs, chains = self._referenced(self.read_index())
             now = time.time()
             for p in self.blobs.iterdir():
                 if p.name.startswith("."):
                     if now - p.lstat().st_mtime > _STALE_TEMP_SECONDS:
-                        _unlink(str(p))
+                        files.remove_file(p)
                         removed.append(str(p))
                 elif f"sha256:{p.name}" not in blobs:
-                    _unlink(str(p))
+                    files.remove_file(p)
                     removed.append(f"sha256:{p.name}")
             for p in self.layers_dir.iterdir():
                 if p.name.startswith("."):
                     if now - p.lstat().st_mtime > _STALE_TEMP_SECONDS:
-                        rmtree(p)
+                        files.rmtree(p)
                         removed.append(str(p))
                 elif f"sha256:{p.name}" not in chains:
                     self._remove_layer_dir(f"sha256:{p.name}")
@@ -814,24 +817,3 @@ def _copy(src: IO[bytes], dst: IO[bytes]) -> None:
         dst.write(chunk)
     dst.flush()
     os.fsync(dst.fileno())
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes a rename durable; some filesystems refuse fsync on a directory.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -27,11 +27,11 @@ import os
 import re
 import socket
 import ssl
-import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
+from .. import files
 from .. import progress as _progress
 from ..errors import ImageNotFound, UserError
 from ..image.oci import (
@@ -427,10 +427,10 @@ def _read_record(store: ImageStore, name: str) -> dict[str, Any]:
 
 
 def _update_record(store: ImageStore, name: str, update: Callable[[dict[str, Any]], None]) -> None:
-    with store._lock():
+    with store.lock():  # read-modify-write: another push must not lose our entries
         data = _read_record(store, name)
         update(data)
-        store._write_atomic(store.root / name, json.dumps(data, sort_keys=True).encode())
+        files.write_atomic(store.root / name, json.dumps(data, sort_keys=True).encode())
 
 
 # ---------------------------------------------------------------- pull
@@ -539,49 +539,31 @@ def _download_blob(
     tick: Callable[[int], None],
 ) -> None:
     """GET into a temp file beside the blobs; size then digest; then rename."""
-    import hashlib
-
     url = session.url(f"/v2/{remote.repo}/blobs/{desc.digest}")
     resp = session.request("GET", url)
-    fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=store.blobs)
-    try:
-        h = hashlib.sha256()
-        got = 0
-        with os.fdopen(fd, "wb") as f:
-            while True:
-                try:
-                    chunk = resp.read(min(_CHUNK, desc.size + 1 - got))
-                except (OSError, http.client.HTTPException) as e:
-                    raise UserError(
-                        f"pull {remote}: blob {desc.digest[:19]}: connection lost after "
-                        f"{got} of {desc.size} bytes ({_oserror(e)}); run pull again"
-                    ) from None
-                if not chunk:
-                    break
-                h.update(chunk)
-                f.write(chunk)
-                got += len(chunk)
-                tick(len(chunk))
-                if got > desc.size:
-                    break
-            f.flush()
-            os.fsync(f.fileno())
-        if got != desc.size:
+    with store.blob_writer() as w:  # committed only if the block ends without raising
+        while True:
+            try:
+                chunk = resp.read(min(_CHUNK, desc.size + 1 - w.size))
+            except (OSError, http.client.HTTPException) as e:
+                raise UserError(
+                    f"pull {remote}: blob {desc.digest[:19]}: connection lost after "
+                    f"{w.size} of {desc.size} bytes ({_oserror(e)}); run pull again"
+                ) from None
+            if not chunk:
+                break
+            w.write(chunk)
+            tick(len(chunk))
+            if w.size > desc.size:
+                break
+        if w.size != desc.size:
             session.close()  # the rest of the body is unread: the connection is unusable
             raise InvalidDigest(
-                f"pull {remote}: blob {desc.digest[:19]}: got {got} bytes, expected {desc.size}"
-                + ("; run pull again" if got < desc.size else "")
+                f"pull {remote}: blob {desc.digest[:19]}: got {w.size} bytes, "
+                f"expected {desc.size}" + ("; run pull again" if w.size < desc.size else "")
             )
-        if "sha256:" + h.hexdigest() != desc.digest:
+        if w.digest != desc.digest:
             raise InvalidDigest(f"pull {remote}: blob {desc.digest}: content does not match")
-        with store._lock():
-            store._commit_blob(tmp, desc.digest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------- push
@@ -661,34 +643,21 @@ def _compressed(store: ImageStore, desc: Descriptor, diff_id: str) -> Descriptor
     import gzip
     import shutil
 
-    from ..image.layer import GZIP_LEVEL, _HashWriter
+    from ..image.layer import GZIP_LEVEL
 
     entry = _read_record(store, COMPRESSED_RECORD).get(diff_id)
     if entry and store.has_blob(entry["digest"]):
         return Descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, entry["digest"], int(entry["size"]))
     src = store.verify_blob(desc)
-    fd, tmp = tempfile.mkstemp(prefix=".blob.tmp-", dir=store.blobs)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            comp = _HashWriter(out)
-            with gzip.GzipFile(
-                filename="",
-                mode="wb",
-                fileobj=comp,  # type: ignore[arg-type]
-                compresslevel=GZIP_LEVEL,
-                mtime=0,
-            ) as gz:
-                shutil.copyfileobj(f, gz, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        with store._lock():
-            store._commit_blob(tmp, comp.digest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with store.blob_writer() as comp, open(src, "rb") as f:
+        with gzip.GzipFile(
+            filename="",
+            mode="wb",
+            fileobj=comp,  # type: ignore[arg-type]
+            compresslevel=GZIP_LEVEL,
+            mtime=0,
+        ) as gz:
+            shutil.copyfileobj(f, gz, _CHUNK)
     _update_record(
         store,
         COMPRESSED_RECORD,
