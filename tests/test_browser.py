@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from conftest import REPO, in_ci, skip_or_fail
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 NOTEBOOKS = REPO / "notebooks"
-JUPYTER = REPO / ".venv" / "bin" / "jupyter"
+JUPYTER = Path(sys.executable).with_name("jupyter")  # the venv that runs the tests
 SHOTS = REPO / "tests" / "screenshots"
 RUN_TIMEOUT = 300  # s: five notebooks at once on two loaded cores
 STEP_TIMEOUT = 120  # s: one widget action (a container run, a measurement)
@@ -77,7 +78,7 @@ class Lab:
     base: Path
     state_root: Path
     tmpdir: Path
-    server: bl.JupyterLab
+    server: bl.JupyterLab | None = None
     pages: dict[str, bl.NotebookPage] = field(default_factory=dict)
     notebooks_hash: str = ""
     started: float = 0.0
@@ -96,8 +97,10 @@ class Lab:
             if self._playwright is not None:
                 self._playwright.stop()
         finally:
-            self.server.stop()
-            remove_containers(self.state_root)
+            if self.server is not None:
+                self.server.stop()
+            if self.state_root.exists():
+                remove_containers(self.state_root)
             if not mounted_under(self.base):
                 bl.remove_tree(self.base)
 
@@ -136,7 +139,7 @@ def lab():  # type: ignore[no-untyped-def]
     if problem:
         skip_or_fail(f"{problem}; install with: {bl.INSTALL_LINE}")
     if not JUPYTER.exists():
-        skip_or_fail(f"{JUPYTER} missing: run `make setup`")
+        skip_or_fail(f"{JUPYTER} missing (run the tests with the venv's Python after `make setup`)")
     from playwright.sync_api import sync_playwright
 
     import minicontainer as mc
@@ -148,28 +151,24 @@ def lab():  # type: ignore[no-untyped-def]
         (SHOTS / f"{shot}.png").unlink(missing_ok=True)
 
     base = Path(tempfile.mkdtemp(prefix="mc-browser-"))  # short: container paths nest deep
-    state_root, tmpdir, copies = base / "state", base / "tmp", base / "notebooks"
-    for d in (tmpdir, copies):
-        d.mkdir()
-    mc.Runtime(state_root).bootstrap()  # once, before five kernels would race to do it
-    code_cells = {}
-    for name, (marker, _shot) in WIDGETS.items():
-        src = NOTEBOOKS / f"{name}.ipynb"
-        if name == "07_containers_vs_vms":
-            keep, replace = keep_lab_cells(src), {LAB_CELL: LAB_STAND_IN}
-        else:
-            keep, replace = keep_up_to(bl.index_of(src, marker)), None
-        code_cells[name] = bl.notebook_copy(src, copies / src.name, keep=keep, replace=replace)
-
-    env = {"MINICONTAINER_ROOT": str(state_root), "TMPDIR": str(tmpdir)}
-    try:
-        server = bl.JupyterLab(JUPYTER, base / "jupyter", copies, env)
-    except BaseException:
-        bl.remove_tree(base)
-        raise
-    session = Lab(base, state_root, tmpdir, server, notebooks_hash=notebooks_hash)
+    session = Lab(base, base / "state", base / "tmp", notebooks_hash=notebooks_hash)
     session.started = started
+    copies = base / "notebooks"
     try:
+        session.tmpdir.mkdir()
+        copies.mkdir()
+        mc.Runtime(session.state_root).bootstrap()  # once, not by five kernels at a time
+        code_cells = {}
+        for name, (marker, _shot) in WIDGETS.items():
+            src = NOTEBOOKS / f"{name}.ipynb"
+            if name == "07_containers_vs_vms":
+                keep, replace = keep_lab_cells(src), {LAB_CELL: LAB_STAND_IN}
+            else:
+                keep, replace = keep_up_to(bl.index_of(src, marker)), None
+            code_cells[name] = bl.notebook_copy(src, copies / src.name, keep=keep, replace=replace)
+
+        env = {"MINICONTAINER_ROOT": str(session.state_root), "TMPDIR": str(session.tmpdir)}
+        session.server = server = bl.JupyterLab(JUPYTER, base / "jupyter", copies, env)
         session._playwright = sync_playwright().start()
         session._browser = session._playwright.chromium.launch(
             executable_path=bl.CHROMIUM, args=bl.CHROMIUM_ARGS, headless=True
@@ -447,6 +446,7 @@ def test_lab_widget(lab: Lab) -> None:
 def test_everything_stopped_and_notebooks_unchanged(lab: Lab) -> None:
     """Runs last: stops the lab, then checks what it leaves behind."""
     server = lab.server
+    assert server is not None
     lab.close()
     assert server.proc.poll() is not None, "jupyter lab still running"
     assert not server.leftover_kernels(), f"kernels left: {server.leftover_kernels()}"
