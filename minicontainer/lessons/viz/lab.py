@@ -75,6 +75,7 @@ class LabWidget:
         self.button.on_click(lambda _b: self.run())
         self.widget = w.VBox([w.HBox([self.backends, w.VBox([self.what, self.runs, self.button])]),
                               self.output])  # fmt: skip
+        self.widget.add_class("mc-lab-widget")  # a handle for tests/test_browser.py
         self.doc: dict = {}
 
     def run(self) -> dict:

@@ -235,6 +235,7 @@ class LayerExplorer:
                 self.output,
             ]
         )
+        self.widget.add_class("mc-layer-explorer")  # a handle for tests/test_browser.py
         if preload:  # read every image now: the widget keeps working if one is deleted
             for ref in refs:
                 self.model(ref)
@@ -350,6 +351,7 @@ class CowStepper:
             self.buttons.append(b)
         self.output = w.Output()
         self.widget = w.VBox([w.HBox(self.buttons), self.output])
+        self.widget.add_class("mc-cow-stepper")  # a handle for tests/test_browser.py
 
     def look(self) -> None:
         """Show the current state without running anything."""

@@ -57,6 +57,7 @@ class NamespaceToggle:
                 self.output,
             ]
         )
+        self.widget.add_class("mc-namespace-toggle")  # a handle for tests/test_browser.py
 
     @property
     def names(self) -> list[str]:
