@@ -46,7 +46,7 @@ from pathlib import Path
 import browser_lab as bl
 import pytest
 
-from conftest import REPO, in_ci, skip_or_fail
+from conftest import REPO, skip_or_fail
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -456,6 +456,5 @@ def test_everything_stopped_and_notebooks_unchanged(lab: Lab) -> None:
         path = SHOTS / f"{shot}.png"
         assert path.is_file() and path.stat().st_size > 0, path
     took = time.monotonic() - lab.started
+    # Reported, never asserted: a timed assertion fails on a slow machine, not on a bug.
     print(f"browser test: {took:.1f} s from JupyterLab start to everything stopped")
-    if in_ci():
-        assert took < 180, f"the browser test took {took:.0f} s (budget: 3 minutes)"
