@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import check_no_leaks, skip_or_fail, snapshot_host
+from minicontainer import procfs
 from minicontainer.lab import backends as B
 from minicontainer.lab import workload as W
 from minicontainer.lab.base import MARKER, RESULT_RE, Backend, Unavailable, expand
@@ -422,14 +423,14 @@ def test_idle_instance(prepared: Prepared) -> None:
         components = instance.components()
         assert set(components) == EXPECTED_COMPONENTS[backend.name]
         pids = [pid for group in components.values() for pid in group]
-        assert pids and all(B._alive(pid) for pid in pids), components
+        assert pids and all(procfs.alive(pid) for pid in pids), components
         time.sleep(0.2)
-        assert all(B._alive(pid) for pid in pids), "the idle instance did not stay up"
+        assert all(procfs.alive(pid) for pid in pids), "the idle instance did not stay up"
         if isinstance(backend, B.MinicontainerBackend):
             assert backend.rw_layer_bytes(instance) >= 0
         if isinstance(backend, B.DockerBackend):
             daemons = backend.shared_daemons()
-            assert daemons.get("dockerd") and all(B._alive(p) for p in daemons["dockerd"])
+            assert daemons.get("dockerd") and all(procfs.alive(p) for p in daemons["dockerd"])
     finally:
         t0 = time.perf_counter()
         instance.stop()
@@ -437,9 +438,9 @@ def test_idle_instance(prepared: Prepared) -> None:
     # Quicker than the SIGKILL fallback: mcbench handles SIGTERM even as PID 1.
     assert stopped_in < B.STOP_WAIT
     deadline = time.monotonic() + 5
-    while any(B._alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(procfs.alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not [pid for pid in pids if B._alive(pid)]
+    assert not [pid for pid in pids if procfs.alive(pid)]
     instance.stop()  # safe twice
     prepared.assert_clean(before)
 

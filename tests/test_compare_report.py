@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import skip_or_fail
+from minicontainer import procfs
 from minicontainer.lab import memory, plots, results, stats
 from minicontainer.lab.base import RESULT_UNITS
 from minicontainer.runtime import cgroups
@@ -443,8 +444,8 @@ def test_smaps_rollup_of_a_child_sleep(sleeper):
     m = memory.smaps_rollup(sleeper.pid)
     assert m["rss"] >= m["pss"] > 0
     assert m["rss"] < 50 * MiB  # sleep is small
-    assert sleeper.pid in memory.descendants(os.getpid())
-    assert memory.descendants(sleeper.pid) == []
+    assert sleeper.pid in procfs.descendants(os.getpid())  # what components(with_children) adds
+    assert procfs.descendants(sleeper.pid) == []
     both = memory.total([os.getpid(), sleeper.pid])
     assert both["pss"] > memory.smaps_rollup(sleeper.pid)["pss"]
 
@@ -483,10 +484,11 @@ def test_smaps_fallback_when_rollup_is_absent(tmp_path, monkeypatch):
 
 
 def test_pids_named_finds_a_child(sleeper):
-    assert sleeper.pid in memory.pids_named("sleep")
-    for pid in memory.pids_named("dockerd"):
+    """How the Docker backend finds dockerd and containerd (its shared daemons)."""
+    assert sleeper.pid in procfs.pids_named("sleep")
+    for pid in procfs.pids_named("dockerd"):
         try:
             assert Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd"
         except FileNotFoundError:
             pass  # exited since: nothing to check
-    assert memory.pids_named("no-such-command-name") == []
+    assert procfs.pids_named("no-such-command-name") == []

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import memory
+from .. import files, procfs
 from .base import MARKER, Backend, Instance, Probe, Run, Unavailable
 from .workload import disk_bytes, payload_tar
 
@@ -56,27 +56,6 @@ def _unique(prefix: str) -> str:
 
 
 # ------------------------------------------------------------------ processes
-
-
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (man 5 proc, stat field 3)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
-
-
-def _ppid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_bytes()
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -175,10 +154,12 @@ def _read(path: Path) -> str:
 def _copy_rootfs(payload: Path, dest: Path) -> Path:
     """A private copy of the payload (modes, mtimes and relative symlinks kept)."""
     if not dest.exists():
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(payload, tmp, symlinks=True)
-        os.replace(tmp, dest)
+        tmp = Path(files.temp_path(dest))
+        try:
+            shutil.copytree(payload, tmp, symlinks=True)
+            os.replace(tmp, dest)
+        finally:
+            files.rmtree(tmp)  # only there if the copy failed half-way
     return dest
 
 
@@ -334,7 +315,7 @@ class UnshareBackend(NativeBackend):
         proc, ready_s = _start_process(argv, timeout, TOOL_ENV)
         # unshare --fork: the unshare process waits; its child chroot()s and becomes mcbench,
         # PID 1 of the new PID namespace (so it only takes signals it has handlers for).
-        child = memory.descendants(proc.pid)
+        child = procfs.descendants(proc.pid)
         inner = child[0] if child else None
 
         def components() -> dict[str, list[int]]:
@@ -511,13 +492,15 @@ class RuncBackend(Backend):
         # runc's own default spec, edited: no terminal (output goes to our pipe) and a
         # writable root, so /bench-data works as in a container's R/W layer.
         spec_dir = self.dir / ".spec"
-        shutil.rmtree(spec_dir, ignore_errors=True)
+        files.rmtree(spec_dir)
         spec_dir.mkdir()
-        made = _quiet(["runc", "spec", "--bundle", str(spec_dir)])
-        if made.returncode != 0:
-            raise Unavailable(f"runc spec failed: {made.stderr.strip()}")
-        self.spec = json.loads((spec_dir / "config.json").read_text())
-        shutil.rmtree(spec_dir)
+        try:
+            made = _quiet(["runc", "spec", "--bundle", str(spec_dir)])
+            if made.returncode != 0:
+                raise Unavailable(f"runc spec failed: {made.stderr.strip()}")
+            self.spec = json.loads((spec_dir / "config.json").read_text())
+        finally:
+            files.rmtree(spec_dir)
         self.spec["process"]["terminal"] = False
         self.spec["root"] = {"path": str(self.rootfs), "readonly": False}
 
@@ -530,12 +513,13 @@ class RuncBackend(Backend):
         bundle.mkdir()
         spec = json.loads(json.dumps(self.spec))
         spec["process"]["args"] = argv
-        (bundle / "config.json").write_text(json.dumps(spec, indent=2))
+        # Not durable: the bundle lives as long as its container, never across a reboot.
+        files.write_atomic(bundle / "config.json", json.dumps(spec, indent=2), durable=False)
         return bundle
 
     def _delete(self, cid: str) -> None:
         _quiet(self._runc("delete", "--force", cid))
-        shutil.rmtree(self.bundles / cid, ignore_errors=True)
+        files.rmtree(self.bundles / cid)
 
     def run(self, argv: list[str], timeout: float = 120.0) -> Run:
         cid = _unique("mcbench")
@@ -548,7 +532,7 @@ class RuncBackend(Backend):
                 on_timeout=lambda: _quiet(self._runc("delete", "--force", cid)),
             )
         finally:
-            shutil.rmtree(bundle, ignore_errors=True)
+            files.rmtree(bundle)
 
     def start_idle(self, timeout: float = 120.0) -> Instance:
         cid = _unique("mcbench-idle")
@@ -577,7 +561,7 @@ class RuncBackend(Backend):
         def stop() -> None:
             _quiet(self._runc("kill", cid, "TERM"))
             deadline = time.monotonic() + STOP_WAIT
-            while pid and _alive(pid) and time.monotonic() < deadline:
+            while pid and procfs.alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
             self._delete(cid)  # --force: SIGKILL if it is still there
 
@@ -680,11 +664,11 @@ class DockerBackend(Backend):
             logs.stdout.close()
         inspect = _quiet(["docker", "inspect", "--format", "{{.State.Pid}}", name])
         pid = int(inspect.stdout.strip() or 0)
-        shim = _ppid(pid) if pid and _alive(pid) else 0
+        shim = (procfs.parent(pid) or 0) if pid and procfs.alive(pid) else 0
 
         def components() -> dict[str, list[int]]:
             found = {"container": [pid]}
-            if shim and _comm(shim).startswith("containerd-shim"):
+            if shim and procfs.comm(shim).startswith("containerd-shim"):
                 found["containerd-shim"] = [shim]
             return found
 
@@ -694,7 +678,7 @@ class DockerBackend(Backend):
 
     def shared_daemons(self) -> dict[str, list[int]]:
         return {
-            name: pids for name in ("dockerd", "containerd") if (pids := memory.pids_named(name))
+            name: pids for name in ("dockerd", "containerd") if (pids := procfs.pids_named(name))
         }
 
     def footprint(self) -> dict[str, int]:

@@ -223,7 +223,7 @@ def figure_for(doc: dict, what: str):  # type: ignore[no-untyped-def]
 
 def save_figures(doc: dict, outdir: str | os.PathLike[str]) -> list[Path]:
     """Write every figure as ``<outdir>/<name>.png`` (temp file + rename); the paths."""
-    from ..runtime.monitor import write_atomic
+    from ..files import write_atomic
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +233,7 @@ def save_figures(doc: dict, outdir: str | os.PathLike[str]) -> list[Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
         path = outdir / f"{name}.png"
-        write_atomic(str(path), buf.getvalue())
+        write_atomic(path, buf.getvalue())
         paths.append(path)
     return paths
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from .. import files
 from .base import Backend, Probe
 from .stats import METRICS, RATE_UNITS
 
@@ -265,12 +266,10 @@ def _equal(a: object, b: object) -> bool:
 
 def save(doc: dict, path: str | os.PathLike[str]) -> Path:
     """Validate, then write ``path`` (temp file + rename: never half a file)."""
-    from ..runtime.monitor import write_atomic
-
     validate(doc)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(str(path), json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    files.write_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return path
 
 

@@ -15,7 +15,6 @@ VM overhead).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import files
 from . import base, memory, results, stats, workload
 from .base import Backend, Unavailable
 
@@ -328,7 +328,10 @@ class Lab:
                         b.cleanup()
                     except Exception as e:  # noqa: BLE001 - cleanup must reach every backend
                         self.log(f"{b.name}: cleanup failed: {e}")
-                shutil.rmtree(scratch, ignore_errors=True)
+                try:
+                    files.rmtree(scratch)
+                except OSError as e:  # a busy mount, say: say so, the rest is clean
+                    self.log(f"cannot remove {scratch}: {e}")
         if self.doc["host"].get("accel") == "tcg":
             self.doc["notes"].append(
                 "VM figures were measured under TCG, software emulation (no usable KVM here): "
@@ -487,11 +490,13 @@ def saved_results(where: Path = RESULTS_DIR) -> list[dict]:
 
 
 def write_outputs(doc: dict, out: Path) -> list[Path]:
-    from ..runtime.monitor import write_atomic
+    """results.md, the figures, then results.json, each file whole (files.write_atomic).
+    results.json comes last: when it is there, the run finished and everything was written."""
     from . import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    results.save(doc, out / "results.json")
+    results.validate(doc)  # before anything is written: a bad document writes nothing
     md = out / "results.md"
-    write_atomic(str(md), results.markdown(doc))
-    return [out / "results.json", md, *plots.save_figures(doc, out)]
+    files.write_atomic(md, results.markdown(doc))
+    figures = plots.save_figures(doc, out)
+    return [results.save(doc, out / "results.json"), md, *figures]

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import files
 from . import base
 from .base import Probe, Run, Unavailable
 from .vm import guest as vmguest
@@ -32,16 +33,19 @@ def _kvm_test_boot(timeout: float = 30.0):
 
     def test_boot() -> Run:
         busybox = shutil.which("busybox") or "/bin/busybox"
-        with tempfile.TemporaryDirectory(prefix="mc-kvm-test-") as tmp:
-            payload = Path(tmp, "payload")
+        tmp = Path(tempfile.mkdtemp(prefix="mc-kvm-test-"))
+        try:
+            payload = tmp / "payload"
             (payload / "bin").mkdir(parents=True)
             shutil.copy(busybox, payload / "bin" / "busybox")
-            g = vmguest.build_guest(payload, Path(tmp, "guest"))
+            g = vmguest.build_guest(payload, tmp / "guest")
             argv = ["/bin/busybox", "echo", base.MARKER]
             cmd = qemu.command(
                 g.kernel, g.initrd, accel="kvm", extra_append=[f"mcrun={','.join(argv)}"]
             )
             return qemu.boot(cmd, timeout=timeout)
+        finally:
+            files.rmtree(tmp)
 
     return test_boot
 
