@@ -257,9 +257,18 @@ def test_docker_probe_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("cls", [B.UnshareBackend, B.RuncBackend])
 def test_root_only_backends_say_so(cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root, tools installed (as this test plays it, whatever this machine has):
+    the reason is root. Not installed: the reason is the package, root or not."""
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(B.shutil, "which", lambda name, *a, **k: f"/usr/bin/{name}")
     probe = cls().probe()
-    assert not probe.ok and "root" in probe.reason and "\n" not in probe.reason
+    assert not probe.ok and "needs root" in probe.reason and "\n" not in probe.reason
+    assert "install" not in probe.reason
+    monkeypatch.setattr(B.shutil, "which", lambda name, *a, **k: None)
+    for euid in (1000, 0):
+        monkeypatch.setattr(os, "geteuid", lambda euid=euid: euid)
+        probe = cls().probe()
+        assert not probe.ok and "apt install" in probe.reason and "needs root" not in probe.reason
 
 
 def test_native_backend_without_root(payload: Path, tmp_path: Path) -> None:
