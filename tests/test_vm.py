@@ -229,9 +229,8 @@ def test_kvm_missing_device(tmp_path: Path):
     assert not v.usable and v.checks == {"dev_kvm": "missing"}
 
 
-def test_kvm_no_access_names_the_group(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(kvm.os, "access", lambda p, mode: False)
-    v = kvm.check_kvm(**kvm_env(tmp_path), ioctl=FakeKvm())
+def test_kvm_no_access_names_the_group(tmp_path: Path):
+    v = kvm.check_kvm(**kvm_env(tmp_path), ioctl=FakeKvm(), access=lambda p, mode: False)
     assert not v.usable and "kvm group" in v.reason and v.checks["dev_kvm"] == "no access"
 
 
