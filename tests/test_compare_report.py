@@ -235,24 +235,37 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("what", sorted(BROKEN))
-@pytest.mark.parametrize("checker", ["jsonschema", "builtin"])
-def test_broken_documents_are_rejected(what, checker, monkeypatch):
-    if checker == "builtin":
-        monkeypatch.setitem(sys.modules, "jsonschema", None)  # import fails: fallback
-    else:
-        need("jsonschema")
-    results.validate(fake_doc())  # the good one passes with this checker too
+def test_broken_documents_are_rejected(what):
+    results.validate(fake_doc())  # the good one passes
     with pytest.raises(results.ResultsError) as err:
         results.validate(_broken(BROKEN[what]))
     assert "\n" not in str(err.value)
 
 
-def test_schema_file_is_draft_2020_12():
-    schema = json.loads(results.SCHEMA_FILE.read_text())
+def test_rejection_names_where_and_what():
+    with pytest.raises(results.ResultsError) as err:
+        results.validate(_broken(BROKEN["wrong type"]))
+    assert str(err.value) == "$.measurements[0].median: '12 ms' is not of type 'number'"
+    with pytest.raises(results.ResultsError, match=r"^\$.measurements\[0\]: n is 99 but there"):
+        results.validate(_broken(BROKEN["n does not match samples"]))
+
+
+def test_without_jsonschema_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # import fails
+    with pytest.raises(results.ResultsError) as err:
+        results.validate(fake_doc())
+    assert "pip install 'minicontainer[lab]'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_schema_is_draft_2020_12_package_data():
+    schema = results.schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema = need("jsonschema")
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["$defs"]["metric"]["enum"]) == set(stats.METRICS)
+    # read through importlib.resources from the package, not from a checkout's folder
+    assert results.SCHEMA.name == "results.schema.json"
+    assert Path(str(results.SCHEMA)).parent == Path(results.__file__).parent
 
 
 # --------------------------------------------------------------------------- files

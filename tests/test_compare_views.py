@@ -3,6 +3,8 @@ pictures, the literature rows, the widget's table and figure, one summary sectio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_compare_report import fake_doc
 
@@ -97,3 +99,23 @@ def test_widget_reruns_a_real_measurement() -> None:
     assert "Figure" in outs[1]["data"]["text/plain"]
     assert not w.button.disabled
     assert repr(w) == "LabWidget(backends=['native'], measure='cpu', runs=1)"
+
+
+def test_saved_runs_say_where_they_are_or_why_there_are_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from minicontainer.lab import runner as lab
+
+    monkeypatch.delenv(lab.RESULTS_ENV, raising=False)
+    assert lab.results_dir() == lab.CHECKOUT_RESULTS  # this checkout's docker-vs-vm/results
+    assert "debian12-2cores-tcg" in lab.saved_results_note()
+    # installed from a wheel: no checkout beside the package
+    monkeypatch.setattr(lab, "CHECKOUT_RESULTS", tmp_path / "no-checkout" / "results")
+    assert lab.results_dir() is None and lab.saved_results() == []
+    assert "installed without its source checkout" in lab.saved_results_note()
+    # a folder of one's own
+    monkeypatch.setenv(lab.RESULTS_ENV, str(tmp_path))
+    assert lab.saved_results() == [] and "no saved runs in" in lab.saved_results_note()
+    results.save(fake_doc("kvm", hostname="laptop"), tmp_path / "laptop-full" / "results.json")
+    assert [d["host"]["hostname"] for d in lab.saved_results()] == ["laptop"]
+    assert lab.saved_results_note() == f"1 saved run in {tmp_path}: laptop-full"

@@ -15,7 +15,7 @@ Modules, in the order a run uses them:
     memory     RSS / PSS from /proc/PID/smaps_rollup
     stats      min / median / max and ratios
     runner     the measurements, in order (Lab, run_lab, measure)
-    results    the JSON results file (schema: docker-vs-vm/results.schema.json), Markdown
+    results    the JSON results file (schema: results.schema.json, here), Markdown
     plots      matplotlib figures
     stacks     graphviz pictures of the VM stack and the container stack
     vm/        the guest: kernel, initramfs, the KVM check, qemu

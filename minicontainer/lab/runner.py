@@ -15,6 +15,7 @@ VM overhead).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -480,13 +481,44 @@ def measure(
     return lab.run()
 
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "docker-vs-vm" / "results"
+RESULTS_ENV = "MINICONTAINER_LAB_RESULTS"
+# A source checkout keeps earlier runs beside the lab's command (docker-vs-vm/results/);
+# a wheel install has no such folder, only what $MINICONTAINER_LAB_RESULTS names.
+CHECKOUT_RESULTS = Path(__file__).resolve().parents[2] / "docker-vs-vm" / "results"
 
 
-def saved_results(where: Path = RESULTS_DIR) -> list[dict]:
-    """Earlier runs kept under docker-vs-vm/results/*/results.json (this project's
-    reference machine, or one you dropped in from a machine with a real KVM)."""
+def results_dir() -> Path | None:
+    """Where earlier runs are kept: ``$MINICONTAINER_LAB_RESULTS``, else the source
+    checkout's docker-vs-vm/results/ when this package runs from one, else None."""
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env)
+    return CHECKOUT_RESULTS if CHECKOUT_RESULTS.is_dir() else None
+
+
+def saved_results(where: Path | None = None) -> list[dict]:
+    """Earlier runs kept under ``where`` (default: results_dir())/*/results.json: this
+    project's reference machine, or one you dropped in from a machine with a real
+    KVM. [] when there are none; saved_results_note says why."""
+    where = where if where is not None else results_dir()
+    if where is None:
+        return []
     return [results.load(f) for f in sorted(Path(where).glob("*/results.json"))]
+
+
+def saved_results_note(where: Path | None = None) -> str:
+    """One line saying which saved runs there are, or why there are none."""
+    where = where if where is not None else results_dir()
+    if where is None:
+        return (
+            "no saved runs: this minicontainer is installed without its source checkout "
+            f"(no docker-vs-vm/results/); set {RESULTS_ENV}=DIR to a folder of */results.json"
+        )
+    found = sorted(Path(where).glob("*/results.json"))
+    if not found:
+        return f"no saved runs in {where} (none of its folders has a results.json)"
+    names = ", ".join(f.parent.name for f in found)
+    return f"{len(found)} saved run{'s' if len(found) > 1 else ''} in {where}: {names}"
 
 
 def write_outputs(doc: dict, out: Path) -> list[Path]:

@@ -24,12 +24,15 @@ import os
 import shutil
 import subprocess
 import tarfile
+from importlib import resources
 from pathlib import Path
 
 from .. import files
 from .base import Unavailable
 
-SOURCE = Path(__file__).with_name("mcbench.c")
+# Package data (pyproject's package-data), read through importlib.resources: it is
+# there in a wheel install too, wherever (and however) the package is installed.
+SOURCE = resources.files(__package__).joinpath("mcbench.c")
 CFLAGS = ["-std=c99", "-O2", "-static", "-Wall"]
 NO_COMPILER = "no C compiler for the static workload: apt install gcc libc6-dev"
 # Part of the payload's fingerprint: bump when the layout below changes.
@@ -90,16 +93,19 @@ def build_mcbench(cache_dir: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # gcc writes wherever -o says, a byte at a time: compile to a temporary name,
     # then publish the finished binary in one step (files.write_atomic).
+    # The source goes in on stdin (-x c -): a resource need not be a file on disk.
     tmp = files.temp_path(out)
     try:
         proc = subprocess.run(
-            [cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120
-        )
+            [cc, *CFLAGS, "-x", "c", "-o", tmp, "-"], input=source, capture_output=True,
+            timeout=120,
+        )  # fmt: skip
         if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace")
             # Without libc6-dev the link fails (`cannot find -lc`): same advice.
-            if "cannot find" in proc.stderr or "No such file" in proc.stderr:
+            if "cannot find" in err or "No such file" in err:
                 raise Unavailable(NO_COMPILER)
-            lines = proc.stderr.strip().splitlines() or ["(no output)"]
+            lines = err.strip().splitlines() or ["(no output)"]
             raise Unavailable(f"compiling mcbench.c failed: {lines[0]}")
         files.write_atomic(out, Path(tmp).read_bytes(), mode=0o755)
     finally:
