@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -36,9 +35,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .. import files, procfs
+from . import cancel
 from .base import MARKER, Backend, Instance, Probe, Run, Unavailable
 from .workload import disk_bytes, payload_tar
 
+# The payload's image name in minicontainer's store (under the lab's scratch directory)
+# and in Docker's, where it is tagged per lab process: another lab running at the same
+# time (another user, a notebook) must not lose its image to this one's cleanup.
 IMAGE = "mcbench/payload:lab"
 TIMED_OUT = 124  # timeout(1)'s exit status
 STOP_WAIT = 5.0  # seconds an idle instance gets to exit on SIGTERM before SIGKILL
@@ -101,7 +104,9 @@ def timed_run(
     env: dict[str, str] | None = None,
     on_timeout: Callable[[], None] | None = None,
 ) -> Run:
-    """Spawn ``cmd``, read its stdout+stderr as it comes, and time MARKER and exit."""
+    """Spawn ``cmd``, read its stdout+stderr as it comes, and time MARKER and exit.
+    A stop requested meanwhile (lab.cancel) kills it as a timeout does, then raises."""
+    cancel.check()
     t0 = time.perf_counter()
     proc = _spawn(cmd, env)
     fd, out, ready_s = proc.stdout.fileno(), bytearray(), None
@@ -112,7 +117,7 @@ def timed_run(
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise subprocess.TimeoutExpired(cmd, timeout)
-            if not select.select([fd], [], [], remaining)[0]:
+            if not cancel.select([fd], remaining):
                 continue
             data = os.read(fd, 65536)
             if not data:
@@ -122,7 +127,7 @@ def timed_run(
                 ready_s = time.perf_counter() - t0
         rc = proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
         exit_s = time.perf_counter() - t0
-    except BaseException as e:  # a timeout, or Ctrl-C: nothing may outlive us
+    except BaseException as e:  # a timeout, or a stop: nothing may outlive us
         _kill_group(proc)
         if on_timeout is not None:
             on_timeout()
@@ -136,11 +141,12 @@ def timed_run(
 
 
 def _wait_for_marker(read: Callable[[], str], deadline: float, poll: float = 0.005) -> bool:
-    """Poll ``read()`` (a log file, say) until it holds MARKER or the deadline passes."""
+    """Poll ``read()`` (a log file, say) until it holds MARKER or the deadline passes;
+    Interrupted if a stop is requested meanwhile (the caller removes the instance)."""
     while time.perf_counter() < deadline:
         if MARKER in read():
             return True
-        time.sleep(poll)
+        cancel.sleep(poll)
     return MARKER in read()
 
 
@@ -191,13 +197,14 @@ def _start_process(
     cmd: list[str], timeout: float, env: dict[str, str]
 ) -> tuple[subprocess.Popen, float]:
     """Start an idle process in its own session; return it once MARKER is read."""
+    cancel.check()
     t0 = time.perf_counter()
     proc = _spawn(cmd, env)
     fd, out, deadline = proc.stdout.fileno(), bytearray(), t0 + timeout
     try:
         while MARKER.encode() not in out:
             remaining = deadline - time.perf_counter()
-            ready = remaining > 0 and select.select([fd], [], [], remaining)[0]
+            ready = remaining > 0 and cancel.select([fd], remaining)
             data = os.read(fd, 65536) if ready else b""
             if not data:  # exited or too slow
                 text = out.decode(errors="replace").strip()[-300:]
@@ -205,7 +212,7 @@ def _start_process(
                     f"{cmd[0]}: the idle workload was not ready ({text or 'no output'})"
                 )
             out += data
-    except BaseException:  # not ready, or Ctrl-C: leave nothing behind
+    except BaseException:  # not ready, or a stop: leave nothing behind
         _kill_group(proc)
         proc.stdout.close()
         raise
@@ -385,6 +392,7 @@ class MinicontainerBackend(Backend):
 
         with contextlib.suppress(UserError, OSError):
             container = self._runtime().container(ref)
+            self.log(f"minicontainer: removing container {container.id}")
             with contextlib.suppress(UserError):
                 container.stop(timeout=STOP_WAIT)
             container.remove(force=True)
@@ -397,9 +405,10 @@ class MinicontainerBackend(Backend):
     def start_idle(self, timeout: float = 120.0) -> Instance:
         name = _unique("mcbench-idle")
         argv = ["/bench/mcbench", "idle"]
+        cancel.check()
         t0 = time.perf_counter()
         cmd = self._cli("run", "-d", "--name", name, "--network", "none", IMAGE, *argv)
-        try:
+        try:  # not cut short by a stop: it returns once the container runs
             proc = subprocess.run(
                 cmd, env=self.env, capture_output=True, text=True, timeout=timeout,
                 stdin=subprocess.DEVNULL,
@@ -414,8 +423,14 @@ class MinicontainerBackend(Backend):
             self._remove(name)
             raise Unavailable("minicontainer run -d printed no container id")
         cid = proc.stdout.split()[-1]
+        self.log(f"minicontainer: container {cid} started ({name})")
         log = self.root / "containers" / cid / "log.json"  # JSON lines, like json-file
-        if not _wait_for_marker(lambda: _read(log), t0 + timeout):
+        try:
+            ready = _wait_for_marker(lambda: _read(log), t0 + timeout)
+        except BaseException:  # a stop was requested: this instance is nobody's yet
+            self._remove(cid)
+            raise
+        if not ready:
             self._remove(cid)
             raise Unavailable(f"minicontainer: the idle container printed no {MARKER}")
         ready_s = time.perf_counter() - t0
@@ -469,7 +484,9 @@ class RuncBackend(Backend):
     kind = "container"
 
     def __init__(self) -> None:
+        # Until prepare(): paths that exist nowhere, so cleanup() finds nothing to do.
         self.dir = Path("/nonexistent")
+        self.rootfs = self.state = self.bundles = self.dir
 
     def probe(self) -> Probe:
         if shutil.which("runc") is None:
@@ -535,9 +552,11 @@ class RuncBackend(Backend):
             files.rmtree(bundle)
 
     def start_idle(self, timeout: float = 120.0) -> Instance:
+        cancel.check()
         cid = _unique("mcbench-idle")
         bundle = self._bundle(cid, ["/bench/mcbench", "idle"])
         out = bundle / "stdout"
+        self.log(f"runc: container {cid}")
         t0 = time.perf_counter()
         # run -d: runc returns once the container runs; its stdio stays on these files
         # (a pipe would keep our end busy for the container's whole life).
@@ -550,7 +569,12 @@ class RuncBackend(Backend):
             except subprocess.TimeoutExpired:
                 self._delete(cid)
                 raise Unavailable(f"runc run -d did not return within {timeout:g} s") from None
-        if started.returncode != 0 or not _wait_for_marker(lambda: _read(out), t0 + timeout):
+        try:
+            ready = started.returncode == 0 and _wait_for_marker(lambda: _read(out), t0 + timeout)
+        except BaseException:  # a stop was requested: this instance is nobody's yet
+            self._delete(cid)
+            raise
+        if not ready:
             text = _read(out).strip()[-300:]
             self._delete(cid)
             raise Unavailable(f"runc: the idle container did not start: {text or 'no output'}")
@@ -598,6 +622,7 @@ class DockerBackend(Backend):
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.imported = False
+        self.image = f"{IMAGE}-{os.getpid()}"
 
     def probe(self) -> Probe:
         if shutil.which("docker") is None:
@@ -611,32 +636,34 @@ class DockerBackend(Backend):
 
     def prepare(self, payload: Path, work: Path) -> None:
         tar = payload_tar(payload, Path(work).resolve() / "docker-payload.tar")
+        self.imported = True  # from now on cleanup removes the image, whatever happens
         try:
-            made = _quiet(["docker", "import", str(tar), IMAGE], timeout=300)
+            made = _quiet(["docker", "import", str(tar), self.image], timeout=300)
         finally:
             tar.unlink(missing_ok=True)
         if made.returncode != 0:
             raise Unavailable(f"docker import failed: {made.stderr.strip()[-300:]}")
-        self.imported = True
 
     def _remove(self, name: str) -> None:
+        self.log(f"docker: removing container {name}")
         _quiet(["docker", "rm", "--force", name], timeout=60)
         self.names.discard(name)
 
     def run(self, argv: list[str], timeout: float = 120.0) -> Run:
         name = _unique("mcbench")
         self.names.add(name)
-        cmd = ["docker", "run", "--rm", "--network", "none", "--name", name, IMAGE, *argv]
+        cmd = ["docker", "run", "--rm", "--network", "none", "--name", name, self.image, *argv]
         run = timed_run(cmd, timeout, on_timeout=lambda: self._remove(name))
         self.names.discard(name)  # --rm: gone when the CLI returned
         return run
 
     def start_idle(self, timeout: float = 120.0) -> Instance:
+        cancel.check()
         name = _unique("mcbench-idle")
         self.names.add(name)
         t0 = time.perf_counter()
         deadline = t0 + timeout
-        cmd = ["docker", "run", "--detach", "--network", "none", "--name", name, IMAGE]
+        cmd = ["docker", "run", "--detach", "--network", "none", "--name", name, self.image]
         started = _quiet([*cmd, "/bench/mcbench", "idle"], timeout=timeout)
         if started.returncode != 0:
             self._remove(name)
@@ -652,13 +679,16 @@ class DockerBackend(Backend):
         try:
             while MARKER.encode() not in seen:
                 remaining = deadline - time.perf_counter()
-                ready = remaining > 0 and select.select([logs.stdout], [], [], remaining)[0]
+                ready = remaining > 0 and cancel.select([logs.stdout], remaining)
                 data = os.read(logs.stdout.fileno(), 65536) if ready else b""
                 if not data:
                     self._remove(name)
                     raise Unavailable(f"docker: the idle container printed no {MARKER}")
                 seen += data
             ready_s = time.perf_counter() - t0
+        except cancel.Interrupted:  # a stop was requested: this instance is nobody's yet
+            self._remove(name)
+            raise
         finally:
             _kill_group(logs)
             logs.stdout.close()
@@ -682,7 +712,7 @@ class DockerBackend(Backend):
         }
 
     def footprint(self) -> dict[str, int]:
-        size = _quiet(["docker", "image", "inspect", "--format", "{{.Size}}", IMAGE]).stdout
+        size = _quiet(["docker", "image", "inspect", "--format", "{{.Size}}", self.image]).stdout
         found = {"image": int(size.strip())} if size.strip().isdigit() else {}
         # Each container adds two overlay2 layers (its R/W layer and the "-init" layer
         # with /etc/hosts & co.) and /var/lib/docker/containers/ID (config, log).
@@ -701,7 +731,7 @@ class DockerBackend(Backend):
         for name in sorted(self.names):
             self._remove(name)
         if self.imported:
-            _quiet(["docker", "rmi", "--force", IMAGE], timeout=60)
+            _quiet(["docker", "rmi", "--force", self.image], timeout=60)
             self.imported = False
 
 

@@ -88,6 +88,10 @@ class Backend:
     emulated: bool = False  # True for TCG: never call its figures "VM overhead"
     data_dir: str = "/bench-data"  # where fileio writes, inside the instance
 
+    def log(self, msg: str) -> None:
+        """What this backend starts and removes, for the lab's verbose log (the lab
+        sets it per backend; silent otherwise)."""
+
     def probe(self) -> Probe:
         raise NotImplementedError
 

@@ -49,6 +49,12 @@ def main(
     )
     p.add_argument("--budget", default="4G", help="memory budget for the density estimate (4G)")
     p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log every instance started or removed and every workload run",
+    )
+    p.add_argument(
         "--compare",
         nargs="+",
         type=Path,
@@ -72,6 +78,7 @@ def main(
             metrics=a.only.split(",") if a.only else None,
             out=out,
             budget_bytes=parse_size(a.budget),
+            verbose=a.verbose,
         )
     except (Unavailable, results.ResultsError) as e:
         print(f"docker-vs-vm: {e}", file=sys.stderr)
@@ -108,5 +115,14 @@ def _interrupt(_sig: int, _frame: object) -> None:
 
 
 def install_signal_handlers() -> None:
-    """`kill` (or a CI timeout) stops the lab like Ctrl-C does: everything is removed."""
+    """Ctrl-C, ``kill -INT`` and ``kill`` (SIGTERM: a CI timeout) all stop the lab,
+    which removes everything it started first (lab.cancel), then exits 130.
+
+    SIGINT is set explicitly, also when this process was started with it ignored:
+    a job that a non-interactive shell starts in the background (``cmd &`` in a
+    script, CI runners) inherits SIGINT as SIG_IGN (POSIX, "Shell Command Language",
+    2.11), and Python then installs no KeyboardInterrupt handler at all. The lab
+    would run on through every Ctrl-C or ``kill -INT``, as CI saw. A lab that holds
+    VMs and containers has to be stoppable, so it takes the signal back."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -72,7 +73,10 @@ class VMBackend(base.Backend):
         self.disk: Path | None = None
         self.disk_fresh_bytes = 0
         self.disk_problem = "prepare() was not called"
+        # Idle guests not yet stopped, for cleanup; start_idle runs in several threads
+        # at once (density), hence the lock.
         self._instances: list[qemu.QemuInstance] = []
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ probe
 
@@ -142,7 +146,9 @@ class VMBackend(base.Backend):
 
     def start_idle(self, timeout: float = 120.0) -> qemu.QemuInstance:
         inst = qemu.start_idle(self._command(["/bench/mcbench", "idle"]), timeout=timeout)
-        self._instances = [i for i in self._instances if i.proc.poll() is None] + [inst]
+        self.log(f"{self.name}: qemu pid {inst.proc.pid}")
+        with self._lock:
+            self._instances = [i for i in self._instances if i.proc.poll() is None] + [inst]
         return inst
 
     def footprint(self) -> dict[str, int]:
@@ -160,9 +166,10 @@ class VMBackend(base.Backend):
         return sizes
 
     def cleanup(self) -> None:
-        for inst in self._instances:
+        with self._lock:
+            left, self._instances = self._instances, []
+        for inst in left:
             inst.stop()
-        self._instances = []
 
 
 __all__ = ["VMBackend", "host_kvm", "LABELS"]
