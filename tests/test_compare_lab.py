@@ -185,9 +185,11 @@ def test_memory_density_and_disk(fake_env: None) -> None:
     assert mem["extra"]["components"] == {"main": {"rss": 4 << 20, "pss": 2 << 20},
                                           "helper": {"rss": 10 << 20, "pss": 6 << 20}}  # fmt: skip
     assert doc["shared_daemons"]["docker"] == {"daemon": {"rss": 100 << 20, "pss": 90 << 20}}
-    fit = by(doc, "density_fit", "docker")
+    fit = by(doc, "density_fit_estimate", "docker")
     assert fit["samples"] == [((1 << 30) - (90 << 20)) // (8 << 20)]  # daemons come first
-    assert by(doc, "density_fit", "native")["samples"] == [(1 << 30) // (8 << 20)]
+    assert fit["extra"]["method"].startswith("estimate, not measured")
+    assert by(doc, "density_fit_estimate", "native")["samples"] == [(1 << 30) // (8 << 20)]
+    assert d.started == 2 + 1 + 5  # idle memory, then density 1 and 5: none for the estimate
     five = [m for m in doc["measurements"]
             if m["metric"] == "density_start" and m["extra"]["instances"] == 5]  # fmt: skip
     assert len(five) == 2 and all(m["n"] == 5 for m in five)

@@ -112,11 +112,11 @@ def fake_doc(accel: str = "tcg", hostname: str = "lab-ci") -> dict:
             )
         budget = 1024 * MiB
         add(
-            "density_fit",
+            "density_fit_estimate",
             name,
             "instances",
             [int(budget // pss)],
-            extra={"budget_bytes": budget, "per_instance_pss": int(pss)},
+            extra={"budget_bytes": budget, "per_instance_pss": int(pss), "method": "estimate"},
         )
         one = 15 * MiB if vm else 2 * MiB
         add(
@@ -330,7 +330,7 @@ def test_markdown_marks_every_emulated_row_and_the_skip():
     md = results.markdown(fake_doc())
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     vm_rows = [r for r in rows if "qemu microVM" in r]
-    assert len(vm_rows) >= 8  # start, memory, 4 rates, 2 density, fit, disk
+    assert len(vm_rows) >= 8  # start, memory, 4 rates, 2 density, fit estimate, disk
     assert all("emulated (TCG)" in r for r in vm_rows)
     assert results.TCG_WARNING in md
     assert DOCKER_REASON in md and md.count(DOCKER_REASON) == 1
@@ -505,3 +505,34 @@ def test_pids_named_finds_a_child(sleeper):
         except FileNotFoundError:
             pass  # exited since: nothing to check
     assert procfs.pids_named("no-such-command-name") == []
+
+
+# --------------------------------------------------------------------------- density estimate
+
+
+def test_density_fit_is_labelled_an_estimate_everywhere():
+    doc = fake_doc()
+    fits = [m for m in doc["measurements"] if m["metric"] == "density_fit_estimate"]
+    assert fits and all(m["extra"]["method"].startswith("estimate") for m in fits)
+    md = results.markdown(doc)
+    head = next(ln for ln in md.splitlines() if "would fit in a memory budget" in ln)
+    assert results.ESTIMATE in head and "instances (estimate)" in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "≈" in ln]
+    assert len(rows) == len(fits)
+    cmp_rows = [r for r in results.compare([doc]).splitlines() if "density_fit_estimate" in r]
+    assert cmp_rows and all("(estimate)" in r for r in cmp_rows)
+    need("matplotlib")
+    fig = plots.density_figure(doc)
+    assert any("ESTIMATE" in ax.get_title() for ax in fig.axes)
+    assert any("not started" in ax.get_xlabel() for ax in fig.axes)
+
+
+def test_a_file_of_another_lab_version_is_named(tmp_path):
+    old = fake_doc()
+    old["schema"] = "minicontainer/docker-vs-vm/1"
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    with pytest.raises(results.ResultsError) as err:
+        results.load(path)
+    assert "written by another version of the lab (minicontainer/docker-vs-vm/1" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -35,12 +35,15 @@ from .stats import METRICS, RATE_UNITS
 
 RATE_METRICS = [m for m in METRICS if m in RATE_UNITS]  # cpu, sha256, fileio, smallfiles...
 
-SCHEMA_ID = "minicontainer/docker-vs-vm/1"
+SCHEMA_ID = "minicontainer/docker-vs-vm/2"  # 2: density_fit became density_fit_estimate
+SCHEMA_FAMILY = "minicontainer/docker-vs-vm/"
 SCHEMA_NAME = "results.schema.json"
 # Package data (pyproject's package-data), read through importlib.resources so that
 # a wheel install finds it: nothing is read from a source checkout.
 SCHEMA = resources.files(__package__).joinpath(SCHEMA_NAME)
 EMULATED = "emulated (TCG)"
+# Said wherever density_fit_estimate is shown: it is computed, no instance was started.
+ESTIMATE = "estimate: (budget − shared daemons) ÷ median idle PSS, not started"
 TCG_WARNING = "VM figures are emulated (TCG): software emulation, not VM overhead"
 
 
@@ -209,6 +212,12 @@ def load(path: str | os.PathLike[str]) -> dict:
         raise ResultsError(f"{path}: cannot read: {e.strerror or e}") from None
     except ValueError as e:
         raise ResultsError(f"{path}: not a results file (bad JSON: {e})") from None
+    made_by = doc.get("schema") if isinstance(doc, dict) else None
+    if isinstance(made_by, str) and made_by.startswith(SCHEMA_FAMILY) and made_by != SCHEMA_ID:
+        raise ResultsError(
+            f"{path}: written by another version of the lab ({made_by}; this one reads "
+            f"{SCHEMA_ID}): run the lab again on that machine"
+        )
     try:
         validate(doc)
     except ResultsError as e:
@@ -367,21 +376,23 @@ def _density_tables(doc: dict) -> list[str]:
     )
     fits = []
     for name in _backend_order(doc):
-        m = _find(doc, "density_fit", name)
+        m = _find(doc, "density_fit_estimate", name)
         if m is not None:
             fits.append(
                 [
                     display_label(m["label"], m["emulated"]),
-                    _num(m["median"]),
+                    f"≈ {_num(m['median'])}",
                     _mib(m["extra"]["budget_bytes"]),
+                    _mib(m["extra"].get("shared_daemons_pss", 0)),
                     _mib(m["extra"]["per_instance_pss"]),
                 ]
             )
     out += _table(
-        "Density: idle instances that fit in a memory budget",
-        ["backend", "instances", "budget (MiB)", "PSS per instance (MiB)"],
+        f"Density: idle instances that would fit in a memory budget ({ESTIMATE})",
+        ["backend", "instances (estimate)", "budget (MiB)", "shared daemons (MiB PSS)",
+         "PSS per instance (MiB)"],
         fits,
-    )
+    )  # fmt: skip
     return out
 
 
@@ -476,7 +487,9 @@ def compare(docs: list[dict]) -> str:
 def _compare_cell(m: dict | None) -> str:
     if m is None:
         return "–"
-    if m["unit"] == "s":
+    if m["metric"] == "density_fit_estimate":
+        text = f"≈ {_num(m['median'])} instances (estimate)"
+    elif m["unit"] == "s":
         text = f"{_ms(m['median'])} ms"
     elif m["unit"] == "bytes":
         text = f"{_mib(m['median'])} MiB"
@@ -616,6 +629,7 @@ def _tool_version(argv: list[str], pattern: str) -> str | None:
 
 __all__ = [
     "EMULATED",
+    "ESTIMATE",
     "ResultsError",
     "SCHEMA_ID",
     "TCG_WARNING",
