@@ -45,6 +45,11 @@ from .workload import disk_bytes, payload_tar
 IMAGE = "mcbench/payload:lab"
 TIMED_OUT = 124  # timeout(1)'s exit status
 STOP_WAIT = 5.0  # seconds an idle instance gets to exit on SIGTERM before SIGKILL
+# Seconds an interrupted command gets between its signal and SIGKILL: enough for a
+# container tool to finish creating the container it is in the middle of (runc,
+# minicontainer and Docker all do that, then pass the signal on), never cut a
+# creation half-way (runc killed then leaves cgroups nobody knows of).
+INTERRUPT_GRACE = 3.0
 PAYLOAD_ENV = {"PATH": "/bin", "HOME": "/", "LC_ALL": "C"}
 # unshare and chroot are found on the host's PATH; what they exec sees the same.
 TOOL_ENV = PAYLOAD_ENV | {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -97,15 +102,29 @@ def _spawn(cmd: list[str], env: dict[str, str] | None) -> subprocess.Popen:
     return proc
 
 
+def _interrupt_command(proc: subprocess.Popen, sig: int) -> None:
+    """Stop a command the lab was asked to stop while it ran: ``sig`` to the command
+    (as a Ctrl-C or kill would reach it), up to INTERRUPT_GRACE to exit, then SIGKILL
+    to its process group (what it left of itself: an unshare child, say)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=INTERRUPT_GRACE)
+    _kill_group(proc)
+
+
 def timed_run(
     cmd: list[str],
     timeout: float,
     *,
     env: dict[str, str] | None = None,
     on_timeout: Callable[[], None] | None = None,
+    interrupt_signal: int = signal.SIGTERM,
 ) -> Run:
     """Spawn ``cmd``, read its stdout+stderr as it comes, and time MARKER and exit.
-    A stop requested meanwhile (lab.cancel) kills it as a timeout does, then raises."""
+    On timeout the command's group is killed; on a stop of the lab (lab.cancel) the
+    command gets ``interrupt_signal`` first (see _interrupt_command). Either way
+    ``on_timeout`` then removes what it may have left, and a stop raises."""
     cancel.check()
     t0 = time.perf_counter()
     proc = _spawn(cmd, env)
@@ -128,7 +147,10 @@ def timed_run(
         rc = proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
         exit_s = time.perf_counter() - t0
     except BaseException as e:  # a timeout, or a stop: nothing may outlive us
-        _kill_group(proc)
+        if isinstance(e, subprocess.TimeoutExpired):
+            _kill_group(proc)
+        else:
+            _interrupt_command(proc, interrupt_signal)
         if on_timeout is not None:
             on_timeout()
         if not isinstance(e, subprocess.TimeoutExpired):
@@ -167,6 +189,32 @@ def _copy_rootfs(payload: Path, dest: Path) -> Path:
         finally:
             files.rmtree(tmp)  # only there if the copy failed half-way
     return dest
+
+
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+def _remove_cgroup(group: Path) -> None:
+    """SIGKILL what is left in one of our containers' cgroups, then rmdir(2) it (the
+    kernel removes only an empty cgroup). Missing: nothing to do."""
+    try:
+        pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_WAIT
+    while True:
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # EBUSY while a killed process is still on its way out
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
 
 
 class _Instance(Instance):
@@ -400,7 +448,12 @@ class MinicontainerBackend(Backend):
     def run(self, argv: list[str], timeout: float = 120.0) -> Run:
         name = _unique("mcbench")
         cmd = self._cli("run", "--rm", "--name", name, "--network", "none", IMAGE, *argv)
-        return timed_run(cmd, timeout, env=self.env, on_timeout=lambda: self._remove(name))
+        # Interrupted: SIGINT, what a Ctrl-C sends a foreground `minicontainer run` (its
+        # KeyboardInterrupt unwinds a start in progress; its monitor passes it on later).
+        return timed_run(
+            cmd, timeout, env=self.env, on_timeout=lambda: self._remove(name),
+            interrupt_signal=signal.SIGINT,
+        )  # fmt: skip
 
     def start_idle(self, timeout: float = 120.0) -> Instance:
         name = _unique("mcbench-idle")
@@ -530,6 +583,9 @@ class RuncBackend(Backend):
         bundle.mkdir()
         spec = json.loads(json.dumps(self.spec))
         spec["process"]["args"] = argv
+        # Said explicitly (runtime-spec config-linux.md, cgroupsPath) so that _delete
+        # knows where runc puts the container's cgroups: /<id> in every hierarchy.
+        spec["linux"]["cgroupsPath"] = f"/{cid}"
         # Not durable: the bundle lives as long as its container, never across a reboot.
         files.write_atomic(bundle / "config.json", json.dumps(spec, indent=2), durable=False)
         return bundle
@@ -537,6 +593,10 @@ class RuncBackend(Backend):
     def _delete(self, cid: str) -> None:
         _quiet(self._runc("delete", "--force", cid))
         files.rmtree(self.bundles / cid)
+        # A runc that was killed while it created the container has no state for it, so
+        # `delete` found nothing: remove its cgroups (and what is in them) as runc would.
+        for group in [CGROUP_FS / cid, *CGROUP_FS.glob(f"*/{cid}")]:
+            _remove_cgroup(group)
 
     def run(self, argv: list[str], timeout: float = 120.0) -> Run:
         cid = _unique("mcbench")
