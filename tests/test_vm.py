@@ -530,3 +530,11 @@ def test_vm_backend_names_and_disk_only_for_data_workloads(tmp_path: Path):
     assert "virtio-blk-device,drive=data" in fileio
     with pytest.raises(Unavailable, match="kernel command line"):
         tcg._command(["/bench/mcbench", "has space"])
+
+
+def test_guest_memory_is_recorded_in_bytes():
+    from minicontainer.lab.vmbackend import VMBackend, guest_memory_bytes
+
+    assert guest_memory_bytes("128M") == 128 << 20 and guest_memory_bytes("1G") == 1 << 30
+    assert guest_memory_bytes("512") == 512 << 20  # qemu's -m: a bare number is MiB
+    assert VMBackend("tcg").memory_facts() == {"guest_memory_bytes": 128 << 20}

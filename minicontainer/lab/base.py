@@ -105,6 +105,10 @@ class Backend:
     def start_idle(self, timeout: float = 120.0) -> Instance:
         raise NotImplementedError
 
+    def memory_facts(self) -> dict:
+        """What the idle memory figure depends on, kept beside it (a VM's guest RAM)."""
+        return {}
+
     def shared_daemons(self) -> dict[str, list[int]]:
         """Long-running processes shared by every instance (dockerd, containerd)."""
         return {}

@@ -267,7 +267,11 @@ class Lab:
                 n: {k: int(stats.summarize(v)["median"]) for k, v in c.items()}
                 for n, c in comps.items()
             }
-            extra = {"rss": int(stats.summarize(rss_totals)["median"]), "components": med}
+            extra = {
+                "rss": int(stats.summarize(rss_totals)["median"]),
+                "components": med,
+                **b.memory_facts(),
+            }
             self._add("idle_memory", b, "bytes", totals, extra=extra)
             shared = b.shared_daemons()
             if shared:

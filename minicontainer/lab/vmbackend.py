@@ -29,6 +29,15 @@ LABELS = {"kvm": "VM (qemu microVM, KVM)", "tcg": "VM (qemu microVM, emulated (T
 DISK_MIB = 512
 
 
+def guest_memory_bytes(size: str) -> int:
+    """qemu's -m size ("128M", "1G"; a bare number is MiB, qemu-system-x86_64(1))."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = size.strip().upper().removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text) * units["M"])
+
+
 def _kvm_test_boot(timeout: float = 30.0):
     """A test boot for the KVM check: the host's busybox echoing the marker."""
 
@@ -150,6 +159,10 @@ class VMBackend(base.Backend):
         with self._lock:
             self._instances = [i for i in self._instances if i.proc.poll() is None] + [inst]
         return inst
+
+    def memory_facts(self) -> dict:
+        """The guest's RAM (qemu -m): what an idle VM's PSS is read against."""
+        return {"guest_memory_bytes": guest_memory_bytes(self.memory)}
 
     def footprint(self) -> dict[str, int]:
         """The compressed kernel (the vmlinux we boot is a cache of it), the
