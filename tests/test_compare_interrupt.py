@@ -50,6 +50,10 @@ CASES = {
     "start-docker-SIGINT": (
         signal.SIGINT, "native,docker", "start", "docker: run /bench/mcbench ready"
     ),
+    # runc in the middle of creating a container (no state yet, its cgroups being made)
+    "start-runc-SIGTERM": (
+        signal.SIGTERM, "native,runc", "start", "runc: run /bench/mcbench ready"
+    ),
     # a guest running the CPU loop, killed; a minicontainer run before it
     "workload-vm-tcg-SIGTERM": (
         signal.SIGTERM, "native,minicontainer,vm-tcg", "cpu", "vm-tcg: run /bench/mcbench cpu"
