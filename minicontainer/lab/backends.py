@@ -606,7 +606,7 @@ class RuncBackend(Backend):
                 self._runc("run", "--bundle", str(bundle), cid),
                 timeout,
                 env=dict(os.environ),
-                on_timeout=lambda: _quiet(self._runc("delete", "--force", cid)),
+                on_timeout=lambda: self._delete(cid),
             )
         finally:
             files.rmtree(bundle)
@@ -665,6 +665,11 @@ class RuncBackend(Backend):
         if self.state.is_dir():
             for cid in _quiet(self._runc("list", "--quiet")).stdout.split():
                 self._delete(cid)
+        # A container whose runc was killed while creating it is in no list; its cgroups
+        # carry a name of this process's (_unique: mcbench[-idle]-PID-N).
+        pattern = f"mcbench*-{os.getpid()}-*"
+        for group in [*CGROUP_FS.glob(pattern), *CGROUP_FS.glob(f"*/{pattern}")]:
+            _remove_cgroup(group)
 
 
 # ------------------------------------------------------------------ docker
