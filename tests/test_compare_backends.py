@@ -10,6 +10,7 @@ container, bundle, mount or process behind.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -311,17 +312,25 @@ BACKENDS = [
 
 
 def _mcbench_processes(*needles: str) -> set[tuple[int, str]]:
-    """Processes running a payload's mcbench (in a container, or from a host path)."""
+    """Processes running this test's payload's mcbench: from a host path (a needle in
+    the command line), or in a container whose mounts (minicontainer's overlay, runc's
+    rootfs under the work directory) or cgroup (runc: named after the container,
+    mcbench-<this pid>-N) say it is ours. Other sessions' labs run /bench/mcbench too;
+    Docker's containers are checked by name in _leftovers."""
+    tag = re.compile(rf"mcbench-(?:idle-)?{os.getpid()}-\d+")
     found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cmd.startswith("/bench/mcbench ") or any(n and n in cmd for n in needles):
-            found.add((int(entry.name), cmd))
+    for pid in procfs.pids():
+        cmd = " ".join(procfs.cmdline(pid))
+        if any(n and n in cmd for n in needles):
+            found.add((pid, cmd))
+        elif cmd.startswith("/bench/mcbench "):
+            try:
+                where = Path(f"/proc/{pid}/mountinfo").read_text()
+                where += Path(f"/proc/{pid}/cgroup").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if any(n and n in where for n in needles) or tag.search(where):
+                found.add((pid, cmd))
     return found
 
 
