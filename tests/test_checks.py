@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
+from minicontainer.lab.vm import kvm
 from minicontainer.lessons import checks
 from minicontainer.runtime.cgroups import CgroupSetup
 
 
 @pytest.fixture
-def machine(monkeypatch: pytest.MonkeyPatch):
+def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """A healthy root machine; tests change one probe at a time."""
     files = {
         "/proc/filesystems": "nodev\tproc\nnodev\toverlay\n",
         "/proc/cpuinfo": "processor\t: 0\nflags\t\t: fpu vme vmx sse\n",
         "/proc/self/mountinfo": "",
     }
-    state = {"euid": 0, "exists": {"/dev/kvm"}, "rw": {"/dev/kvm"}}
+    state = {"euid": 0, "exists": {"/dev/kvm"}, "rw": {"/dev/kvm"}, "create_vm": None}
     monkeypatch.setattr(checks, "_euid", lambda: state["euid"])
     monkeypatch.setattr(checks, "_user_name", lambda: "alice")
     monkeypatch.setattr(checks, "_read", lambda path: files.get(path))
@@ -44,7 +46,30 @@ def machine(monkeypatch: pytest.MonkeyPatch):
     files["/sys/fs/cgroup/cgroup.controllers"] = "cpuset cpu io memory pids"
     monkeypatch.setattr(checks, "_find_busybox", lambda: ("/usr/bin/busybox", ""))
     monkeypatch.setattr(checks, "_python_module", lambda name: True)
-    monkeypatch.setattr(checks, "_kvm_create_vm", lambda: (True, "KVM API 12"))
+
+    def kvm_ioctl(fd: int, request: int, *args: int) -> int:
+        """What /dev/kvm answers: API version 12, and a VM (or state["create_vm"]'s errno)."""
+        if request == kvm.KVM_GET_API_VERSION:
+            return kvm.KVM_API_VERSION
+        if state["create_vm"] is not None:
+            raise OSError(state["create_vm"], os.strerror(state["create_vm"]))
+        return os.open(os.devnull, os.O_RDONLY)  # the VM's descriptor, closed by the check
+
+    def kvm_verdict() -> kvm.KvmVerdict:
+        # The lab's real check, on this fake machine's /dev/kvm and /proc/cpuinfo.
+        dev, cpuinfo = tmp_path / "dev-kvm", tmp_path / "cpuinfo"
+        dev.unlink(missing_ok=True)
+        if "/dev/kvm" in state["exists"]:
+            dev.touch()
+        cpuinfo.write_text(files["/proc/cpuinfo"])
+        return kvm.check_kvm(
+            dev=dev,
+            cpuinfo=cpuinfo,
+            access=lambda _path, _mode: "/dev/kvm" in state["rw"],
+            ioctl=kvm_ioctl,
+        )
+
+    monkeypatch.setattr(checks, "_kvm_verdict", kvm_verdict)
     monkeypatch.setattr(checks, "_images_present", lambda: ([], "/var/lib/minicontainer/images"))
     return {"files": files, "state": state, "monkeypatch": monkeypatch}
 
@@ -195,10 +220,33 @@ def test_kvm_without_cpu_flags_says_nested(machine) -> None:
     c = checks.check_kvm()
     assert c.status == "warn"
     assert "no vmx/svm" in c.detail and "nested" in c.detail
-    machine["monkeypatch"].setattr(
-        checks, "_kvm_create_vm", lambda: (False, "KVM_CREATE_VM: No such device")
-    )
-    assert "VMs will be emulated" in checks.check_kvm().detail
+    machine["state"]["create_vm"] = errno.ENODEV
+    c = checks.check_kvm()
+    assert "VMs will be emulated" in c.detail and "KVM_CREATE_VM failed: No such device" in c.detail
+
+
+def test_kvm_that_refuses_a_vm_despite_vmx(machine) -> None:
+    machine["state"]["create_vm"] = errno.EBUSY
+    c = checks.check_kvm()
+    assert c.status == "warn" and "has vmx, but KVM_CREATE_VM failed" in c.detail
+    assert "another hypervisor" in c.fix
+
+
+def test_kvm_usable_names_the_api_and_the_flag(machine) -> None:
+    c = checks.check_kvm()
+    assert c.status == "ok" and "KVM API 12" in c.detail and "vmx" in c.detail
+
+
+def test_kvm_check_is_the_labs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ioctl of its own: on the real machine, the check asks minicontainer.lab.vm.kvm
+    (without its test boot) and reports what it found."""
+    assert not [n for n in vars(checks) if n.startswith("KVM_") or n == "_kvm_create_vm"]
+    calls: list[dict] = []
+    real = kvm.check_kvm
+    monkeypatch.setattr(kvm, "check_kvm", lambda **kw: calls.append(kw) or real(**kw))
+    c = checks.check_kvm()
+    assert calls == [{"test_boot": None}]
+    assert c.status in checks.STATUSES and "the check itself failed" not in c.detail
 
 
 def test_kvm_absent(machine) -> None:

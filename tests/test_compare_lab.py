@@ -3,12 +3,15 @@ order, what is kept (warm-ups dropped), how skips and emulation are recorded."""
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import threading
 from pathlib import Path
 
 import pytest
 
-from minicontainer.lab import base, results, workload
+from minicontainer.lab import base, cancel, results, workload
 from minicontainer.lab import runner as lab
 from minicontainer.lab.base import Instance, Probe, Run, Unavailable
 
@@ -182,9 +185,11 @@ def test_memory_density_and_disk(fake_env: None) -> None:
     assert mem["extra"]["components"] == {"main": {"rss": 4 << 20, "pss": 2 << 20},
                                           "helper": {"rss": 10 << 20, "pss": 6 << 20}}  # fmt: skip
     assert doc["shared_daemons"]["docker"] == {"daemon": {"rss": 100 << 20, "pss": 90 << 20}}
-    fit = by(doc, "density_fit", "docker")
+    fit = by(doc, "density_fit_estimate", "docker")
     assert fit["samples"] == [((1 << 30) - (90 << 20)) // (8 << 20)]  # daemons come first
-    assert by(doc, "density_fit", "native")["samples"] == [(1 << 30) // (8 << 20)]
+    assert fit["extra"]["method"].startswith("estimate, not measured")
+    assert by(doc, "density_fit_estimate", "native")["samples"] == [(1 << 30) // (8 << 20)]
+    assert d.started == 2 + 1 + 5  # idle memory, then density 1 and 5: none for the estimate
     five = [m for m in doc["measurements"]
             if m["metric"] == "density_start" and m["extra"]["instances"] == 5]  # fmt: skip
     assert len(five) == 2 and all(m["n"] == 5 for m in five)
@@ -222,3 +227,92 @@ def test_rounds_rotate_which_backend_goes_first(fake_env: None) -> None:
     rounds = [order[i : i + 3] for i in range(0, len(order), 3)]
     assert rounds[:3] == [["native", "a", "b"], ["a", "b", "native"], ["b", "native", "a"]]
     assert lab.rotated([], 3) == []
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def _ctrl_c() -> None:
+    """A real SIGINT to this process, as a Ctrl-C (from whatever thread calls it)."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_start_many_stops_every_instance_when_interrupted() -> None:
+    """A Ctrl-C while instances start: every start ends and every instance is stopped
+    before KeyboardInterrupt comes out, also one whose start ends after the signal
+    (CPython 3.11's Thread.join, interrupted, marked such a thread finished early)."""
+
+    class SignalsWhileStarting(FakeBackend):
+        def start_idle(self, timeout: float = 120.0) -> Instance:
+            with self.lock:
+                self.started += 1
+                first = self.started == 1
+            if first:
+                _ctrl_c()
+                # ready only once the lab has seen the Ctrl-C: a late instance
+                seen = select.select([cancel.fileno()], [], [], 10)[0]
+                assert seen, "the Ctrl-C was not seen"
+            return FakeInstance(self)
+
+    b = SignalsWhileStarting("vm-tcg", "vm")
+    with pytest.raises(KeyboardInterrupt):
+        lab.start_many(b, 4)
+    assert b.started == 4 and b.alive == 0
+
+
+def test_a_ctrl_c_during_a_run_stops_the_lab_and_cleans_up(fake_env: None) -> None:
+    class SignalsOnThirdRun(FakeBackend):
+        def run(self, argv: list[str], timeout: float = 120.0) -> Run:
+            if len(self.calls) == 2:
+                _ctrl_c()
+            return super().run(argv, timeout)
+
+    a, b = FakeBackend("native", "native"), SignalsOnThirdRun("runc")
+    with pytest.raises(KeyboardInterrupt):
+        lab.Lab([a, b], metrics=("start", "cpu"), settings=FAST, **QUIET).run()
+    assert len(b.calls) == 3  # the run in progress finished; no other was started
+    assert len(a.calls) == 3  # native's third run came before runc's in that round
+    assert a.cleaned and b.cleaned
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def test_cancel_holds_signals_and_delivers_them_after() -> None:
+    got: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda s, _f: got.append(s))
+    try:
+        with pytest.raises(cancel.Interrupted):
+            with cancel.handling():
+                signal.raise_signal(signal.SIGTERM)
+                assert got == [] and cancel.requested()
+                with pytest.raises(cancel.Interrupted):
+                    cancel.check()
+        assert got == [signal.SIGTERM]  # the previous handler got it, once the block ended
+        assert not cancel.requested()
+        # an ignored signal stays ignored: not taken over, nothing requested
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with cancel.handling():
+            signal.raise_signal(signal.SIGTERM)
+            assert not cancel.requested()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_a_stop_request_wakes_selects_and_sleeps() -> None:
+    r, w = os.pipe()
+    try:
+        with pytest.raises(cancel.Interrupted):  # the block ends with the request
+            with cancel.handling():
+                assert cancel.select([r], 0) == []
+                assert select.select([cancel.fileno()], [], [], 0)[0] == []
+                threading.Thread(target=cancel.request).start()  # from another thread
+                with pytest.raises(cancel.Interrupted):
+                    cancel.select([r], None)  # would wait forever without the request
+                # what wakes a select() in any thread: the request's descriptor is readable
+                assert select.select([cancel.fileno()], [], [], 0)[0] == [cancel.fileno()]
+                with pytest.raises(cancel.Interrupted):
+                    cancel.sleep(3600)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert not cancel.requested()
+    assert select.select([cancel.fileno()], [], [], 0)[0] == []  # drained for the next run

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import skip_or_fail
+from minicontainer import procfs
 from minicontainer.lab import memory, plots, results, stats
 from minicontainer.lab.base import RESULT_UNITS
 from minicontainer.runtime import cgroups
@@ -111,11 +112,11 @@ def fake_doc(accel: str = "tcg", hostname: str = "lab-ci") -> dict:
             )
         budget = 1024 * MiB
         add(
-            "density_fit",
+            "density_fit_estimate",
             name,
             "instances",
             [int(budget // pss)],
-            extra={"budget_bytes": budget, "per_instance_pss": int(pss)},
+            extra={"budget_bytes": budget, "per_instance_pss": int(pss), "method": "estimate"},
         )
         one = 15 * MiB if vm else 2 * MiB
         add(
@@ -234,24 +235,37 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("what", sorted(BROKEN))
-@pytest.mark.parametrize("checker", ["jsonschema", "builtin"])
-def test_broken_documents_are_rejected(what, checker, monkeypatch):
-    if checker == "builtin":
-        monkeypatch.setitem(sys.modules, "jsonschema", None)  # import fails: fallback
-    else:
-        need("jsonschema")
-    results.validate(fake_doc())  # the good one passes with this checker too
+def test_broken_documents_are_rejected(what):
+    results.validate(fake_doc())  # the good one passes
     with pytest.raises(results.ResultsError) as err:
         results.validate(_broken(BROKEN[what]))
     assert "\n" not in str(err.value)
 
 
-def test_schema_file_is_draft_2020_12():
-    schema = json.loads(results.SCHEMA_FILE.read_text())
+def test_rejection_names_where_and_what():
+    with pytest.raises(results.ResultsError) as err:
+        results.validate(_broken(BROKEN["wrong type"]))
+    assert str(err.value) == "$.measurements[0].median: '12 ms' is not of type 'number'"
+    with pytest.raises(results.ResultsError, match=r"^\$.measurements\[0\]: n is 99 but there"):
+        results.validate(_broken(BROKEN["n does not match samples"]))
+
+
+def test_without_jsonschema_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # import fails
+    with pytest.raises(results.ResultsError) as err:
+        results.validate(fake_doc())
+    assert "pip install 'minicontainer[lab]'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_schema_is_draft_2020_12_package_data():
+    schema = results.schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema = need("jsonschema")
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["$defs"]["metric"]["enum"]) == set(stats.METRICS)
+    # read through importlib.resources from the package, not from a checkout's folder
+    assert results.SCHEMA.name == "results.schema.json"
+    assert Path(str(results.SCHEMA)).parent == Path(results.__file__).parent
 
 
 # --------------------------------------------------------------------------- files
@@ -316,7 +330,7 @@ def test_markdown_marks_every_emulated_row_and_the_skip():
     md = results.markdown(fake_doc())
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     vm_rows = [r for r in rows if "qemu microVM" in r]
-    assert len(vm_rows) >= 8  # start, memory, 4 rates, 2 density, fit, disk
+    assert len(vm_rows) >= 8  # start, memory, 4 rates, 2 density, fit estimate, disk
     assert all("emulated (TCG)" in r for r in vm_rows)
     assert results.TCG_WARNING in md
     assert DOCKER_REASON in md and md.count(DOCKER_REASON) == 1
@@ -443,8 +457,8 @@ def test_smaps_rollup_of_a_child_sleep(sleeper):
     m = memory.smaps_rollup(sleeper.pid)
     assert m["rss"] >= m["pss"] > 0
     assert m["rss"] < 50 * MiB  # sleep is small
-    assert sleeper.pid in memory.descendants(os.getpid())
-    assert memory.descendants(sleeper.pid) == []
+    assert sleeper.pid in procfs.descendants(os.getpid())  # what components(with_children) adds
+    assert procfs.descendants(sleeper.pid) == []
     both = memory.total([os.getpid(), sleeper.pid])
     assert both["pss"] > memory.smaps_rollup(sleeper.pid)["pss"]
 
@@ -483,10 +497,42 @@ def test_smaps_fallback_when_rollup_is_absent(tmp_path, monkeypatch):
 
 
 def test_pids_named_finds_a_child(sleeper):
-    assert sleeper.pid in memory.pids_named("sleep")
-    for pid in memory.pids_named("dockerd"):
+    """How the Docker backend finds dockerd and containerd (its shared daemons)."""
+    assert sleeper.pid in procfs.pids_named("sleep")
+    for pid in procfs.pids_named("dockerd"):
         try:
             assert Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd"
         except FileNotFoundError:
             pass  # exited since: nothing to check
-    assert memory.pids_named("no-such-command-name") == []
+    assert procfs.pids_named("no-such-command-name") == []
+
+
+# --------------------------------------------------------------------------- density estimate
+
+
+def test_density_fit_is_labelled_an_estimate_everywhere():
+    doc = fake_doc()
+    fits = [m for m in doc["measurements"] if m["metric"] == "density_fit_estimate"]
+    assert fits and all(m["extra"]["method"].startswith("estimate") for m in fits)
+    md = results.markdown(doc)
+    head = next(ln for ln in md.splitlines() if "would fit in a memory budget" in ln)
+    assert results.ESTIMATE in head and "instances (estimate)" in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "≈" in ln]
+    assert len(rows) == len(fits)
+    cmp_rows = [r for r in results.compare([doc]).splitlines() if "density_fit_estimate" in r]
+    assert cmp_rows and all("(estimate)" in r for r in cmp_rows)
+    need("matplotlib")
+    fig = plots.density_figure(doc)
+    assert any("ESTIMATE" in ax.get_title() for ax in fig.axes)
+    assert any("not started" in ax.get_xlabel() for ax in fig.axes)
+
+
+def test_a_file_of_another_lab_version_is_named(tmp_path):
+    old = fake_doc()
+    old["schema"] = "minicontainer/docker-vs-vm/1"
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    with pytest.raises(results.ResultsError) as err:
+        results.load(path)
+    assert "written by another version of the lab (minicontainer/docker-vs-vm/1" in str(err.value)
+    assert "\n" not in str(err.value)

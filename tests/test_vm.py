@@ -229,9 +229,8 @@ def test_kvm_missing_device(tmp_path: Path):
     assert not v.usable and v.checks == {"dev_kvm": "missing"}
 
 
-def test_kvm_no_access_names_the_group(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(kvm.os, "access", lambda p, mode: False)
-    v = kvm.check_kvm(**kvm_env(tmp_path), ioctl=FakeKvm())
+def test_kvm_no_access_names_the_group(tmp_path: Path):
+    v = kvm.check_kvm(**kvm_env(tmp_path), ioctl=FakeKvm(), access=lambda p, mode: False)
     assert not v.usable and "kvm group" in v.reason and v.checks["dev_kvm"] == "no access"
 
 
@@ -531,3 +530,11 @@ def test_vm_backend_names_and_disk_only_for_data_workloads(tmp_path: Path):
     assert "virtio-blk-device,drive=data" in fileio
     with pytest.raises(Unavailable, match="kernel command line"):
         tcg._command(["/bench/mcbench", "has space"])
+
+
+def test_guest_memory_is_recorded_in_bytes():
+    from minicontainer.lab.vmbackend import VMBackend, guest_memory_bytes
+
+    assert guest_memory_bytes("128M") == 128 << 20 and guest_memory_bytes("1G") == 1 << 30
+    assert guest_memory_bytes("512") == 512 << 20  # qemu's -m: a bare number is MiB
+    assert VMBackend("tcg").memory_facts() == {"guest_memory_bytes": 128 << 20}

@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -35,13 +34,22 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import memory
+from .. import files, procfs
+from . import cancel
 from .base import MARKER, Backend, Instance, Probe, Run, Unavailable
 from .workload import disk_bytes, payload_tar
 
+# The payload's image name in minicontainer's store (under the lab's scratch directory)
+# and in Docker's, where it is tagged per lab process: another lab running at the same
+# time (another user, a notebook) must not lose its image to this one's cleanup.
 IMAGE = "mcbench/payload:lab"
 TIMED_OUT = 124  # timeout(1)'s exit status
 STOP_WAIT = 5.0  # seconds an idle instance gets to exit on SIGTERM before SIGKILL
+# Seconds an interrupted command gets between its signal and SIGKILL: enough for a
+# container tool to finish creating the container it is in the middle of (runc,
+# minicontainer and Docker all do that, then pass the signal on), never cut a
+# creation half-way (runc killed then leaves cgroups nobody knows of).
+INTERRUPT_GRACE = 3.0
 PAYLOAD_ENV = {"PATH": "/bin", "HOME": "/", "LC_ALL": "C"}
 # unshare and chroot are found on the host's PATH; what they exec sees the same.
 TOOL_ENV = PAYLOAD_ENV | {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -56,27 +64,6 @@ def _unique(prefix: str) -> str:
 
 
 # ------------------------------------------------------------------ processes
-
-
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (man 5 proc, stat field 3)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
-
-
-def _ppid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_bytes()
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -115,14 +102,30 @@ def _spawn(cmd: list[str], env: dict[str, str] | None) -> subprocess.Popen:
     return proc
 
 
+def _interrupt_command(proc: subprocess.Popen, sig: int) -> None:
+    """Stop a command the lab was asked to stop while it ran: ``sig`` to the command
+    (as a Ctrl-C or kill would reach it), up to INTERRUPT_GRACE to exit, then SIGKILL
+    to its process group (what it left of itself: an unshare child, say)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=INTERRUPT_GRACE)
+    _kill_group(proc)
+
+
 def timed_run(
     cmd: list[str],
     timeout: float,
     *,
     env: dict[str, str] | None = None,
     on_timeout: Callable[[], None] | None = None,
+    interrupt_signal: int = signal.SIGTERM,
 ) -> Run:
-    """Spawn ``cmd``, read its stdout+stderr as it comes, and time MARKER and exit."""
+    """Spawn ``cmd``, read its stdout+stderr as it comes, and time MARKER and exit.
+    On timeout the command's group is killed; on a stop of the lab (lab.cancel) the
+    command gets ``interrupt_signal`` first (see _interrupt_command). Either way
+    ``on_timeout`` then removes what it may have left, and a stop raises."""
+    cancel.check()
     t0 = time.perf_counter()
     proc = _spawn(cmd, env)
     fd, out, ready_s = proc.stdout.fileno(), bytearray(), None
@@ -133,7 +136,7 @@ def timed_run(
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise subprocess.TimeoutExpired(cmd, timeout)
-            if not select.select([fd], [], [], remaining)[0]:
+            if not cancel.select([fd], remaining):
                 continue
             data = os.read(fd, 65536)
             if not data:
@@ -143,8 +146,11 @@ def timed_run(
                 ready_s = time.perf_counter() - t0
         rc = proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
         exit_s = time.perf_counter() - t0
-    except BaseException as e:  # a timeout, or Ctrl-C: nothing may outlive us
-        _kill_group(proc)
+    except BaseException as e:  # a timeout, or a stop: nothing may outlive us
+        if isinstance(e, subprocess.TimeoutExpired):
+            _kill_group(proc)
+        else:
+            _interrupt_command(proc, interrupt_signal)
         if on_timeout is not None:
             on_timeout()
         if not isinstance(e, subprocess.TimeoutExpired):
@@ -157,11 +163,12 @@ def timed_run(
 
 
 def _wait_for_marker(read: Callable[[], str], deadline: float, poll: float = 0.005) -> bool:
-    """Poll ``read()`` (a log file, say) until it holds MARKER or the deadline passes."""
+    """Poll ``read()`` (a log file, say) until it holds MARKER or the deadline passes;
+    Interrupted if a stop is requested meanwhile (the caller removes the instance)."""
     while time.perf_counter() < deadline:
         if MARKER in read():
             return True
-        time.sleep(poll)
+        cancel.sleep(poll)
     return MARKER in read()
 
 
@@ -175,11 +182,39 @@ def _read(path: Path) -> str:
 def _copy_rootfs(payload: Path, dest: Path) -> Path:
     """A private copy of the payload (modes, mtimes and relative symlinks kept)."""
     if not dest.exists():
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(payload, tmp, symlinks=True)
-        os.replace(tmp, dest)
+        tmp = Path(files.temp_path(dest))
+        try:
+            shutil.copytree(payload, tmp, symlinks=True)
+            os.replace(tmp, dest)
+        finally:
+            files.rmtree(tmp)  # only there if the copy failed half-way
     return dest
+
+
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+def _remove_cgroup(group: Path) -> None:
+    """SIGKILL what is left in one of our containers' cgroups, then rmdir(2) it (the
+    kernel removes only an empty cgroup). Missing: nothing to do."""
+    try:
+        pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_WAIT
+    while True:
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # EBUSY while a killed process is still on its way out
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
 
 
 class _Instance(Instance):
@@ -210,13 +245,14 @@ def _start_process(
     cmd: list[str], timeout: float, env: dict[str, str]
 ) -> tuple[subprocess.Popen, float]:
     """Start an idle process in its own session; return it once MARKER is read."""
+    cancel.check()
     t0 = time.perf_counter()
     proc = _spawn(cmd, env)
     fd, out, deadline = proc.stdout.fileno(), bytearray(), t0 + timeout
     try:
         while MARKER.encode() not in out:
             remaining = deadline - time.perf_counter()
-            ready = remaining > 0 and select.select([fd], [], [], remaining)[0]
+            ready = remaining > 0 and cancel.select([fd], remaining)
             data = os.read(fd, 65536) if ready else b""
             if not data:  # exited or too slow
                 text = out.decode(errors="replace").strip()[-300:]
@@ -224,7 +260,7 @@ def _start_process(
                     f"{cmd[0]}: the idle workload was not ready ({text or 'no output'})"
                 )
             out += data
-    except BaseException:  # not ready, or Ctrl-C: leave nothing behind
+    except BaseException:  # not ready, or a stop: leave nothing behind
         _kill_group(proc)
         proc.stdout.close()
         raise
@@ -334,7 +370,7 @@ class UnshareBackend(NativeBackend):
         proc, ready_s = _start_process(argv, timeout, TOOL_ENV)
         # unshare --fork: the unshare process waits; its child chroot()s and becomes mcbench,
         # PID 1 of the new PID namespace (so it only takes signals it has handlers for).
-        child = memory.descendants(proc.pid)
+        child = procfs.descendants(proc.pid)
         inner = child[0] if child else None
 
         def components() -> dict[str, list[int]]:
@@ -404,6 +440,7 @@ class MinicontainerBackend(Backend):
 
         with contextlib.suppress(UserError, OSError):
             container = self._runtime().container(ref)
+            self.log(f"minicontainer: removing container {container.id}")
             with contextlib.suppress(UserError):
                 container.stop(timeout=STOP_WAIT)
             container.remove(force=True)
@@ -411,14 +448,20 @@ class MinicontainerBackend(Backend):
     def run(self, argv: list[str], timeout: float = 120.0) -> Run:
         name = _unique("mcbench")
         cmd = self._cli("run", "--rm", "--name", name, "--network", "none", IMAGE, *argv)
-        return timed_run(cmd, timeout, env=self.env, on_timeout=lambda: self._remove(name))
+        # Interrupted: SIGINT, what a Ctrl-C sends a foreground `minicontainer run` (its
+        # KeyboardInterrupt unwinds a start in progress; its monitor passes it on later).
+        return timed_run(
+            cmd, timeout, env=self.env, on_timeout=lambda: self._remove(name),
+            interrupt_signal=signal.SIGINT,
+        )  # fmt: skip
 
     def start_idle(self, timeout: float = 120.0) -> Instance:
         name = _unique("mcbench-idle")
         argv = ["/bench/mcbench", "idle"]
+        cancel.check()
         t0 = time.perf_counter()
         cmd = self._cli("run", "-d", "--name", name, "--network", "none", IMAGE, *argv)
-        try:
+        try:  # not cut short by a stop: it returns once the container runs
             proc = subprocess.run(
                 cmd, env=self.env, capture_output=True, text=True, timeout=timeout,
                 stdin=subprocess.DEVNULL,
@@ -433,8 +476,14 @@ class MinicontainerBackend(Backend):
             self._remove(name)
             raise Unavailable("minicontainer run -d printed no container id")
         cid = proc.stdout.split()[-1]
+        self.log(f"minicontainer: container {cid} started ({name})")
         log = self.root / "containers" / cid / "log.json"  # JSON lines, like json-file
-        if not _wait_for_marker(lambda: _read(log), t0 + timeout):
+        try:
+            ready = _wait_for_marker(lambda: _read(log), t0 + timeout)
+        except BaseException:  # a stop was requested: this instance is nobody's yet
+            self._remove(cid)
+            raise
+        if not ready:
             self._remove(cid)
             raise Unavailable(f"minicontainer: the idle container printed no {MARKER}")
         ready_s = time.perf_counter() - t0
@@ -488,7 +537,9 @@ class RuncBackend(Backend):
     kind = "container"
 
     def __init__(self) -> None:
+        # Until prepare(): paths that exist nowhere, so cleanup() finds nothing to do.
         self.dir = Path("/nonexistent")
+        self.rootfs = self.state = self.bundles = self.dir
 
     def probe(self) -> Probe:
         if shutil.which("runc") is None:
@@ -511,13 +562,15 @@ class RuncBackend(Backend):
         # runc's own default spec, edited: no terminal (output goes to our pipe) and a
         # writable root, so /bench-data works as in a container's R/W layer.
         spec_dir = self.dir / ".spec"
-        shutil.rmtree(spec_dir, ignore_errors=True)
+        files.rmtree(spec_dir)
         spec_dir.mkdir()
-        made = _quiet(["runc", "spec", "--bundle", str(spec_dir)])
-        if made.returncode != 0:
-            raise Unavailable(f"runc spec failed: {made.stderr.strip()}")
-        self.spec = json.loads((spec_dir / "config.json").read_text())
-        shutil.rmtree(spec_dir)
+        try:
+            made = _quiet(["runc", "spec", "--bundle", str(spec_dir)])
+            if made.returncode != 0:
+                raise Unavailable(f"runc spec failed: {made.stderr.strip()}")
+            self.spec = json.loads((spec_dir / "config.json").read_text())
+        finally:
+            files.rmtree(spec_dir)
         self.spec["process"]["terminal"] = False
         self.spec["root"] = {"path": str(self.rootfs), "readonly": False}
 
@@ -530,12 +583,20 @@ class RuncBackend(Backend):
         bundle.mkdir()
         spec = json.loads(json.dumps(self.spec))
         spec["process"]["args"] = argv
-        (bundle / "config.json").write_text(json.dumps(spec, indent=2))
+        # Said explicitly (runtime-spec config-linux.md, cgroupsPath) so that _delete
+        # knows where runc puts the container's cgroups: /<id> in every hierarchy.
+        spec["linux"]["cgroupsPath"] = f"/{cid}"
+        # Not durable: the bundle lives as long as its container, never across a reboot.
+        files.write_atomic(bundle / "config.json", json.dumps(spec, indent=2), durable=False)
         return bundle
 
     def _delete(self, cid: str) -> None:
         _quiet(self._runc("delete", "--force", cid))
-        shutil.rmtree(self.bundles / cid, ignore_errors=True)
+        files.rmtree(self.bundles / cid)
+        # A runc that was killed while it created the container has no state for it, so
+        # `delete` found nothing: remove its cgroups (and what is in them) as runc would.
+        for group in [CGROUP_FS / cid, *CGROUP_FS.glob(f"*/{cid}")]:
+            _remove_cgroup(group)
 
     def run(self, argv: list[str], timeout: float = 120.0) -> Run:
         cid = _unique("mcbench")
@@ -545,15 +606,17 @@ class RuncBackend(Backend):
                 self._runc("run", "--bundle", str(bundle), cid),
                 timeout,
                 env=dict(os.environ),
-                on_timeout=lambda: _quiet(self._runc("delete", "--force", cid)),
+                on_timeout=lambda: self._delete(cid),
             )
         finally:
-            shutil.rmtree(bundle, ignore_errors=True)
+            files.rmtree(bundle)
 
     def start_idle(self, timeout: float = 120.0) -> Instance:
+        cancel.check()
         cid = _unique("mcbench-idle")
         bundle = self._bundle(cid, ["/bench/mcbench", "idle"])
         out = bundle / "stdout"
+        self.log(f"runc: container {cid}")
         t0 = time.perf_counter()
         # run -d: runc returns once the container runs; its stdio stays on these files
         # (a pipe would keep our end busy for the container's whole life).
@@ -566,7 +629,12 @@ class RuncBackend(Backend):
             except subprocess.TimeoutExpired:
                 self._delete(cid)
                 raise Unavailable(f"runc run -d did not return within {timeout:g} s") from None
-        if started.returncode != 0 or not _wait_for_marker(lambda: _read(out), t0 + timeout):
+        try:
+            ready = started.returncode == 0 and _wait_for_marker(lambda: _read(out), t0 + timeout)
+        except BaseException:  # a stop was requested: this instance is nobody's yet
+            self._delete(cid)
+            raise
+        if not ready:
             text = _read(out).strip()[-300:]
             self._delete(cid)
             raise Unavailable(f"runc: the idle container did not start: {text or 'no output'}")
@@ -577,7 +645,7 @@ class RuncBackend(Backend):
         def stop() -> None:
             _quiet(self._runc("kill", cid, "TERM"))
             deadline = time.monotonic() + STOP_WAIT
-            while pid and _alive(pid) and time.monotonic() < deadline:
+            while pid and procfs.alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
             self._delete(cid)  # --force: SIGKILL if it is still there
 
@@ -597,6 +665,11 @@ class RuncBackend(Backend):
         if self.state.is_dir():
             for cid in _quiet(self._runc("list", "--quiet")).stdout.split():
                 self._delete(cid)
+        # A container whose runc was killed while creating it is in no list; its cgroups
+        # carry a name of this process's (_unique: mcbench[-idle]-PID-N).
+        pattern = f"mcbench*-{os.getpid()}-*"
+        for group in [*CGROUP_FS.glob(pattern), *CGROUP_FS.glob(f"*/{pattern}")]:
+            _remove_cgroup(group)
 
 
 # ------------------------------------------------------------------ docker
@@ -614,6 +687,7 @@ class DockerBackend(Backend):
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.imported = False
+        self.image = f"{IMAGE}-{os.getpid()}"
 
     def probe(self) -> Probe:
         if shutil.which("docker") is None:
@@ -627,32 +701,34 @@ class DockerBackend(Backend):
 
     def prepare(self, payload: Path, work: Path) -> None:
         tar = payload_tar(payload, Path(work).resolve() / "docker-payload.tar")
+        self.imported = True  # from now on cleanup removes the image, whatever happens
         try:
-            made = _quiet(["docker", "import", str(tar), IMAGE], timeout=300)
+            made = _quiet(["docker", "import", str(tar), self.image], timeout=300)
         finally:
             tar.unlink(missing_ok=True)
         if made.returncode != 0:
             raise Unavailable(f"docker import failed: {made.stderr.strip()[-300:]}")
-        self.imported = True
 
     def _remove(self, name: str) -> None:
+        self.log(f"docker: removing container {name}")
         _quiet(["docker", "rm", "--force", name], timeout=60)
         self.names.discard(name)
 
     def run(self, argv: list[str], timeout: float = 120.0) -> Run:
         name = _unique("mcbench")
         self.names.add(name)
-        cmd = ["docker", "run", "--rm", "--network", "none", "--name", name, IMAGE, *argv]
+        cmd = ["docker", "run", "--rm", "--network", "none", "--name", name, self.image, *argv]
         run = timed_run(cmd, timeout, on_timeout=lambda: self._remove(name))
         self.names.discard(name)  # --rm: gone when the CLI returned
         return run
 
     def start_idle(self, timeout: float = 120.0) -> Instance:
+        cancel.check()
         name = _unique("mcbench-idle")
         self.names.add(name)
         t0 = time.perf_counter()
         deadline = t0 + timeout
-        cmd = ["docker", "run", "--detach", "--network", "none", "--name", name, IMAGE]
+        cmd = ["docker", "run", "--detach", "--network", "none", "--name", name, self.image]
         started = _quiet([*cmd, "/bench/mcbench", "idle"], timeout=timeout)
         if started.returncode != 0:
             self._remove(name)
@@ -668,23 +744,26 @@ class DockerBackend(Backend):
         try:
             while MARKER.encode() not in seen:
                 remaining = deadline - time.perf_counter()
-                ready = remaining > 0 and select.select([logs.stdout], [], [], remaining)[0]
+                ready = remaining > 0 and cancel.select([logs.stdout], remaining)
                 data = os.read(logs.stdout.fileno(), 65536) if ready else b""
                 if not data:
                     self._remove(name)
                     raise Unavailable(f"docker: the idle container printed no {MARKER}")
                 seen += data
             ready_s = time.perf_counter() - t0
+        except cancel.Interrupted:  # a stop was requested: this instance is nobody's yet
+            self._remove(name)
+            raise
         finally:
             _kill_group(logs)
             logs.stdout.close()
         inspect = _quiet(["docker", "inspect", "--format", "{{.State.Pid}}", name])
         pid = int(inspect.stdout.strip() or 0)
-        shim = _ppid(pid) if pid and _alive(pid) else 0
+        shim = (procfs.parent(pid) or 0) if pid and procfs.alive(pid) else 0
 
         def components() -> dict[str, list[int]]:
             found = {"container": [pid]}
-            if shim and _comm(shim).startswith("containerd-shim"):
+            if shim and procfs.comm(shim).startswith("containerd-shim"):
                 found["containerd-shim"] = [shim]
             return found
 
@@ -694,11 +773,11 @@ class DockerBackend(Backend):
 
     def shared_daemons(self) -> dict[str, list[int]]:
         return {
-            name: pids for name in ("dockerd", "containerd") if (pids := memory.pids_named(name))
+            name: pids for name in ("dockerd", "containerd") if (pids := procfs.pids_named(name))
         }
 
     def footprint(self) -> dict[str, int]:
-        size = _quiet(["docker", "image", "inspect", "--format", "{{.Size}}", IMAGE]).stdout
+        size = _quiet(["docker", "image", "inspect", "--format", "{{.Size}}", self.image]).stdout
         found = {"image": int(size.strip())} if size.strip().isdigit() else {}
         # Each container adds two overlay2 layers (its R/W layer and the "-init" layer
         # with /etc/hosts & co.) and /var/lib/docker/containers/ID (config, log).
@@ -717,7 +796,7 @@ class DockerBackend(Backend):
         for name in sorted(self.names):
             self._remove(name)
         if self.imported:
-            _quiet(["docker", "rmi", "--force", IMAGE], timeout=60)
+            _quiet(["docker", "rmi", "--force", self.image], timeout=60)
             self.imported = False
 
 

@@ -88,6 +88,10 @@ class Backend:
     emulated: bool = False  # True for TCG: never call its figures "VM overhead"
     data_dir: str = "/bench-data"  # where fileio writes, inside the instance
 
+    def log(self, msg: str) -> None:
+        """What this backend starts and removes, for the lab's verbose log (the lab
+        sets it per backend; silent otherwise)."""
+
     def probe(self) -> Probe:
         raise NotImplementedError
 
@@ -100,6 +104,10 @@ class Backend:
 
     def start_idle(self, timeout: float = 120.0) -> Instance:
         raise NotImplementedError
+
+    def memory_facts(self) -> dict:
+        """What the idle memory figure depends on, kept beside it (a VM's guest RAM)."""
+        return {}
 
     def shared_daemons(self) -> dict[str, list[int]]:
         """Long-running processes shared by every instance (dockerd, containerd)."""

@@ -13,7 +13,9 @@ kernels only have ``/proc/PID/smaps``, one block per mapping, summed here.
 A process that has exited while it is measured: ``smaps_rollup`` raises
 ``ProcessGone``; ``total`` and ``components`` count it as zero bytes (an instance
 may lose a short-lived child between listing and reading). Kernel threads and
-zombies have no user memory and read as zero.
+zombies have no user memory and read as zero. Which processes an instance has
+(children, pids by name) comes from ``minicontainer.procfs``, the package's one
+reader of /proc/PID/stat.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .. import procfs
 from .base import Unavailable
 
 PROC = Path("/proc")
@@ -74,45 +77,6 @@ def components(
     return result
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (children, grandchildren, ...), not ``pid``.
-
-    Read from the parent pid in each /proc/PID/stat, which every kernel has
-    (/proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN).
-    """
-    children: dict[int, list[int]] = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        ppid = _ppid(entry)
-        if ppid is not None:
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in sorted(children.get(todo.pop(0), [])):
-            if child not in found and child != pid:
-                found.append(child)
-                todo.append(child)
-    return found
-
-
-def pids_named(comm: str) -> list[int]:
-    """Pids whose /proc/PID/comm is ``comm`` (e.g. "dockerd", "containerd")."""
-    wanted = comm[:15]  # the kernel keeps 15 characters of a command name (TASK_COMM_LEN)
-    found = []
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            name = (entry / "comm").read_text().rstrip("\n")
-        except OSError:
-            continue
-        if name == wanted:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -123,7 +87,7 @@ def _expand(pids: list[int], claimed: set[int], with_children: bool) -> list[int
         if pid not in out:
             out.append(pid)
         if with_children:
-            out.extend(c for c in descendants(pid) if c not in claimed and c not in out)
+            out.extend(c for c in procfs.descendants(pid) if c not in claimed and c not in out)
     return out
 
 
@@ -154,17 +118,4 @@ def _sum_kb(text: str, field: str) -> int:
     return kb * 1024
 
 
-def _ppid(entry: Path) -> int | None:
-    try:
-        stat = (entry / "stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and ")": split after the last ")".
-    fields = stat.rsplit(")", 1)[-1].split()
-    try:
-        return int(fields[1])
-    except (IndexError, ValueError):
-        return None
-
-
-__all__ = ["ProcessGone", "components", "descendants", "pids_named", "smaps_rollup", "total"]
+__all__ = ["ProcessGone", "components", "smaps_rollup", "total"]

@@ -109,7 +109,8 @@ def memory_figure(doc: dict):
 
 
 def density_figure(doc: dict):
-    """Median start-to-ready when N start at once, against N; and how many fit in memory."""
+    """Median start-to-ready when N start at once, against N; and the estimate of how
+    many would fit in memory (computed from idle PSS: no instance was started for it)."""
     fig = _figure(12, 4.5)
     ax_n, ax_fit = fig.subplots(1, 2)
     found = _measurements(doc, "density_start")
@@ -146,14 +147,17 @@ def density_figure(doc: dict):
     else:
         _note(ax_n, "density_start not measured")
 
-    fits = _measurements(doc, "density_fit")
-    ax_fit.set_title("idle instances that fit in the memory budget")
+    fits = _measurements(doc, "density_fit_estimate")
+    ax_fit.set_title("ESTIMATE: idle instances that would fit\nin the memory budget")
     if fits:
-        _hbars(ax_fit, doc, fits, whiskers=False, fmt="{:.0f}")
+        _hbars(ax_fit, doc, fits, whiskers=False, fmt="≈ {:.0f}")
         budget = fits[0]["extra"].get("budget_bytes", 0)
-        ax_fit.set_xlabel(f"instances (budget {budget / MIB:.0f} MiB)")
+        ax_fit.set_xlabel(
+            f"instances in {budget / MIB:.0f} MiB = (budget − shared daemons)\n"
+            "÷ median idle PSS (computed, not started)"
+        )
     else:
-        _note(ax_fit, "density_fit not measured")
+        _note(ax_fit, "density_fit_estimate not computed (no idle memory measured)")
     _footer(fig, doc)
     return fig
 
@@ -223,7 +227,7 @@ def figure_for(doc: dict, what: str):  # type: ignore[no-untyped-def]
 
 def save_figures(doc: dict, outdir: str | os.PathLike[str]) -> list[Path]:
     """Write every figure as ``<outdir>/<name>.png`` (temp file + rename); the paths."""
-    from ..runtime.monitor import write_atomic
+    from ..files import write_atomic
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +237,7 @@ def save_figures(doc: dict, outdir: str | os.PathLike[str]) -> list[Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
         path = outdir / f"{name}.png"
-        write_atomic(str(path), buf.getvalue())
+        write_atomic(path, buf.getvalue())
         paths.append(path)
     return paths
 

@@ -1,8 +1,9 @@
 """The lab's results file: one JSON document per run, and its Markdown summary.
 
-The document (schema: docker-vs-vm/results.schema.json, JSON Schema draft 2020-12)
-holds the host it ran on, the backends and whether they could run, every
-measurement with all its samples, and what was skipped and why. It is built in
+The document holds the host it ran on, the backends and whether they could run,
+every measurement with all its samples, and what was skipped and why. Its schema
+is ``results.schema.json`` beside this module (JSON Schema draft 2020-12, package
+data), checked with the jsonschema package (pyproject's ``lab`` extra). It is built in
 the order a run goes: ``new_document`` (host facts, backends), ``add_measurement``
 and ``add_skip`` as the lab measures, ``save`` (validated, temp file + rename).
 ``load`` reads one back (validated), ``markdown`` summarises one run and
@@ -25,16 +26,24 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import Path
 
+from .. import files
 from .base import Backend, Probe
 from .stats import METRICS, RATE_UNITS
 
 RATE_METRICS = [m for m in METRICS if m in RATE_UNITS]  # cpu, sha256, fileio, smallfiles...
 
-SCHEMA_ID = "minicontainer/docker-vs-vm/1"
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docker-vs-vm" / "results.schema.json"
+SCHEMA_ID = "minicontainer/docker-vs-vm/2"  # 2: density_fit became density_fit_estimate
+SCHEMA_FAMILY = "minicontainer/docker-vs-vm/"
+SCHEMA_NAME = "results.schema.json"
+# Package data (pyproject's package-data), read through importlib.resources so that
+# a wheel install finds it: nothing is read from a source checkout.
+SCHEMA = resources.files(__package__).joinpath(SCHEMA_NAME)
 EMULATED = "emulated (TCG)"
+# Said wherever density_fit_estimate is shown: it is computed, no instance was started.
+ESTIMATE = "estimate: (budget − shared daemons) ÷ median idle PSS, not started"
 TCG_WARNING = "VM figures are emulated (TCG): software emulation, not VM overhead"
 
 
@@ -134,21 +143,30 @@ def add_note(doc: dict, note: str) -> None:
 def validate(doc: object) -> None:
     """Raise ResultsError (one line, naming where) if ``doc`` breaks the schema, or
     the few rules a schema cannot say (n matches the samples, known backends)."""
-    schema = _schema()
+    jsonschema = require_validator()
+    from jsonschema.exceptions import best_match
+
+    error = best_match(jsonschema.Draft202012Validator(schema()).iter_errors(doc))
+    if error is not None:
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+        )
+        raise ResultsError(f"{where}: {_one_line(error.message)}")
+    _check_consistency(doc)
+
+
+def require_validator():  # type: ignore[no-untyped-def]
+    """The jsonschema package, which checks results files against the schema; a
+    ResultsError that says how to install it when it is missing (the runtime needs
+    only the standard library, the lab's results need this one package)."""
     try:
         import jsonschema
-    except ImportError:  # the runtime needs only the stdlib: a small checker instead
-        _check(doc, schema, schema, "$")
-    else:
-        from jsonschema.exceptions import best_match
-
-        error = best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
-        if error is not None:
-            where = "$" + "".join(
-                f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
-            )
-            raise ResultsError(f"{where}: {_one_line(error.message)}")
-    _check_consistency(doc)
+    except ImportError:
+        raise ResultsError(
+            "reading or writing lab results needs the jsonschema package: "
+            "pip install 'minicontainer[lab]' (it comes with the notebooks' extra too)"
+        ) from None
+    return jsonschema
 
 
 def _check_consistency(doc: dict) -> None:
@@ -166,98 +184,12 @@ def _check_consistency(doc: dict) -> None:
                 raise ResultsError(f"{where}.{key}: not a finite number")
 
 
-def _schema() -> dict:
+def schema() -> dict:
+    """The results schema (JSON Schema 2020-12), package data of minicontainer.lab."""
     try:
-        return json.loads(SCHEMA_FILE.read_text())
+        return json.loads(SCHEMA.read_text())
     except (OSError, ValueError) as e:
-        raise ResultsError(f"cannot read the schema {SCHEMA_FILE}: {e}") from None
-
-
-_TYPES = {
-    "object": dict,
-    "array": list,
-    "string": str,
-    "boolean": bool,
-    "null": type(None),
-    "integer": int,
-    "number": (int, float),
-}
-
-
-def _is_type(value: object, name: str) -> bool:
-    if name in ("integer", "number") and isinstance(value, bool):
-        return False
-    if name == "integer" and isinstance(value, float):
-        return value.is_integer()
-    return isinstance(value, _TYPES[name])
-
-
-def _check(value: object, schema: dict, root: dict, where: str) -> None:
-    """The subset of JSON Schema 2020-12 that results.schema.json uses."""
-    if "$ref" in schema:
-        target = root
-        for part in schema["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        _check(value, target, root, where)
-    if "type" in schema:
-        names = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_is_type(value, n) for n in names):
-            raise ResultsError(f"{where}: {value!r} is not of type {' or '.join(names)}")
-    if "const" in schema and not _equal(value, schema["const"]):
-        raise ResultsError(f"{where}: {value!r} was expected to be {schema['const']!r}")
-    if "enum" in schema and not any(_equal(value, e) for e in schema["enum"]):
-        raise ResultsError(f"{where}: {value!r} is not one of {schema['enum']!r}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            raise ResultsError(f"{where}: {value!r} is too short")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            raise ResultsError(f"{where}: {value!r} does not match {schema['pattern']!r}")
-    if _is_type(value, "number") and "minimum" in schema and value < schema["minimum"]:
-        raise ResultsError(f"{where}: {value!r} is less than the minimum of {schema['minimum']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            raise ResultsError(f"{where}: {value!r} should be non-empty")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                _check(item, schema["items"], root, f"{where}[{i}]")
-    if isinstance(value, dict):
-        for key in schema.get("required", []):
-            if key not in value:
-                raise ResultsError(f"{where}: {key!r} is a required property")
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for key, item in value.items():
-            if key in props:
-                _check(item, props[key], root, f"{where}.{key}")
-            elif extra is False:
-                raise ResultsError(f"{where}: additional property {key!r} is not allowed")
-            elif isinstance(extra, dict):
-                _check(item, extra, root, f"{where}.{key}")
-    for sub in schema.get("allOf", []):
-        _check(value, sub, root, where)
-    if "anyOf" in schema:
-        for sub in schema["anyOf"]:
-            try:
-                _check(value, sub, root, where)
-                break
-            except ResultsError:
-                continue
-        else:
-            raise ResultsError(f"{where}: {value!r} is not valid under any of the given schemas")
-    if "if" in schema:
-        try:
-            _check(value, schema["if"], root, where)
-        except ResultsError:
-            pass
-        else:
-            if "then" in schema:
-                _check(value, schema["then"], root, where)
-
-
-def _equal(a: object, b: object) -> bool:
-    # JSON Schema: true is not 1, and 1 == 1.0.
-    same_kind = type(a) is type(b) or (_is_type(a, "number") and _is_type(b, "number"))
-    return same_kind and a == b
+        raise ResultsError(f"cannot read the schema {SCHEMA_NAME}: {e}") from None
 
 
 # --------------------------------------------------------------------------- files
@@ -265,12 +197,10 @@ def _equal(a: object, b: object) -> bool:
 
 def save(doc: dict, path: str | os.PathLike[str]) -> Path:
     """Validate, then write ``path`` (temp file + rename: never half a file)."""
-    from ..runtime.monitor import write_atomic
-
     validate(doc)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(str(path), json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    files.write_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -282,6 +212,12 @@ def load(path: str | os.PathLike[str]) -> dict:
         raise ResultsError(f"{path}: cannot read: {e.strerror or e}") from None
     except ValueError as e:
         raise ResultsError(f"{path}: not a results file (bad JSON: {e})") from None
+    made_by = doc.get("schema") if isinstance(doc, dict) else None
+    if isinstance(made_by, str) and made_by.startswith(SCHEMA_FAMILY) and made_by != SCHEMA_ID:
+        raise ResultsError(
+            f"{path}: written by another version of the lab ({made_by}; this one reads "
+            f"{SCHEMA_ID}): run the lab again on that machine"
+        )
     try:
         validate(doc)
     except ResultsError as e:
@@ -440,21 +376,23 @@ def _density_tables(doc: dict) -> list[str]:
     )
     fits = []
     for name in _backend_order(doc):
-        m = _find(doc, "density_fit", name)
+        m = _find(doc, "density_fit_estimate", name)
         if m is not None:
             fits.append(
                 [
                     display_label(m["label"], m["emulated"]),
-                    _num(m["median"]),
+                    f"≈ {_num(m['median'])}",
                     _mib(m["extra"]["budget_bytes"]),
+                    _mib(m["extra"].get("shared_daemons_pss", 0)),
                     _mib(m["extra"]["per_instance_pss"]),
                 ]
             )
     out += _table(
-        "Density: idle instances that fit in a memory budget",
-        ["backend", "instances", "budget (MiB)", "PSS per instance (MiB)"],
+        f"Density: idle instances that would fit in a memory budget ({ESTIMATE})",
+        ["backend", "instances (estimate)", "budget (MiB)", "shared daemons (MiB PSS)",
+         "PSS per instance (MiB)"],
         fits,
-    )
+    )  # fmt: skip
     return out
 
 
@@ -549,7 +487,9 @@ def compare(docs: list[dict]) -> str:
 def _compare_cell(m: dict | None) -> str:
     if m is None:
         return "–"
-    if m["unit"] == "s":
+    if m["metric"] == "density_fit_estimate":
+        text = f"≈ {_num(m['median'])} instances (estimate)"
+    elif m["unit"] == "s":
         text = f"{_ms(m['median'])} ms"
     elif m["unit"] == "bytes":
         text = f"{_mib(m['median'])} MiB"
@@ -689,6 +629,7 @@ def _tool_version(argv: list[str], pattern: str) -> str | None:
 
 __all__ = [
     "EMULATED",
+    "ESTIMATE",
     "ResultsError",
     "SCHEMA_ID",
     "TCG_WARNING",
@@ -702,6 +643,8 @@ __all__ = [
     "display_label",
     "host_facts",
     "load",
+    "require_validator",
+    "schema",
     "markdown",
     "new_document",
     "save",

@@ -10,22 +10,27 @@ min / median / max. A backend that cannot run here is skipped with its reason
 and the rest still runs. VM figures measured under TCG carry ``emulated: true``
 and say "emulated (TCG)" wherever they are shown (vm-bench.md: never call them
 VM overhead).
+
+Ctrl-C and SIGTERM (see ``cancel``) are honoured at any moment: what is being
+started is let start (or cancelled) and stopped, a running workload is killed,
+every backend that was prepared is cleaned up, the scratch directory removed, and
+then KeyboardInterrupt comes out of ``Lab.run``. With ``verbose`` the lab also logs
+each probe, preparation, instance start, workload run and removal.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import signal
+import os
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import base, memory, results, stats, workload
+from .. import files
+from . import base, cancel, memory, results, stats, workload
 from .base import Backend, Unavailable
 
 # What each mode does. quick: under 2 minutes here (TCG VM included); full: under 15.
@@ -45,12 +50,20 @@ METRIC_GROUPS = ("start", "cpu", "io", "memory", "density", "disk")
 WORKLOADS = {"cpu": ("cpu", "sha256"), "io": ("fileio", "syscall")}
 # One workload alone can be asked for too (the notebook's widget does).
 SINGLE = tuple(w for group in WORKLOADS.values() for w in group)
-DEFAULT_BUDGET = 4 << 30  # the memory budget density_fit fills (4 GiB)
+DEFAULT_BUDGET = 4 << 30  # the memory budget of the density estimate (4 GiB)
+# How density_fit_estimate is computed (results.json says it with every figure): from
+# the idle memory measurement, not by starting instances until the budget is full.
+ESTIMATE_METHOD = (
+    "estimate, not measured: (budget_bytes - shared_daemons_pss) // per_instance_pss, "
+    "per_instance_pss being the median PSS of one idle instance"
+)
 DISK_N = (1, 10, 50)
 
 
 def log_stderr(msg: str) -> None:
-    print(f"[lab] {msg}", file=sys.stderr, flush=True)
+    # One write per line: instance starts log from several threads at once.
+    sys.stderr.write(f"[lab] {msg}\n")
+    sys.stderr.flush()
 
 
 @dataclass
@@ -63,6 +76,9 @@ class Lab:
     budget_bytes: int = DEFAULT_BUDGET
     log: Callable[[str], None] = log_stderr
     settings: dict = field(default_factory=dict)
+    # Also log each instance start, workload run and removal (the interrupt tests send
+    # their signal when such a line appears).
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -75,7 +91,11 @@ class Lab:
         self.settings = {**MODES[self.mode], **self.settings}
         t0, say = time.perf_counter(), self.log
         self.log = lambda msg: say(f"{time.perf_counter() - t0:6.1f} s  {msg}")
+        self.trace: Callable[[str], None] = self.log if self.verbose else lambda _msg: None
+        for b in self.backends:
+            b.log = self.trace  # type: ignore[method-assign]
         self.ready: list[Backend] = []
+        self.prepared: list[Backend] = []  # prepare() was called: cleanup() is due
         self.doc: dict = {}
 
     # -- 0. probe and prepare ------------------------------------------------------
@@ -83,6 +103,8 @@ class Lab:
     def probe(self) -> None:
         entries = []
         for b in self.backends:
+            cancel.check()
+            self.trace(f"{b.name}: probing")
             try:
                 p = b.probe()
             except Unavailable as e:
@@ -111,6 +133,9 @@ class Lab:
 
     def prepare(self, payload: Path, work: Path) -> None:
         for b in list(self.ready):
+            cancel.check()
+            self.trace(f"{b.name}: preparing")
+            self.prepared.append(b)
             t = time.perf_counter()
             try:
                 b.prepare(payload, work / b.name)
@@ -154,8 +179,11 @@ class Lab:
                     self._add(metric, b, "s", samples[b.name])
 
     def _run(self, b: Backend, argv: list[str], metric: str) -> base.Run | None:
+        cancel.check()
+        argv = base.expand(argv, b)
+        self.trace(f"{b.name}: run {' '.join(argv)}")
         try:
-            run = b.run(base.expand(argv, b))
+            run = b.run(argv)
         except Unavailable as e:
             results.add_skip(self.doc, b.name, metric, str(e))
             return None
@@ -216,13 +244,15 @@ class Lab:
             totals, rss_totals = [], []
             comps: dict[str, dict[str, list[int]]] = {}
             for _ in range(runs):
+                cancel.check()
+                self.trace(f"{b.name}: starting an idle instance")
                 try:
                     inst = b.start_idle()
                 except Unavailable as e:
                     results.add_skip(self.doc, b.name, "idle_memory", str(e))
                     break
                 try:
-                    time.sleep(0.3)  # let the instance settle after its marker
+                    cancel.sleep(0.3)  # let the instance settle after its marker
                     measured = memory.components(inst.components(), with_children=True)
                 finally:
                     inst.stop()
@@ -237,7 +267,11 @@ class Lab:
                 n: {k: int(stats.summarize(v)["median"]) for k, v in c.items()}
                 for n, c in comps.items()
             }
-            extra = {"rss": int(stats.summarize(rss_totals)["median"]), "components": med}
+            extra = {
+                "rss": int(stats.summarize(rss_totals)["median"]),
+                "components": med,
+                **b.memory_facts(),
+            }
             self._add("idle_memory", b, "bytes", totals, extra=extra)
             shared = b.shared_daemons()
             if shared:
@@ -250,9 +284,10 @@ class Lab:
         s = self.settings
         for b in self.ready:
             for n in s["vm_density"] if b.kind == "vm" else s["density"]:
+                cancel.check()
                 self.log(f"density: {n} x {b.name} at once")
                 try:
-                    per, all_ready = start_many(b, n)
+                    per, all_ready = start_many(b, n, log=self.trace)
                 except Unavailable as e:
                     results.add_skip(self.doc, b.name, "density_start", f"{n} at once: {e}")
                     break
@@ -263,15 +298,21 @@ class Lab:
             b = next(x for x in self.ready if x.name == m["backend"])
             fixed = sum(d["pss"] for d in self.doc["shared_daemons"].get(b.name, {}).values())
             fits = max(0, self.budget_bytes - fixed) // max(1, int(m["median"]))
-            extra = {"budget_bytes": self.budget_bytes, "per_instance_pss": int(m["median"])}
+            extra = {
+                "budget_bytes": self.budget_bytes,
+                "per_instance_pss": int(m["median"]),
+                "method": ESTIMATE_METHOD,
+            }
             if fixed:
                 extra["shared_daemons_pss"] = fixed
-            self._add("density_fit", b, "instances", [fits], extra=extra)
+            self._add("density_fit_estimate", b, "instances", [fits], extra=extra)
 
     # -- 6. disk footprint ---------------------------------------------------------
 
     def disk(self) -> None:
         for b in self.ready:
+            cancel.check()
+            self.trace(f"{b.name}: disk footprint")
             comps = b.footprint()
             if not comps:
                 continue
@@ -293,6 +334,13 @@ class Lab:
         ))  # fmt: skip
 
     def run(self, work: Path | None = None) -> dict:
+        """Every measurement asked for, in order; the results document. Ctrl-C or
+        SIGTERM (lab.cancel) stops and removes everything started, then raises
+        KeyboardInterrupt (Interrupted), at whatever moment it came."""
+        with cancel.handling():
+            return self._measure_all(work)
+
+    def _measure_all(self, work: Path | None) -> dict:
         host = results.host_facts()
         self.doc = results.new_document(self.mode, host, [])
         self.probe()
@@ -301,8 +349,10 @@ class Lab:
                 "no backend can run here: "
                 + "; ".join(f"{e['name']}: {e['reason']}" for e in self.doc["backends"])
             )
+        cancel.check()
         scratch = Path(tempfile.mkdtemp(prefix="mc-lab-", dir=work))
         try:
+            self.trace(f"scratch directory {scratch}")
             payload = workload.build_payload(scratch / "payload")
             self.prepare(payload, scratch)
             if "start" in self.metrics:
@@ -321,39 +371,30 @@ class Lab:
                 self.density()
             if "disk" in self.metrics:
                 self.disk()
+            cancel.check()
+        except cancel.Interrupted:
+            self.trace("interrupted: stopping and removing everything this run started")
+            raise
         finally:
-            with interrupts_deferred():
-                for b in self.ready:
-                    try:
-                        b.cleanup()
-                    except Exception as e:  # noqa: BLE001 - cleanup must reach every backend
-                        self.log(f"{b.name}: cleanup failed: {e}")
-                shutil.rmtree(scratch, ignore_errors=True)
+            # A Ctrl-C now only requests a stop again (cancel.handling): cleanup runs to
+            # its end, and reaches every backend that was prepared.
+            self.trace("cleaning up")
+            for b in self.prepared:
+                try:
+                    b.cleanup()
+                except Exception as e:  # noqa: BLE001 - cleanup must reach every backend
+                    self.log(f"{b.name}: cleanup failed: {e}")
+            try:
+                files.rmtree(scratch)
+            except OSError as e:  # a busy mount, say: say so, the rest is clean
+                self.log(f"cannot remove {scratch}: {e}")
+            self.trace("cleaned up")
         if self.doc["host"].get("accel") == "tcg":
             self.doc["notes"].append(
                 "VM figures were measured under TCG, software emulation (no usable KVM here): "
                 "they show the cost of emulation, not of virtualisation."
             )
         return self.doc
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (and SIGTERM) while cleaning up: a second Ctrl-C must not leave
-    containers or VMs behind. Raised once the block is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    old = {sig: signal.signal(sig, lambda s, _f: held.append(s))
-           for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if held:
-            raise KeyboardInterrupt
 
 
 def rotated(items: list, r: int) -> list:
@@ -363,63 +404,67 @@ def rotated(items: list, r: int) -> list:
     return items[k:] + items[:k]
 
 
-def start_many(b: Backend, n: int, timeout: float = 300.0) -> tuple[list[float], float]:
+def start_many(
+    b: Backend, n: int, timeout: float = 300.0, log: Callable[[str], None] | None = None
+) -> tuple[list[float], float]:
     """Start n idle instances at once (threads released together); returns each
     one's start-to-ready time from the common start and the time until all were
-    ready. Every instance is stopped, also when one fails or on Ctrl-C: then the
-    threads are let finish their start (each stops what it started)."""
+    ready. Every instance is stopped, also when one fails or the lab is asked to stop:
+    then each thread's start ends (it is cancelled, or it finishes and is stopped)
+    before the instances are stopped, so that none is started after that. Whether a
+    thread has ended is counted by the thread itself, never read from Thread.join or
+    is_alive (see lab.cancel for why)."""
+    say = log or (lambda _msg: None)
     instances: list[base.Instance] = []
     times: list[float] = []
-    errors: list[str] = []
+    failures: list[BaseException] = []
     lock = threading.Lock()
     go = threading.Barrier(n + 1)
+    ended = threading.Semaphore(0)
     t0 = [0.0]
 
-    def one() -> None:
+    def one(i: int) -> None:
         try:
             go.wait()
-        except threading.BrokenBarrierError:
-            return
-        try:
+            say(f"{b.name}: starting instance {i} of {n}")
             inst = b.start_idle(timeout=timeout)
-        except Exception as e:  # noqa: BLE001 - reported below, instances stopped
+            t = time.perf_counter() - t0[0]
             with lock:
-                errors.append(str(e) or type(e).__name__)
-            return
-        t = time.perf_counter() - t0[0]
-        with lock:
-            instances.append(inst)
-            times.append(t)
+                instances.append(inst)
+                times.append(t)
+        except threading.BrokenBarrierError:
+            pass  # released by go.abort(): this thread started nothing
+        except BaseException as e:  # noqa: BLE001 - Interrupted too: reported below
+            with lock:
+                failures.append(e)
+        finally:
+            ended.release()
 
-    threads = [threading.Thread(target=one, daemon=True) for _ in range(n)]
-    for t in threads:
-        t.start()
-    t0[0] = time.perf_counter()
-    try:
-        go.wait()
-        for t in threads:
-            t.join(timeout + 30)
-    except BaseException:
-        go.abort()  # threads not yet released start nothing
-        finish(threads)
-        raise
-    finally:
-        all_ready = time.perf_counter() - t0[0]
-        stop_all(instances)
-    if errors or len(times) < n:
-        raise Unavailable(errors[0] if errors else f"only {len(times)} of {n} became ready")
+    started = 0
+    with cancel.handling():
+        try:
+            for i in range(n):
+                threading.Thread(target=one, args=(i + 1,), daemon=True).start()
+                started += 1
+            t0[0] = time.perf_counter()
+            go.wait()
+        except BaseException:
+            go.abort()  # threads not yet released start nothing
+            raise
+        finally:
+            for _ in range(started):
+                ended.acquire()  # each start is bounded by its timeout, and cancellable
+            all_ready = time.perf_counter() - t0[0]
+            stop_all(instances)
+    cancel.check()
+    if any(isinstance(e, KeyboardInterrupt) for e in failures):
+        raise cancel.Interrupted
+    if failures or len(times) < n:
+        first = failures[0] if failures else None
+        raise Unavailable(
+            (str(first) or type(first).__name__) if first else f"only {len(times)} of {n} ready"
+        )
     return sorted(times), all_ready
-
-
-def finish(threads: list[threading.Thread]) -> None:
-    """Wait for threads to end, through further Ctrl-Cs: what they start must be
-    known before it can be stopped."""
-    for t in threads:
-        while t.is_alive():
-            try:
-                t.join(0.5)
-            except KeyboardInterrupt:
-                continue
 
 
 def stop_all(instances: list[base.Instance]) -> None:
@@ -449,10 +494,11 @@ def default_backends(names: Iterable[str] | None = None) -> list[Backend]:
 
 def run_lab(mode: str = "quick", backends: Iterable[str] | None = None,
             metrics: Iterable[str] | None = None, out: Path | None = None,
-            log: Callable[[str], None] = log_stderr, **kw) -> dict:  # fmt: skip
+            log: Callable[[str], None] = log_stderr, verbose: bool = False,
+            **kw) -> dict:  # fmt: skip
     """Run the lab; with ``out``, write results.json, results.md and the figures there."""
     lab = Lab(default_backends(backends), mode=mode,
-              metrics=tuple(metrics or METRIC_GROUPS), log=log, **kw)  # fmt: skip
+              metrics=tuple(metrics or METRIC_GROUPS), log=log, verbose=verbose, **kw)  # fmt: skip
     t = time.perf_counter()
     doc = lab.run()
     doc["notes"].append(f"lab run took {time.perf_counter() - t:.0f} s ({mode} mode)")
@@ -477,21 +523,54 @@ def measure(
     return lab.run()
 
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "docker-vs-vm" / "results"
+RESULTS_ENV = "MINICONTAINER_LAB_RESULTS"
+# A source checkout keeps earlier runs beside the lab's command (docker-vs-vm/results/);
+# a wheel install has no such folder, only what $MINICONTAINER_LAB_RESULTS names.
+CHECKOUT_RESULTS = Path(__file__).resolve().parents[2] / "docker-vs-vm" / "results"
 
 
-def saved_results(where: Path = RESULTS_DIR) -> list[dict]:
-    """Earlier runs kept under docker-vs-vm/results/*/results.json (this project's
-    reference machine, or one you dropped in from a machine with a real KVM)."""
+def results_dir() -> Path | None:
+    """Where earlier runs are kept: ``$MINICONTAINER_LAB_RESULTS``, else the source
+    checkout's docker-vs-vm/results/ when this package runs from one, else None."""
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env)
+    return CHECKOUT_RESULTS if CHECKOUT_RESULTS.is_dir() else None
+
+
+def saved_results(where: Path | None = None) -> list[dict]:
+    """Earlier runs kept under ``where`` (default: results_dir())/*/results.json: this
+    project's reference machine, or one you dropped in from a machine with a real
+    KVM. [] when there are none; saved_results_note says why."""
+    where = where if where is not None else results_dir()
+    if where is None:
+        return []
     return [results.load(f) for f in sorted(Path(where).glob("*/results.json"))]
 
 
+def saved_results_note(where: Path | None = None) -> str:
+    """One line saying which saved runs there are, or why there are none."""
+    where = where if where is not None else results_dir()
+    if where is None:
+        return (
+            "no saved runs: this minicontainer is installed without its source checkout "
+            f"(no docker-vs-vm/results/); set {RESULTS_ENV}=DIR to a folder of */results.json"
+        )
+    found = sorted(Path(where).glob("*/results.json"))
+    if not found:
+        return f"no saved runs in {where} (none of its folders has a results.json)"
+    names = ", ".join(f.parent.name for f in found)
+    return f"{len(found)} saved run{'s' if len(found) > 1 else ''} in {where}: {names}"
+
+
 def write_outputs(doc: dict, out: Path) -> list[Path]:
-    from ..runtime.monitor import write_atomic
+    """results.md, the figures, then results.json, each file whole (files.write_atomic).
+    results.json comes last: when it is there, the run finished and everything was written."""
     from . import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    results.save(doc, out / "results.json")
+    results.validate(doc)  # before anything is written: a bad document writes nothing
     md = out / "results.md"
-    write_atomic(str(md), results.markdown(doc))
-    return [out / "results.json", md, *plots.save_figures(doc, out)]
+    files.write_atomic(md, results.markdown(doc))
+    figures = plots.save_figures(doc, out)
+    return [results.save(doc, out / "results.json"), md, *figures]

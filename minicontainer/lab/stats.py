@@ -27,7 +27,7 @@ METRICS = (
     "syscall",
     "idle_memory",
     "density_start",
-    "density_fit",
+    "density_fit_estimate",  # budget / median idle PSS: computed, not started
     "disk",
 )
 
@@ -42,7 +42,7 @@ METRIC_UNITS = {
     **RATE_UNITS,
     "idle_memory": "bytes",
     "density_start": "s",
-    "density_fit": "instances",
+    "density_fit_estimate": "instances",
     "disk": "bytes",
 }
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import files
 from . import base
 from .base import Probe, Run, Unavailable
 from .vm import guest as vmguest
@@ -27,21 +29,33 @@ LABELS = {"kvm": "VM (qemu microVM, KVM)", "tcg": "VM (qemu microVM, emulated (T
 DISK_MIB = 512
 
 
+def guest_memory_bytes(size: str) -> int:
+    """qemu's -m size ("128M", "1G"; a bare number is MiB, qemu-system-x86_64(1))."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = size.strip().upper().removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text) * units["M"])
+
+
 def _kvm_test_boot(timeout: float = 30.0):
     """A test boot for the KVM check: the host's busybox echoing the marker."""
 
     def test_boot() -> Run:
         busybox = shutil.which("busybox") or "/bin/busybox"
-        with tempfile.TemporaryDirectory(prefix="mc-kvm-test-") as tmp:
-            payload = Path(tmp, "payload")
+        tmp = Path(tempfile.mkdtemp(prefix="mc-kvm-test-"))
+        try:
+            payload = tmp / "payload"
             (payload / "bin").mkdir(parents=True)
             shutil.copy(busybox, payload / "bin" / "busybox")
-            g = vmguest.build_guest(payload, Path(tmp, "guest"))
+            g = vmguest.build_guest(payload, tmp / "guest")
             argv = ["/bin/busybox", "echo", base.MARKER]
             cmd = qemu.command(
                 g.kernel, g.initrd, accel="kvm", extra_append=[f"mcrun={','.join(argv)}"]
             )
             return qemu.boot(cmd, timeout=timeout)
+        finally:
+            files.rmtree(tmp)
 
     return test_boot
 
@@ -68,7 +82,10 @@ class VMBackend(base.Backend):
         self.disk: Path | None = None
         self.disk_fresh_bytes = 0
         self.disk_problem = "prepare() was not called"
+        # Idle guests not yet stopped, for cleanup; start_idle runs in several threads
+        # at once (density), hence the lock.
         self._instances: list[qemu.QemuInstance] = []
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ probe
 
@@ -138,8 +155,14 @@ class VMBackend(base.Backend):
 
     def start_idle(self, timeout: float = 120.0) -> qemu.QemuInstance:
         inst = qemu.start_idle(self._command(["/bench/mcbench", "idle"]), timeout=timeout)
-        self._instances = [i for i in self._instances if i.proc.poll() is None] + [inst]
+        self.log(f"{self.name}: qemu pid {inst.proc.pid}")
+        with self._lock:
+            self._instances = [i for i in self._instances if i.proc.poll() is None] + [inst]
         return inst
+
+    def memory_facts(self) -> dict:
+        """The guest's RAM (qemu -m): what an idle VM's PSS is read against."""
+        return {"guest_memory_bytes": guest_memory_bytes(self.memory)}
 
     def footprint(self) -> dict[str, int]:
         """The compressed kernel (the vmlinux we boot is a cache of it), the
@@ -156,9 +179,10 @@ class VMBackend(base.Backend):
         return sizes
 
     def cleanup(self) -> None:
-        for inst in self._instances:
+        with self._lock:
+            left, self._instances = self._instances, []
+        for inst in left:
             inst.stop()
-        self._instances = []
 
 
 __all__ = ["VMBackend", "host_kvm", "LABELS"]

@@ -11,7 +11,8 @@ symlinks, and ``/bench/mcbench``:
     etc/passwd etc/group
 
 Both builds are cached (by the hash of their inputs) and written to a temporary
-name then renamed, so an interrupted build never leaves a half-written file.
+name then renamed (``minicontainer.files``), so an interrupted build never leaves
+a half-written file.
 The payload and its tar are deterministic: fixed mtimes, owners and order, so the
 same inputs give the same image digests in minicontainer and Docker.
 """
@@ -23,12 +24,15 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
+from importlib import resources
 from pathlib import Path
 
+from .. import files
 from .base import Unavailable
 
-SOURCE = Path(__file__).with_name("mcbench.c")
+# Package data (pyproject's package-data), read through importlib.resources: it is
+# there in a wheel install too, wherever (and however) the package is installed.
+SOURCE = resources.files(__package__).joinpath("mcbench.c")
 CFLAGS = ["-std=c99", "-O2", "-static", "-Wall"]
 NO_COMPILER = "no C compiler for the static workload: apt install gcc libc6-dev"
 # Part of the payload's fingerprint: bump when the layout below changes.
@@ -87,23 +91,25 @@ def build_mcbench(cache_dir: Path) -> Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".mcbench-", dir=out.parent)
-    os.close(fd)
+    # gcc writes wherever -o says, a byte at a time: compile to a temporary name,
+    # then publish the finished binary in one step (files.write_atomic).
+    # The source goes in on stdin (-x c -): a resource need not be a file on disk.
+    tmp = files.temp_path(out)
     try:
         proc = subprocess.run(
-            [cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120
-        )
+            [cc, *CFLAGS, "-x", "c", "-o", tmp, "-"], input=source, capture_output=True,
+            timeout=120,
+        )  # fmt: skip
         if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace")
             # Without libc6-dev the link fails (`cannot find -lc`): same advice.
-            if "cannot find" in proc.stderr or "No such file" in proc.stderr:
+            if "cannot find" in err or "No such file" in err:
                 raise Unavailable(NO_COMPILER)
-            lines = proc.stderr.strip().splitlines() or ["(no output)"]
+            lines = err.strip().splitlines() or ["(no output)"]
             raise Unavailable(f"compiling mcbench.c failed: {lines[0]}")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out)
+        files.write_atomic(out, Path(tmp).read_bytes(), mode=0o755)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        files.remove_file(tmp)
     return out
 
 
@@ -153,17 +159,19 @@ def build_payload(dest: Path, cache_dir: Path | None = None) -> Path:
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    # Built under a temporary name beside dest, then renamed: never half a payload.
+    tmp = Path(files.temp_path(dest))
+    tmp.mkdir()
     try:
         os.chmod(tmp, 0o755)
         for name, mode in DIRS.items():
             (tmp / name).mkdir()
             os.chmod(tmp / name, mode)  # mkdir's mode is filtered by the umask
-        files = {
+        copies = {
             "bin/busybox": (busybox, 0o755),
             "bench/mcbench": (mcbench, 0o755),
         }
-        for rel, (src, mode) in files.items():
+        for rel, (src, mode) in copies.items():
             shutil.copyfile(src, tmp / rel)
             os.chmod(tmp / rel, mode)
         for rel, text in (("etc/passwd", PASSWD), ("etc/group", GROUP)):
@@ -174,18 +182,16 @@ def build_payload(dest: Path, cache_dir: Path | None = None) -> Path:
             os.symlink("busybox", tmp / "bin" / applet)
         for path in [tmp, *sorted(tmp.rglob("*"))]:
             os.utime(path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
-        stamp.unlink(missing_ok=True)  # no stale stamp while dest is being replaced
+        files.remove_file(stamp)  # no stale stamp while dest is being replaced
         if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}-old-", dir=dest.parent))
-            os.replace(dest, old / "payload")
-            shutil.rmtree(old)
+            old = Path(files.temp_path(dest, prefix=f".{dest.name}.old-"))
+            os.replace(dest, old)
+            files.rmtree(old)
         os.replace(tmp, dest)
+        files.fsync_dir(dest.parent)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    stamp_tmp = stamp.with_name(stamp.name + ".tmp")
-    stamp_tmp.write_text(fingerprint + "\n")
-    os.replace(stamp_tmp, stamp)
+        files.rmtree(tmp)  # only there if the build failed half-way
+    files.write_atomic(stamp, fingerprint + "\n")
     return dest
 
 
@@ -194,24 +200,18 @@ def payload_tar(payload: Path, out: Path) -> Path:
     import``): sorted, numeric owner root, fixed mtimes, so always the same bytes."""
     payload, out = Path(payload), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tf:
-            for path in sorted(payload.rglob("*")):
-                info = tf.gettarinfo(str(path), arcname=str(path.relative_to(payload)))
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                info.mtime = FIXED_MTIME
-                if info.isfile():
-                    with open(path, "rb") as src:
-                        tf.addfile(info, src)
-                else:
-                    tf.addfile(info)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # Not durable: the tar is imported right away and removed (no fsync needed).
+    with files.atomic_file(out, 0o644, durable=False) as f, tarfile.open(fileobj=f, mode="w") as tf:
+        for path in sorted(payload.rglob("*")):
+            info = tf.gettarinfo(str(path), arcname=str(path.relative_to(payload)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = FIXED_MTIME
+            if info.isfile():
+                with open(path, "rb") as src:
+                    tf.addfile(info, src)
+            else:
+                tf.addfile(info)
     return out
 
 

@@ -31,6 +31,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ... import files
 from ..base import Unavailable
 from .initramfs import Archive
 
@@ -144,9 +145,7 @@ def extract_vmlinux(kernel: Path, out_dir: Path) -> Path | None:
         )
         elf = proc.stdout
         if elf[:4] == b"\x7fELF":
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(elf)
-            os.replace(tmp, dest)
+            files.write_atomic(dest, elf)
             return dest
         pos = data.find(_LZ4_MAGIC, pos + 1)
     return None
@@ -297,25 +296,22 @@ def make_disk(path: Path, size_mib: int = 512) -> Path:
     if mkfs is None:
         raise Unavailable("mkfs.ext4 not found: apt install e2fsprogs")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.truncate(size_mib << 20)
-        # Initialise inode tables and journal now, so that the guest's ext4lazyinit
-        # thread does not write in the background while fileio is measured.
+    with files.atomic_file(path) as f:  # the disk takes its name only once formatted
+        f.truncate(size_mib << 20)
+        # mkfs.ext4 formats the temporary file through our descriptor (/dev/fd/N, which
+        # it inherits). Inode tables and journal are initialised now, so that the guest's
+        # ext4lazyinit thread does not write in the background while fileio is measured.
+        fd = f.fileno()
         proc = subprocess.run(
-            [mkfs, "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(tmp)],
+            [mkfs, "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", f"/dev/fd/{fd}"],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
+            pass_fds=(fd,),
         )
         if proc.returncode != 0:
             raise Unavailable(f"mkfs.ext4 failed: {proc.stderr.strip() or proc.returncode}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

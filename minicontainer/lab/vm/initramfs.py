@@ -21,7 +21,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...runtime.monitor import write_atomic
+from ...files import write_atomic
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"

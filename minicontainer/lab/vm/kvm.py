@@ -12,7 +12,8 @@ error" and qemu pauses instead of exiting. So, as the KVM API document
    hardware virtualisation and a test boot only wastes a minute;
 5. a test boot prints the guest's marker in time, without "KVM internal error".
 
-Paths, the ioctl and the test boot are parameters so tests use fakes. The
+Paths, access(2), the ioctl and the test boot are parameters so tests use fakes
+(``minicontainer check`` runs steps 1-4 through here too, without the boot). The
 verdict of the real check is cached for the process.
 """
 
@@ -45,15 +46,24 @@ class KvmVerdict:
     checks: dict = field(default_factory=dict)  # step name -> its outcome
 
 
+def hw_virt_flags(cpuinfo_text: str) -> list[str]:
+    """``vmx`` (Intel VT-x) and/or ``svm`` (AMD-V) from the first ``flags`` line of
+    /proc/cpuinfo (proc(5)), sorted; [] when the CPU offers neither."""
+    flags = re.findall(r"^flags\s*:(.*)$", cpuinfo_text, re.M)
+    return sorted(set(flags[0].split()) & {"vmx", "svm"}) if flags else []
+
+
 def check_kvm(
     *,
     dev: Path = Path("/dev/kvm"),
     cpuinfo: Path = Path("/proc/cpuinfo"),
     ioctl: Callable = fcntl.ioctl,
+    access: Callable[[Path, int], bool] = os.access,
     test_boot: Callable[[], Run] | None = None,
 ) -> KvmVerdict:
     """Run the checks in order; stop at the first that fails. ``test_boot`` boots the
-    real guest with ``-accel kvm`` (None: no guest to try, so KVM is not claimed)."""
+    real guest with ``-accel kvm`` (None: no guest to try, so KVM is not claimed;
+    then the verdict's last check is ``test_boot: "not run"``)."""
     checks: dict = {}
 
     def no(step: str, outcome, reason: str) -> KvmVerdict:
@@ -63,7 +73,7 @@ def check_kvm(
     dev = Path(dev)
     if not dev.exists():
         return no("dev_kvm", "missing", f"{dev} does not exist: no KVM module loaded; using TCG")
-    if not os.access(dev, os.R_OK | os.W_OK):
+    if not access(dev, os.R_OK | os.W_OK):
         return no(
             "dev_kvm",
             "no access",
@@ -97,11 +107,9 @@ def check_kvm(
         os.close(fd)
 
     try:
-        flags = re.findall(r"^flags\s*:(.*)$", Path(cpuinfo).read_text(), re.M)
+        hw = hw_virt_flags(Path(cpuinfo).read_text())
     except OSError:
-        flags = []
-    words = set(flags[0].split()) if flags else set()
-    hw = sorted(words & {"vmx", "svm"})
+        hw = []
     if not hw:
         return no("cpu_flags", "no vmx/svm", NO_HW_VIRT)
     checks["cpu_flags"] = hw[0]
@@ -148,4 +156,4 @@ def clear_cache() -> None:
     _verdict = None
 
 
-__all__ = ["KvmVerdict", "check_kvm", "kvm_verdict", "clear_cache", "NO_HW_VIRT"]
+__all__ = ["KvmVerdict", "check_kvm", "kvm_verdict", "clear_cache", "hw_virt_flags", "NO_HW_VIRT"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import cancel
 from ..base import MARKER, Instance, Run, Unavailable
 from .guest import exit_status
 
@@ -160,7 +160,8 @@ def _read_until(
     proc: subprocess.Popen, start: float, deadline: float, marker: bytes | None
 ) -> tuple[bytearray, float | None, str]:
     """Read qemu's console until ``marker`` (if given) or EOF or the deadline.
-    Returns (bytes, time of marker, why it stopped: marker|eof|timeout|kvm-error)."""
+    Returns (bytes, time of marker, why it stopped: marker|eof|timeout|kvm-error);
+    Interrupted when the lab is asked to stop (the caller kills qemu)."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     buf = bytearray()
@@ -169,7 +170,7 @@ def _read_until(
         left = deadline - time.monotonic()
         if left <= 0:
             return buf, None, "timeout"
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        ready = cancel.select([fd], min(left, 0.5))
         if not ready:
             continue
         chunk = os.read(fd, 65536)
@@ -186,7 +187,9 @@ def _read_until(
 
 def boot(argv: list[str], timeout: float = 120.0, marker: str = MARKER) -> Run:
     """Run qemu until it exits. ready_s: the marker seen anywhere in the byte stream;
-    exit_s: qemu gone. On timeout or a KVM internal error qemu is killed (rc -9)."""
+    exit_s: qemu gone. On timeout or a KVM internal error qemu is killed (rc -9); on a
+    stop of the lab it is killed too, and Interrupted raised."""
+    cancel.check()
     start = time.monotonic()
     proc = _spawn(argv)
     deadline = start + timeout
@@ -265,7 +268,8 @@ class QemuInstance(Instance):
 
 def start_idle(argv: list[str], timeout: float = 120.0, marker: str = MARKER) -> QemuInstance:
     """Start qemu and return once the guest printed ``marker``; on failure qemu is
-    killed and Unavailable says what the console showed."""
+    killed and Unavailable says what the console showed (on a stop: Interrupted)."""
+    cancel.check()
     start = time.monotonic()
     proc = _spawn(argv)
     try:
