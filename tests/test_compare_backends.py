@@ -280,7 +280,6 @@ def test_native_backend_without_root(payload: Path, tmp_path: Path) -> None:
         run = backend.run(expand(W.workload_argv(name, "quick"), backend))
         assert run.rc == 0, run.output
         assert run.results()[name] > 0
-        assert run.exit_s < 5  # "quick": about a second at most natively
     assert Path(backend.data_dir).is_dir() and list(Path(backend.data_dir).iterdir()) == []
     assert backend.footprint()["payload"] > (payload / "bin" / "busybox").stat().st_size
 
@@ -288,9 +287,7 @@ def test_native_backend_without_root(payload: Path, tmp_path: Path) -> None:
 def test_timed_run_times_out_and_kills(payload: Path, tmp_path: Path) -> None:
     backend = B.NativeBackend()
     backend.prepare(payload, tmp_path)
-    t0 = time.perf_counter()
-    run = backend.run(["/bench/mcbench", "idle"], timeout=0.5)
-    assert time.perf_counter() - t0 < 5
+    run = backend.run(["/bench/mcbench", "idle"], timeout=0.5)  # idle never ends by itself
     assert run.rc == B.TIMED_OUT and run.ready_s is not None and MARKER in run.output
     assert not _mcbench_processes(str(payload))
 

@@ -331,11 +331,9 @@ def test_bootstrap_deterministic_idempotent_and_shared(tmp_path: Path) -> None:
     assert hw.layer_digests[0] == bb.layer_digests[0]  # the busybox layer, stored once
     assert len(hw.config["history"]) == 2
 
-    # idempotent: nothing rewritten, fast
+    # idempotent: nothing rewritten
     index_before = (s1.oci / "index.json").stat().st_mtime_ns
-    t = time.monotonic()
     again = bootstrap(s1)
-    assert time.monotonic() - t < 0.5
     assert [i.id for i in again] == [bb.id, hw.id]
     assert (s1.oci / "index.json").stat().st_mtime_ns == index_before
 
