@@ -41,7 +41,8 @@ class Runtime:
     def create(self, image: str, command: list[str] | None = None, **options) -> _c.Container:  # type: ignore[no-untyped-def]
         """Make a container without starting it. Options are ``run``'s, by keyword:
         name, hostname, env, workdir, user, volumes, memory, cpus, pids_limit,
-        network, namespaces, entrypoint, tty, interactive, init, remove."""
+        network, namespaces, entrypoint, tty, interactive, init, remove, device (``--device``),
+        security_opt (``--security-opt seccomp=...``)."""
         if "namespaces" in options:
             options["namespaces_"] = options.pop("namespaces")
         options["auto_remove"] = options.pop("remove", False)
@@ -240,7 +241,11 @@ class Runtime:
         return client.pull(self.store, ref, progress=progress)
 
     def bootstrap(self, force: bool = False):  # type: ignore[no-untyped-def]
-        """Build the local base images (busybox, hello-world) from this machine."""
+        """Build the local base images (busybox, hello-world) from this machine, and
+        the sealed init every container starts with (runtime/init.py)."""
         from .image.bootstrap import bootstrap
+        from .runtime import init
 
+        self.state.ensure()
+        init.ensure_built(self.state.root)
         return bootstrap(self.store, force=force)

@@ -59,6 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         init=args.init,
         remove=args.rm,
         detach=args.detach,
+        device=args.device,
+        security_opt=args.security_opt,
     )
     if args.detach:
         container.start_detached()
@@ -488,6 +490,14 @@ def args_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("--network", default="none", metavar="none|host")
     r.add_argument("--entrypoint")
     r.add_argument("--init", action="store_true", help="run a tiny init as PID 1")
+    r.add_argument(
+        "--device", action="append", default=[], metavar="HOST[:CTR][:rwm]",
+        help="give the container a host device (its node and the cgroup's permission)",
+    )  # fmt: skip
+    r.add_argument(
+        "--security-opt", action="append", default=[], metavar="seccomp=unconfined|FILE",
+        help="a seccomp profile in Docker's JSON format, or none",
+    )  # fmt: skip
     r.add_argument("image")
     r.add_argument("command", nargs=argparse.REMAINDER)
 

@@ -134,6 +134,25 @@ class FakeKernel(k.Kernel):
     def chroot(self, path: str) -> None:
         self._record("chroot", path)
 
+    def mount_setattr(self, path: str, attr_set: int, *, recursive: bool = True) -> None:
+        self._record("mount_setattr", path, attr_set, recursive, keys=(path,))
+
+    def mknod(self, path: str, mode: int, major: int, minor: int) -> None:
+        self._record("mknod", path, mode, major, minor, keys=(path,))
+
+    # -- bpf
+
+    def bpf(self, cmd: int, attr: bytes) -> int:
+        self._record("bpf", cmd, attr)
+        return 99
+
+    def bpf_prog_load(self, prog_type: int, insns: bytes, attach_type: int = 0) -> int:
+        self._record("bpf_prog_load", prog_type, insns, attach_type)
+        return 98
+
+    def bpf_prog_attach(self, target_fd: int, prog_fd: int, attach_type: int) -> None:
+        self._record("bpf_prog_attach", target_fd, prog_fd, attach_type)
+
     # -- identity
 
     def sethostname(self, name: str) -> None:

@@ -12,6 +12,8 @@ from minicontainer.lab.vm import kvm
 from minicontainer.lessons import checks
 from minicontainer.runtime.cgroups import CgroupSetup
 
+SEALED = "/var/lib/minicontainer/bin/mcinit-0000abcd"
+
 
 @pytest.fixture
 def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -46,6 +48,8 @@ def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     files["/sys/fs/cgroup/cgroup.controllers"] = "cpuset cpu io memory pids"
     monkeypatch.setattr(checks, "_find_busybox", lambda: ("/usr/bin/busybox", ""))
     monkeypatch.setattr(checks, "_python_module", lambda name: True)
+    monkeypatch.setattr(checks, "_sealed_init", lambda: (SEALED, state.get("sealed", True)))
+    monkeypatch.setattr(checks, "_static_libc", lambda: state.get("libc", True))
 
     def kvm_ioctl(fd: int, request: int, *args: int) -> int:
         """What /dev/kvm answers: API version 12, and a VM (or state["create_vm"]'s errno)."""
@@ -314,3 +318,24 @@ def test_really_creates_a_user_namespace() -> None:
     worked, error = checks._try_userns()
     assert worked, error
     assert os.getpid() > 0  # and we are still the parent
+
+
+def test_sealed_init_built_or_buildable(machine) -> None:
+    c = checks.check_sealed_init()
+    assert c.status == "ok" and SEALED in c.detail and c.essential
+    machine["state"]["sealed"] = False
+    c = checks.check_sealed_init()
+    assert c.status == "ok" and "first run" in c.detail
+
+
+@pytest.mark.parametrize("missing", ["compiler", "libc"])
+def test_sealed_init_without_a_compiler_is_essential(machine, missing) -> None:
+    machine["state"]["sealed"] = False
+    if missing == "compiler":
+        machine["monkeypatch"].setattr(checks, "_which", lambda name: None)
+    else:
+        machine["state"]["libc"] = False
+    c = checks.check_sealed_init()
+    assert c.status == "missing" and c.essential
+    assert c.fix == "sudo apt-get install gcc libc6-dev"
+    assert not checks.ready([c])

@@ -4,8 +4,10 @@ No root needed: nothing here reaches the kernel."""
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -194,12 +196,19 @@ def test_masked_and_readonly_paths_after_pivot(tmp_path, bundle, chdirs):
     assert not early & (set(security.MASKED_PATHS) | set(security.READONLY_PATHS))
 
 
+DEV_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
+               "urandom": (1, 9), "tty": (5, 0)}  # fmt: skip
+
+
 def test_dev_devices_devpts_and_links(tmp_path, bundle, chdirs):
     kernel = run_setup(make_spec(tmp_path), bundle, chdirs)
     dev = bundle / "rootfs" / "dev"
+    # As root, the container's own nodes (never the host's inodes, bound in)
     binds = {c.target: c.source for c in kernel.mounts() if c.flags & k.MS_BIND}
-    for name in ("null", "zero", "full", "random", "urandom", "tty"):
-        assert binds.get(str(dev / name)) == f"/dev/{name}"
+    nodes = {c.arg(0): c.args[1:] for c in kernel.of("mknod")}
+    for name, (major, minor) in DEV_NUMBERS.items():
+        assert str(dev / name) not in binds
+        assert nodes[str(dev / name)] == (stat.S_IFCHR | 0o666, major, minor)
     pts = next(c for c in kernel.mounts() if c.fstype == "devpts")
     assert pts.target == str(dev / "pts")
     assert "newinstance" in pts.data.split(",") and "gid=5" in pts.data.split(",")
@@ -220,6 +229,21 @@ def test_devpts_has_no_gid_in_a_user_namespace(tmp_path, bundle, chdirs, spec_kw
     kernel = run_setup(make_spec(tmp_path, **spec_kw), bundle, chdirs)
     pts = next(c for c in kernel.mounts() if c.fstype == "devpts")
     assert not any(o.startswith("gid=") for o in pts.data.split(","))
+
+
+def test_rootless_dev_nodes_are_read_only_binds_of_the_hosts(tmp_path, bundle, chdirs):
+    """mknod is refused in a user namespace: the host's nodes are bound, then made
+    read-only, so the container cannot chmod or chown the host's own inodes."""
+    kernel = run_setup(make_spec(tmp_path, rootless=True), bundle, chdirs)
+    dev = bundle / "rootfs" / "dev"
+    assert not kernel.of("mknod")
+    for name in DEV_NUMBERS:
+        target = str(dev / name)
+        binds = [c for c in kernel.mounts() if c.target == target]
+        assert binds[0].source == f"/dev/{name}" and binds[0].flags == k.MS_BIND
+        assert binds[1].flags & (k.MS_REMOUNT | k.MS_BIND | k.MS_RDONLY) == (
+            k.MS_REMOUNT | k.MS_BIND | k.MS_RDONLY
+        )
 
 
 def test_mqueue_failure_is_tolerated(tmp_path, bundle, chdirs):
@@ -254,9 +278,23 @@ def test_volumes_bound_inside_root_and_ro_remounted(tmp_path, bundle, chdirs):
     data = [c for c in kernel.mounts() if c.target == str(root / "data")]
     assert len(data) == 1 and data[0].source == str(src) and data[0].flags & k.MS_BIND
     ro = [c for c in kernel.mounts() if c.target == str(root / "ro")]
+    assert len(ro) == 1 and ro[0].flags & k.MS_BIND and ro[0].flags & k.MS_REC
+    # read-only all the way down, submounts included: one mount_setattr(AT_RECURSIVE)
+    (setattr_,) = [c for c in kernel.of("mount_setattr") if c.arg(0) == str(root / "ro")]
+    assert setattr_.args[1:] == (k.MOUNT_ATTR_RDONLY, True)
+    assert not [c for c in kernel.of("mount_setattr") if c.arg(0) == str(root / "data")]
+    assert (root / "data").is_dir()
+
+
+def test_ro_volume_without_mount_setattr_remounts_each_mount(tmp_path, bundle, chdirs):
+    src = tmp_path / "vol"
+    src.mkdir()
+    spec = make_spec(tmp_path, mounts=[Mount(str(src), "/ro", True)])
+    enosys = OSError(errno.ENOSYS, "no mount_setattr")
+    kernel = run_setup(spec, bundle, chdirs, fail={"mount_setattr": enosys})
+    ro = [c for c in kernel.mounts() if c.target == str(bundle / "rootfs" / "ro")]
     assert len(ro) == 2
     assert ro[1].flags & k.MS_REMOUNT and ro[1].flags & k.MS_RDONLY and ro[1].flags & k.MS_BIND
-    assert (root / "data").is_dir()
 
 
 def test_volume_target_symlink_cannot_escape_root(tmp_path, bundle, chdirs):

@@ -345,6 +345,44 @@ def check_busybox() -> Check:
     return Check("busybox", OK, f"static busybox at {path}", essential=True)
 
 
+def _sealed_init() -> tuple[str, bool]:
+    """Where this machine's sealed init lives, and whether it is built."""
+    from ..runtime import init
+    from ..runtime.state import default_root
+
+    path = init.binary_path(default_root())
+    return str(path), _exists(str(path))
+
+
+def _static_libc() -> bool:
+    import glob
+
+    return bool(glob.glob("/usr/lib/*-linux-gnu/libc.a") or glob.glob("/usr/lib*/libc.a"))
+
+
+def check_sealed_init() -> Check:
+    """Every container execs mcinit.c, built once with cc -static (runtime/init.py)."""
+    path, built = _sealed_init()
+    if built:
+        return Check("sealed init", OK, f"built at {path}", essential=True)
+    compiler = _which("cc") or _which("gcc")
+    if compiler and _static_libc():
+        return Check(
+            "sealed init",
+            OK,
+            f"not built yet: {compiler} builds it on the first run",
+            essential=True,
+        )
+    return Check(
+        "sealed init",
+        MISSING,
+        "no C compiler with a static libc to build the sealed init every container starts "
+        "with (mcinit.c; it keeps the host's Python out of the container's reach)",
+        "sudo apt-get install gcc libc6-dev",
+        essential=True,
+    )
+
+
 def check_graphviz() -> Check:
     dot = _which("dot")
     binding = _python_module("graphviz")
@@ -507,6 +545,7 @@ CHECKS = (
     check_cgroups,
     check_overlay,
     check_busybox,
+    check_sealed_init,
     check_images,
     check_graphviz,
     check_subuid,

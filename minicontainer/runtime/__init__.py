@@ -14,7 +14,10 @@ order ``run`` uses them:
     cgroups     limits, stats, OOM, removal: one interface, v1 and v2 backends
     rootfs      inside the new mount namespace: overlay, /proc, /dev, /sys, volumes,
                 pivot_root, masked paths (mount(2), mount_namespaces(7))
-    security    Docker's default capabilities, no_new_privs (capabilities(7))
+    security    Docker's default capabilities, no_new_privs (capabilities(7)), masked paths
+    devices     the devices a container may open: v1 devices controller, v2 eBPF program
+    init        the sealed init (mcinit.c, in a sealed memfd): no container process
+                runs a host binary (runc's CVE-2019-5736)
     console     the pseudo-terminal for -t, made inside the container (pty(7))
     monitor     the small supervisor a detached container's shim becomes
     kernel      the only module with raw system calls (ctypes), and its fake

@@ -21,6 +21,9 @@ There are two versions of the interface and real machines have either:
   empty cgroup2 at /sys/fs/cgroup/unified; it carries no controllers, so they
   count as v1 here.
 
+Which devices a group's processes may open is the devices controller's job on v1
+and an eBPF program attached to the group on v2 (runtime/devices.py).
+
 This module hides the difference behind one class, `Cgroup`. Every path it
 touches is built from `CgroupSetup.fs_root` and `proc_root`, so the tests can
 point it at a fake tree in a temporary directory.
@@ -39,10 +42,13 @@ from pathlib import Path
 
 from ..errors import NotSupported, UserError
 from ..record import Record
+from . import devices
+from . import kernel as k
+from .devices import DeviceRule
 
 # The controllers a container uses. cpuacct only exists on v1 (v2's cpu.stat
 # has the usage); v2 has no separate accounting controller.
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 
 PARENT = "minicontainer"  # every container's group lives under this directory
@@ -350,6 +356,26 @@ def detect(
 # --------------------------------------------------------------------------
 
 
+DeviceRules = tuple[DeviceRule, ...] | list[DeviceRule]
+
+
+def _attach_device_program(leaf: Path, rules: DeviceRules) -> None:
+    """cgroup v2: the rules as a BPF_PROG_TYPE_CGROUP_DEVICE program on the group.
+    The attachment keeps the program alive; it goes with the group."""
+    kernel = k.real()
+    prog = kernel.bpf_prog_load(
+        devices.BPF_PROG_TYPE_CGROUP_DEVICE, devices.bpf_program(rules), devices.BPF_CGROUP_DEVICE
+    )
+    try:
+        group = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            kernel.bpf_prog_attach(group, prog, devices.BPF_CGROUP_DEVICE)
+        finally:
+            os.close(group)
+    finally:
+        os.close(prog)
+
+
 class Stats(Record):
     memory_usage: int | None  # bytes in use now (page cache included, like Docker)
     memory_limit: int | None  # None: no limit
@@ -405,11 +431,18 @@ class Cgroup:
 
     @classmethod
     def create(
-        cls, name: str, limits: Limits, *, setup: CgroupSetup | None = None
+        cls,
+        name: str,
+        limits: Limits,
+        *,
+        devices: tuple[DeviceRule, ...] | list[DeviceRule] | None = None,
+        setup: CgroupSetup | None = None,
     ) -> Cgroup | None:
-        """Make the group and set its limits, all or nothing. Returns None when
-        groups cannot be created here and no limit was asked for (the container
-        then runs without one); raises NotSupported if a limit was asked for."""
+        """Make the group, set its limits and, with ``devices``, the only device
+        numbers its processes may open (runtime/devices.py), all or nothing.
+        Returns None when groups cannot be created here and no limit was asked for
+        (the container then runs without one); raises NotSupported if a limit was
+        asked for."""
         _check_name(name)
         setup = setup or default_setup()
         if not setup.can_create:
@@ -418,9 +451,9 @@ class Cgroup:
             return None
         group = cls(name, setup, cls._dirs_for(name, setup))
         if setup.version == 2:
-            group._create_v2(limits)
+            group._create_v2(limits, devices)
         else:
-            group._create_v1(limits)
+            group._create_v1(limits, devices)
         return group
 
     def _make_leaves(self) -> list[Path]:
@@ -459,7 +492,7 @@ class Cgroup:
                     f"cannot set {what}: writing {value!r} to {path}: {e.strerror or e}"
                 ) from e
 
-    def _create_v2(self, limits: Limits) -> None:
+    def _create_v2(self, limits: Limits, devices: DeviceRules | None = None) -> None:
         """cgroup-v2.rst "Controlling Controllers": enable memory, cpu and pids
         in cgroup.subtree_control of every ancestor from the base down, then mkdir."""
         setup = self.setup
@@ -516,8 +549,17 @@ class Cgroup:
         if limits.pids is not None:
             writes.append((f"pids limit {limits.pids}", leaf / "pids.max", str(limits.pids)))
         self._apply(made, writes)
+        if devices is not None:
+            try:
+                _attach_device_program(leaf, devices)
+            except OSError as e:
+                self._rmdirs(made)
+                raise NotSupported(
+                    f"cannot restrict devices: attaching the cgroup v2 device program to "
+                    f"{leaf} failed: {e.strerror or e} (is CONFIG_CGROUP_BPF on?)"
+                ) from e
 
-    def _create_v1(self, limits: Limits) -> None:
+    def _create_v1(self, limits: Limits, devices: DeviceRules | None = None) -> None:
         """One directory per hierarchy (cgroup-v1/cgroups.rst)."""
         mounts = self.setup.mounts
         for controller, wanted in (
@@ -530,8 +572,18 @@ class Cgroup:
                     f"cannot apply {limits.describe()}: the cgroup v1 '{controller}' "
                     f"controller is not mounted under {self.setup.fs_root}"
                 )
+        if devices is not None and "devices" not in mounts:
+            raise NotSupported(
+                "the cgroup v1 'devices' controller is not mounted under "
+                f"{self.setup.fs_root}: without it a container could open any device node"
+            )
         made = self._make_leaves()
         writes: list[tuple[str, Path, str]] = []
+        if devices is not None:
+            # Empty the list the group inherited ("a": all), then allow rule by rule.
+            dev = self.dirs["devices"]
+            writes.append(("device rules", dev / "devices.deny", "a"))
+            writes += [("device rules", dev / "devices.allow", r.v1_line()) for r in devices]
         if limits.memory is not None:
             mem = self.dirs["memory"]
             what = f"memory limit {_human_bytes(limits.memory)}"

@@ -19,9 +19,17 @@ from pathlib import Path
 
 from ..errors import Conflict, ContainerNotFound, NotSupported, UserError
 from ..record import Record
-from . import cgroups, namespaces, rootfs, shim
+from . import cgroups, devices, namespaces, rootfs, shim
 from . import kernel as k
-from .spec import NETWORK_MODES, Spec, parse_env, parse_signal, parse_user, parse_volume
+from .spec import (
+    NETWORK_MODES,
+    Spec,
+    parse_env,
+    parse_security_opts,
+    parse_signal,
+    parse_user,
+    parse_volume,
+)
 from .state import State, StateRoot, now
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
@@ -429,6 +437,8 @@ def create(
     init: bool = False,
     auto_remove: bool = False,
     detach: bool = False,
+    device: list[str] = (),
+    security_opt: list[str] = (),
 ) -> Container:
     """Check everything, then make the container's directory and cgroup."""
     # 1. Validate what the user typed, before any side effect.
@@ -442,6 +452,8 @@ def create(
             f"network {network} not found: use none or host (bridge networks come later)"
         )
     mounts = [parse_volume(v) for v in volumes]
+    extra_devices = [devices.parse_device(d) for d in device]
+    seccomp_profile = parse_security_opts(list(security_opt))
     if name is not None and not NAME_RE.fullmatch(name):
         raise UserError(
             f'Invalid container name "{name}", only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
@@ -527,6 +539,8 @@ def create(
             user=user or config.get("User") or "",
             hostname=hostname or container_id[:12],
             mounts=mounts,
+            devices=[*devices.DEFAULT_NODES, *(node for node, _ in extra_devices)],
+            seccomp=seccomp_profile,
             memory=limits.memory,
             cpus=limits.cpus,
             pids_limit=limits.pids,
@@ -548,7 +562,9 @@ def create(
             (directory / sub).mkdir()
         rootfs.write_etc_files(directory, spec.hostname)
         # 3. The cgroup: its limits fail here, with nothing half-done.
-        cg = cgroups.Cgroup.create(shim.cgroup_name(container_id), limits)
+        # Rootless, the user namespace keeps devices out of reach (mknod is refused).
+        rules = None if rootless else (*devices.DEFAULT_RULES, *(r for _, r in extra_devices))
+        cg = cgroups.Cgroup.create(shim.cgroup_name(container_id), limits, devices=rules)
         if cg is not None:
             spec.cgroup = shim.cgroup_name(container_id)
         root.write_state(container_id, State())

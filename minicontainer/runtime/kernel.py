@@ -52,6 +52,7 @@ MNT_DETACH = 2
 
 # prctl(2) options
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -64,9 +65,16 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # x86_64 and aarch64 syscall numbers for the calls glibc wraps poorly or not at all.
 _SYSCALLS = {
-    "x86_64": {"clone": 56, "pivot_root": 155},
-    "aarch64": {"clone": 220, "pivot_root": 41},
+    "x86_64": {"clone": 56, "pivot_root": 155, "bpf": 321, "mount_setattr": 442},
+    "aarch64": {"clone": 220, "pivot_root": 41, "bpf": 280, "mount_setattr": 442},
 }
+
+# bpf(2) commands and mount_setattr(2) flags (linux/bpf.h, linux/mount.h)
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_QUERY = 16
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
 
 
 class _CapHeader(ctypes.Structure):
@@ -184,6 +192,67 @@ class Kernel:
 
     def chroot(self, path: str) -> None:
         os.chroot(path)
+
+    def mount_setattr(self, path: str, attr_set: int, *, recursive: bool = True) -> None:
+        """Change the flags of a mount and, with AT_RECURSIVE, of every mount below it
+        in one step (man 2 mount_setattr, Linux 5.12): a remount only changes one."""
+        nr = self._nr.get("mount_setattr")
+        if nr is None:
+            raise OSError(errno.ENOSYS, "mount_setattr: unknown syscall number")
+        # struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd; }
+        attr = ctypes.create_string_buffer(struct.pack("<QQQQ", attr_set, 0, 0, 0))
+        flags = AT_RECURSIVE if recursive else 0
+        dirfd = -100  # AT_FDCWD
+        _check(
+            self._libc.syscall(
+                ctypes.c_long(nr), ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags),
+                attr, ctypes.c_size_t(len(attr.raw)),
+            ),
+            f"mount_setattr {path}",
+            path,
+        )  # fmt: skip
+
+    def mknod(self, path: str, mode: int, major: int, minor: int) -> None:
+        """Make a device node (man 2 mknod); ``mode`` holds S_IFCHR or S_IFBLK."""
+        os.mknod(path, mode, os.makedev(major, minor))
+        os.chmod(path, mode & 0o7777)  # the mode as asked, whatever the umask
+
+    # -- bpf(2): load an eBPF program and attach it to a cgroup
+
+    def bpf(self, cmd: int, attr: bytes) -> int:
+        """The bpf(2) system call with ``attr`` (a union bpf_attr, zero-padded)."""
+        nr = self._nr.get("bpf")
+        if nr is None:
+            raise OSError(errno.ENOSYS, "bpf: unknown syscall number")
+        buf = ctypes.create_string_buffer(attr, len(attr))
+        return _check(
+            self._libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr))),
+            "bpf",
+        )
+
+    def bpf_prog_load(self, prog_type: int, insns: bytes, attach_type: int = 0) -> int:
+        """BPF_PROG_LOAD: the verifier checks the program; returns its descriptor.
+        On refusal the verifier's log is in the error message."""
+        code = ctypes.create_string_buffer(insns, len(insns))
+        license_ = ctypes.create_string_buffer(b"Apache-2.0")
+        log = ctypes.create_string_buffer(1 << 16)
+        attr = struct.pack(
+            "<IIQQIIQII16sII",
+            prog_type, len(insns) // 8, ctypes.addressof(code), ctypes.addressof(license_),
+            1, len(log), ctypes.addressof(log), 0, 0, b"mc_devices", 0, attach_type,
+        )  # fmt: skip
+        try:
+            return self.bpf(BPF_PROG_LOAD, attr.ljust(128, b"\0"))
+        except OSError as e:
+            text = log.value.decode(errors="replace").strip().splitlines()
+            raise OSError(
+                e.errno, f"bpf prog load: {e.strerror}: {' / '.join(text[-3:])}"
+            ) from None
+
+    def bpf_prog_attach(self, target_fd: int, prog_fd: int, attach_type: int) -> None:
+        """BPF_PROG_ATTACH: run the program for every process of the cgroup ``target_fd``."""
+        attr = struct.pack("<IIIII", target_fd, prog_fd, attach_type, 0, 0)
+        self.bpf(BPF_PROG_ATTACH, attr.ljust(32, b"\0"))
 
     # -- identity: sethostname(2), setgroups/setgid/setuid
 

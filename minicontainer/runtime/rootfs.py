@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from . import kernel as k
 from . import security
+from .devices import DeviceNode
 from .spec import Spec
-
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
 def secure_join(root: str, path: str) -> str:
@@ -93,8 +93,34 @@ def bind_volumes(kernel: k.Kernel, spec: Spec, root: str) -> None:
             _touch(target)
         kernel.mount(m.source, target, None, k.MS_BIND | k.MS_REC)
         if m.readonly:
-            flags = _mount_flags(target) | k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY
-            kernel.mount(None, target, None, flags)
+            read_only_tree(kernel, target)
+
+
+def read_only_tree(kernel: k.Kernel, target: str) -> None:
+    """Make a recursive bind read-only all the way down: a remount changes only the
+    top mount, and a volume's submounts (say, a disk mounted under the shared
+    directory) would stay writable. mount_setattr(2) with AT_RECURSIVE does the
+    whole tree in one step (Linux 5.12); before that, each mount is remounted."""
+    try:
+        kernel.mount_setattr(target, k.MOUNT_ATTR_RDONLY, recursive=True)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL):
+            raise
+    for point in [target, *_mounts_below(target)]:
+        flags = _mount_flags(point) | k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY
+        kernel.mount(None, point, None, flags)
+
+
+def _mounts_below(target: str) -> list[str]:
+    """Mount points strictly under ``target``, from /proc/self/mountinfo (field 5)."""
+    below = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")  # \040 is a space
+            if point.startswith(target.rstrip("/") + "/"):
+                below.append(point)
+    return below
 
 
 def mount_proc(kernel: k.Kernel, root: str) -> None:
@@ -103,19 +129,32 @@ def mount_proc(kernel: k.Kernel, root: str) -> None:
     kernel.mount("proc", target, "proc", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC)
 
 
-def mount_dev(kernel: k.Kernel, root: str, userns: bool) -> None:
-    """A tmpfs /dev holding only the devices a program expects.
+def mount_dev(kernel: k.Kernel, root: str, userns: bool, nodes: list[DeviceNode]) -> None:
+    """A tmpfs /dev holding only the devices a program expects (runtime/devices.py).
 
-    The device files are bind mounts of the host's own nodes: the same
-    kernel devices, and it works in a user namespace, where mknod is refused.
+    As root the nodes are made with mknod(2) in the container's own tmpfs: the
+    same kernel devices as the host's, but not the host's inodes, so a chmod or
+    chown in the container changes only the container's node. In a user
+    namespace mknod is refused: the host's nodes are bind-mounted instead, as
+    podman does, and made read-only (the device can still be written; its inode
+    cannot be chmod'ed or chown'ed).
     """
     dev = os.path.join(root, "dev")
     _mkdirs(dev)
     kernel.mount("tmpfs", dev, "tmpfs", k.MS_NOSUID | k.MS_STRICTATIME, "mode=755,size=65536k")
-    for name in DEVICES:
-        target = os.path.join(dev, name)
+    for node in nodes:
+        target = secure_join(root, node.path)
+        if not target.startswith(dev + "/"):
+            raise OSError(errno.EINVAL, f"device path {node.path} is not under /dev", node.path)
+        _mkdirs(os.path.dirname(target))
+        if not userns:
+            kind = stat.S_IFCHR if node.kind == "c" else stat.S_IFBLK
+            kernel.mknod(target, kind | node.mode, node.major, node.minor)
+            continue
         _touch(target)
-        kernel.mount(f"/dev/{name}", target, None, k.MS_BIND)
+        kernel.mount(node.host or node.path, target, None, k.MS_BIND)
+        flags = _mount_flags(target) | k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY
+        kernel.mount(None, target, None, flags)
     pts = os.path.join(dev, "pts")
     _mkdirs(pts)
     # A private devpts instance: the container sees only its own terminals.
@@ -217,7 +256,7 @@ def setup(kernel: k.Kernel, spec: Spec, bundle: str) -> None:
     root = mount_overlay(kernel, spec, bundle)
     bind_volumes(kernel, spec, root)
     mount_proc(kernel, root)
-    mount_dev(kernel, root, "user" in spec.namespaces)
+    mount_dev(kernel, root, "user" in spec.namespaces, spec.devices)
     mount_sys(kernel, root, own_netns=spec.network != "host")
     bind_etc_files(kernel, root, bundle)
     pivot(kernel, root)

@@ -33,10 +33,10 @@ import signal
 import sys
 from collections.abc import Callable
 
-from ..errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME, UserError
+from ..errors import EXIT_RUNTIME, UserError
 from ..files import rmtree
 from ..record import Record
-from . import cgroups, console, monitor, namespaces, rootfs, security
+from . import cgroups, console, init, monitor, namespaces, rootfs, security
 from . import kernel as k
 from .spec import Spec, parse_signal
 from .state import State, StateRoot, now, process_start_time
@@ -61,57 +61,23 @@ def cgroup_name(container_id: str) -> str:
 # --- the child: runs between clone() and execve()
 
 
-class ExecError(OSError):
-    """execve(2) of the user's command failed: Docker's 126 or 127, not 125."""
+def _close_other_fds(keep: tuple[int, ...]) -> None:
+    """Nothing of ours may leak into the container but stdio and ``keep`` (the
+    close-on-exec error pipe and sealed init): an inherited pipe would also keep
+    `run -d` waiting for EOF."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
 
 
-def _exit_code_for(error: OSError) -> int:
-    if not isinstance(error, ExecError):
-        return EXIT_RUNTIME  # a mount, setns, ... failed: the runtime's fault
-    if error.errno == errno.ENOENT:
-        return EXIT_NOT_FOUND
-    return EXIT_NOT_EXECUTABLE
-
-
-def _close_other_fds(keep: int) -> None:
-    """Nothing of ours may leak into the container but stdio (and the close-on-exec
-    error pipe): an inherited pipe would also keep `run -d` waiting for EOF."""
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 20)
-
-
-def _exec(spec: Spec) -> None:
+def _exec_init(spec: Spec, init_fd: int, err_w: int, *, as_init: bool) -> None:
+    """execve(2) the sealed init (runtime/init.py), which execs the user's program:
+    from here on no process of the container runs a binary of the host."""
+    os.set_inheritable(err_w, True)  # mcinit reports a failed exec through it
     env = dict(e.partition("=")[::2] for e in spec.env)
-    argv = spec.args
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as e:
-        if e.errno == errno.ENOENT and "/" not in argv[0]:
-            message = f'exec: "{argv[0]}": executable file not found in $PATH'
-        else:
-            message = f'exec: "{argv[0]}": {os.strerror(e.errno or 0).lower()}'
-        raise ExecError(e.errno, message) from None
-
-
-def _run_init(spec: Spec, err_w: int) -> None:
-    """``--init``: stay as PID 1, run the command as PID 2, reap every orphan
-    (zombies re-parent to PID 1) and pass signals on, like tini."""
-    child = os.fork()
-    if child == 0:
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
-        _exec(spec)
-    os.close(err_w)
-    for sig in (*FORWARDED, signal.SIGWINCH):
-        signal.signal(sig, lambda s, _f: os.kill(child, s))
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            os._exit(0)
-        if pid == child:
-            code = os.waitstatus_to_exitcode(status)
-            os._exit(code if code >= 0 else 128 - code)
+    os.execve(init_fd, init.argv(err_w, spec.args, init=as_init), env)
 
 
 def _child(
@@ -123,9 +89,13 @@ def _child(
     stdio: tuple[int, int, int] | None,
     console_sock: _socket.socket | None,
     parent_bound: bool,
+    init_fd: int,
 ) -> None:
     code = EXIT_RUNTIME
     try:
+        # Non-dumpable: no process of the container may ptrace us or open our
+        # /proc/PID files (exe, fd, mem) while we still run the host's Python.
+        kernel.prctl(k.PR_SET_DUMPABLE, 0)
         os.read(go_r, 1)  # wait until the parent has written our id maps
         if parent_bound:  # in the foreground, the container dies with its CLI
             kernel.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -156,12 +126,9 @@ def _child(
         security.drop_capabilities(kernel)
         kernel.set_ids(spec.uid, spec.gid, spec.groups)
         security.set_no_new_privs(kernel)
-        _close_other_fds(keep=err_w)
-        if spec.init:
-            _run_init(spec, err_w)
-        _exec(spec)
+        _close_other_fds(keep=(err_w, init_fd))
+        _exec_init(spec, init_fd, err_w, as_init=spec.init)
     except OSError as e:
-        code = _exit_code_for(e)
         message = e.strerror or str(e)
         if e.filename and str(e.filename) not in message:
             message += f": {e.filename}"
@@ -195,11 +162,12 @@ def launch(
     Raises UserError with Docker's exit code (125, 126, 127) if it did not.
     """
     bundle = str(root.container_dir(spec.id))
+    init_fd = init.sealed(init.ensure_built(root.root))
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     parent_fds: list[int] = []
-    child_fds = [go_r, err_w, devnull]
+    child_fds = [go_r, err_w, devnull, init_fd]
     stdio: tuple[int, int, int] | None = None
     parent_sock = child_sock = None
     if spec.tty:
@@ -222,7 +190,7 @@ def launch(
             os.close(fd)
         if parent_sock is not None:
             parent_sock.close()
-        _child(kernel, spec, bundle, go_r, err_w, stdio, child_sock, parent_bound)
+        _child(kernel, spec, bundle, go_r, err_w, stdio, child_sock, parent_bound, init_fd)
     for fd in child_fds:
         os.close(fd)
     if child_sock is not None:
@@ -378,10 +346,12 @@ def enter(
         outputs = {out_r: "stdout", e_r: "stderr"}
         child_only = [out_w, e_w]
     cg = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+    init_fd = init.sealed(init.ensure_built(root.root))
     pid = os.fork()
     if pid == 0:
         code = EXIT_RUNTIME
         try:
+            kernel.prctl(k.PR_SET_DUMPABLE, 0)  # see _child
             for fd in outputs:
                 os.close(fd)
             os.close(err_r)
@@ -405,20 +375,21 @@ def enter(
                 security.drop_capabilities(kernel)
                 kernel.set_ids(spec.uid, spec.gid, spec.groups)
                 security.set_no_new_privs(kernel)
-                _close_other_fds(keep=err_w)
-                _exec(spec)
+                _close_other_fds(keep=(err_w, init_fd))
+                _exec_init(spec, init_fd, err_w, as_init=False)
             os.close(err_w)
+            os.close(init_fd)
             for fd in (*child_only, devnull):
                 os.close(fd)
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
             code = code if code >= 0 else 128 - code
         except OSError as e:
-            code = _exit_code_for(e)
+            code = EXIT_RUNTIME
             _report(err_w, code, e.strerror or str(e))
         finally:
             os._exit(code)
-    for fd in (*fds.values(), err_w, *child_only, devnull):
+    for fd in (*fds.values(), err_w, *child_only, devnull, init_fd):
         os.close(fd)
     master = None
     if child_sock is not None and parent_sock is not None:

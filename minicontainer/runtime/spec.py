@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 from ..errors import UserError
 from ..record import Record
+from .devices import DEFAULT_NODES, DeviceNode
 
 NETWORK_MODES = ("none", "host")
 
@@ -39,6 +39,10 @@ class Spec(Record):
     user: str = ""  # as typed, for inspect
     hostname: str = ""
     mounts: list[Mount] = []
+    devices: list[DeviceNode] = list(DEFAULT_NODES)  # the nodes in /dev (runtime/devices.py)
+    # "default" (Docker's profile), "unconfined", or a profile in Docker's JSON format
+    # (runtime/seccomp.py).
+    seccomp: str = "default"
     memory: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
@@ -62,6 +66,7 @@ class Spec(Record):
     def from_json(cls, text: str) -> Spec:
         data = json.loads(text)
         data["mounts"] = [Mount(**m) for m in data.get("mounts", [])]
+        data["devices"] = [DeviceNode(**d) for d in data.get("devices", [])]
         known = set(cls._fields)
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -92,6 +97,28 @@ def parse_volume(text: str) -> Mount:
     return Mount(os.path.realpath(host), os.path.normpath(target), mode == "ro")
 
 
+def parse_security_opts(options: list[str]) -> str:
+    """``--security-opt seccomp=unconfined|PROFILE.json`` as docker run takes it:
+    "default" (Docker's default profile), "unconfined", or the profile file's JSON,
+    checked now (runtime/seccomp.py) so that a bad file fails before anything runs."""
+    choice = "default"
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            key, sep, value = option.partition(":")  # docker's older form, seccomp:x
+        if key != "seccomp" or not value:
+            raise UserError(
+                f"invalid --security-opt '{option}': use seccomp=unconfined or seccomp=PROFILE.json"
+            )
+        if value == "unconfined":
+            choice = "unconfined"
+        else:
+            from . import seccomp
+
+            choice = json.dumps(seccomp.load_profile(value))
+    return choice
+
+
 def parse_env(items: list[str], base: list[str]) -> list[str]:
     """Merge ``-e K=V`` (or ``-e K``, taken from our environment) over the image's Env."""
     env: dict[str, str] = {}
@@ -110,17 +137,140 @@ def parse_env(items: list[str], base: list[str]) -> list[str]:
     return [f"{key}={value}" for key, value in env.items()]
 
 
-def _lookup(rootfs_dirs: list[str], name: str) -> list[list[str]]:
-    """Rows of /etc/passwd or /etc/group from the topmost layer that has it."""
-    for top in rootfs_dirs:
-        path = Path(top, "etc", name)
-        if path.is_file():
-            rows = []
-            for line in path.read_text(errors="replace").splitlines():
-                if line and not line.startswith("#"):
-                    rows.append(line.split(":"))
-            return rows
-    return []
+PASSWD_LIMIT = 1 << 20  # an /etc/passwd larger than this is not one
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def read_in_layers(layers: list[str], path: str, limit: int = PASSWD_LIMIT) -> bytes | None:
+    """The file at ``path`` in the merged view of ``layers`` (top first, as overlayfs
+    stacks them), or None if there is no regular file there.
+
+    Read on the host, so nothing in an image may lead outside its layers: a
+    symlink is resolved inside the merged view (an absolute one from its root),
+    never on the host; whiteouts (char 0:0) and opaque directories hide what lies
+    below, as in overlayfs (Documentation/filesystems/overlayfs.rst); every step is
+    opened relative to the directory before it with O_NOFOLLOW, so a running
+    container swapping a directory for a symlink cannot redirect the walk; only a
+    regular file is read, and at most ``limit`` bytes (a FIFO or /dev/zero planted
+    as /etc/passwd must not hang or exhaust the runtime).
+    """
+    todo = [c for c in path.split("/") if c not in ("", ".")]
+    for _hop in range(41):  # symlinks followed, as the kernel's limit (MAXSYMLINKS 40)
+        done: list[str] = []
+        dirs = _roots(layers)
+        try:
+            while todo:
+                name = todo.pop(0)
+                if name == "..":  # resolved again from the root, one level up
+                    todo = [*done[:-1], *todo]
+                    break
+                kind, fd = _find(dirs, name)
+                if kind is None:
+                    return None
+                if kind == "link":
+                    target = os.readlink(name, dir_fd=fd)
+                    parts = [c for c in target.split("/") if c not in ("", ".")]
+                    todo = [*parts, *todo] if target.startswith("/") else [*done, *parts, *todo]
+                    break
+                done.append(name)
+                if kind == "file":
+                    return None if todo else _read_regular(fd, name, limit)
+                below = _below(dirs, name)
+                _close(dirs)
+                dirs = below
+            else:
+                return None  # the path names a directory
+        finally:
+            _close(dirs)
+    return None
+
+
+def _roots(layers: list[str]) -> list[int]:
+    fds = []
+    for layer in layers:
+        try:
+            fds.append(os.open(layer, _DIR))
+        except OSError:
+            continue
+    return fds
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+
+
+def _find(dirs: list[int], name: str) -> tuple[str | None, int]:
+    """What ``name`` is in the merged directory: the topmost layer that has it wins."""
+    import stat
+
+    for fd in dirs:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return None, fd  # a whiteout: deleted in this layer
+        if stat.S_ISLNK(st.st_mode):
+            return "link", fd
+        if stat.S_ISDIR(st.st_mode):
+            return "dir", fd
+        if stat.S_ISREG(st.st_mode):
+            return "file", fd
+        return None, fd  # a FIFO, socket or device is not a file to read
+    return None, -1
+
+
+def _below(dirs: list[int], name: str) -> list[int]:
+    """The layers' directories ``name`` merges, top first, down to an opaque one or
+    to a layer where ``name`` is not a directory (that hides the rest)."""
+    merged = []
+    for fd in dirs:
+        try:
+            child = os.open(name, _DIR, dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break  # a file, a whiteout or a symlink here: nothing below shows through
+        merged.append(child)
+        if any(_xattr(child, key) == b"y" for key in _OPAQUE):
+            break
+    return merged
+
+
+def _xattr(fd: int, key: str) -> bytes | None:
+    try:
+        return os.getxattr(f"/proc/self/fd/{fd}", key)  # an O_PATH fd: through /proc
+    except OSError:
+        return None
+
+
+def _read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
+    import stat
+
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    return data if len(data) <= limit else None
+
+
+def _rows(data: bytes | None) -> list[list[str]]:
+    """/etc/passwd or /etc/group lines, split on ':' (comments and blanks dropped)."""
+    if data is None:
+        return []
+    text = data.decode(errors="replace")
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def parse_user(text: str, rootfs_dirs: list[str]) -> tuple[int, int, list[int]]:
@@ -128,8 +278,8 @@ def parse_user(text: str, rootfs_dirs: list[str]) -> tuple[int, int, list[int]]:
     if not text:
         return 0, 0, []
     user, _, group = text.partition(":")
-    passwd = _lookup(rootfs_dirs, "passwd")
-    groups = _lookup(rootfs_dirs, "group")
+    passwd = _rows(read_in_layers(rootfs_dirs, "/etc/passwd"))
+    groups = _rows(read_in_layers(rootfs_dirs, "/etc/group"))
     uid = gid = None
     if user.isdigit():
         uid = int(user)
