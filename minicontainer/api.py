@@ -246,6 +246,5 @@ class Runtime:
         from .image.bootstrap import bootstrap
         from .runtime import init
 
-        self.state.ensure()
-        init.ensure_built(self.state.root)
+        init.ensure_built()
         return bootstrap(self.store, force=force)

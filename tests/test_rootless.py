@@ -27,7 +27,12 @@ class Rootless:
     def __init__(self, user, home: Path) -> None:  # type: ignore[no-untyped-def]
         self.user = user
         self.home = home
-        self.env = {"HOME": str(home), "XDG_DATA_HOME": str(home / ".local" / "share")}
+        # A fresh state root per test, one cache (the sealed init is built once).
+        self.env = {
+            "HOME": str(home),
+            "XDG_DATA_HOME": str(home / ".local" / "share"),
+            "XDG_CACHE_HOME": f"{user.home}/.cache",
+        }
 
     @property
     def state(self) -> Path:

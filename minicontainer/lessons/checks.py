@@ -348,9 +348,8 @@ def check_busybox() -> Check:
 def _sealed_init() -> tuple[str, bool]:
     """Where this machine's sealed init lives, and whether it is built."""
     from ..runtime import init
-    from ..runtime.state import default_root
 
-    path = init.binary_path(default_root())
+    path = init.binary_path()
     return str(path), _exists(str(path))
 
 

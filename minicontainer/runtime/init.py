@@ -2,8 +2,10 @@
 program, so that no container process ever runs the host's Python binary.
 
 ``mcinit.c`` (read it: its comment explains the attack, runc's CVE-2019-5736) is
-compiled once per machine with the system C compiler (``cc -static``) into the
-state root (``bin/mcinit-<crc of the source>``, root-only like the rest of it).
+compiled once per machine with the system C compiler (``cc -static``) into a cache
+directory (``/var/cache/minicontainer``; rootless ``$XDG_CACHE_HOME/minicontainer``;
+or ``$MINICONTAINER_CACHE``), as ``mcinit-<crc of the source>``. The directory must
+belong to us and be writable by nobody else: what is there runs in every container.
 Every start copies that file into a memfd(2), seals the copy against any change
 (fcntl(2) F_ADD_SEALS: no write, no resize, no more seals) and hands the memfd to
 the child, which execve(2)s it by descriptor (fexecve(3)). The container's
@@ -30,25 +32,47 @@ from ..files import remove_file, replace_file, temp_path
 SOURCE = Path(__file__).with_name("mcinit.c")
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
-_built: dict[str, str] = {}  # state root -> path of the binary, once checked
+_built: list[str] = []  # the checked path, once per process
 
 
-def binary_path(state_root: str | os.PathLike[str]) -> Path:
+def cache_dir() -> Path:
+    if env := os.environ.get("MINICONTAINER_CACHE"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/minicontainer")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "minicontainer")
+
+
+def binary_path() -> Path:
     """Where this machine's mcinit for this source lives (built or not)."""
     crc = zlib.crc32(SOURCE.read_bytes())
-    return Path(state_root, "bin", f"mcinit-{crc:08x}")
+    return cache_dir() / f"mcinit-{crc:08x}"
 
 
-def ensure_built(state_root: str | os.PathLike[str]) -> str:
+def ensure_built() -> str:
     """The path of mcinit, compiled first if this source was never built here."""
-    key = os.fspath(state_root)
-    if key in _built:
-        return _built[key]
-    path = binary_path(state_root)
+    if _built:
+        return _built[0]
+    path = binary_path()
+    _check_private(path.parent)
     if not path.is_file():
         build(path)
-    _built[key] = str(path)
+    _built.append(str(path))
     return str(path)
+
+
+def _check_private(directory: Path) -> None:
+    """Made 0700 if missing; refused if someone else could have put a binary there."""
+    import stat
+
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UserError(
+            f"{directory} must belong to uid {os.geteuid()} and be writable by no one else: "
+            "the sealed init built there runs in every container"
+        )
 
 
 def build(path: Path) -> None:
@@ -62,7 +86,6 @@ def build(path: Path) -> None:
             "minicontainer needs a C compiler once, to build its sealed init (mcinit.c): "
             "sudo apt-get install gcc libc6-dev"
         )
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = temp_path(path)
     proc = subprocess.run(
         [compiler, "-static", "-Os", "-s", "-o", tmp, str(SOURCE)],

@@ -162,7 +162,7 @@ def launch(
     Raises UserError with Docker's exit code (125, 126, 127) if it did not.
     """
     bundle = str(root.container_dir(spec.id))
-    init_fd = init.sealed(init.ensure_built(root.root))
+    init_fd = init.sealed(init.ensure_built())
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -346,7 +346,7 @@ def enter(
         outputs = {out_r: "stdout", e_r: "stderr"}
         child_only = [out_w, e_w]
     cg = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
-    init_fd = init.sealed(init.ensure_built(root.root))
+    init_fd = init.sealed(init.ensure_built())
     pid = os.fork()
     if pid == 0:
         code = EXIT_RUNTIME
