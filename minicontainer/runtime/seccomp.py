@@ -530,7 +530,8 @@ def compile_profile(
     decisions: dict[int, Decision] = {}
     for nr, (rules, fallback) in per_nr.items():
         fallback = default if fallback is None else fallback
-        rules = [r for r in rules if r[1] != fallback]  # the same answer either way
+        while rules and rules[-1][1] == fallback:  # the same answer either way
+            rules.pop()  # (only at the end: an earlier one may shadow a later one)
         decisions[nr] = ("args", rules, fallback) if rules else fallback
 
     # Ranges of numbers with one decision, from 0 up; beyond the table, ENOSYS
