@@ -483,160 +483,62 @@ def test_the_default_profile_is_dockers_format(default):
     assert len(allow) > 350 and {"keyctl", "add_key", "bpf", "unshare"}.isdisjoint(allow)
     path = Path(seccomp.__file__).with_name("seccomp-default.json")
     assert seccomp.load_profile(path) == default
+    # The same bytes as package data, as a zipped install would read them.
+    from importlib import resources
+
+    data = resources.files("minicontainer.runtime").joinpath(seccomp.DEFAULT_PROFILE)
+    assert json.loads(data.read_text()) == default
 
 
 # ------------------------------------------------------------ bad profiles
 
+
+def entry(**fields: object) -> str:
+    """A profile allowing by default with one entry for getpid (``fields`` override)."""
+    one = {"names": ["getpid"], "action": "SCMP_ACT_ERRNO", **fields}
+    return json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [one]})
+
+
+def arg(**fields: object) -> list[dict]:
+    return [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ", **fields}]
+
+
+DENY_GETPID = {"names": ["getpid"], "action": "SCMP_ACT_ERRNO"}
+CONFLICT = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [GOOD_ENTRY, DENY_GETPID]}
 BAD = [
     ("{not json", "not JSON"),
     ("[]", "must be a JSON object"),
     (json.dumps({"syscalls": []}), "no defaultAction"),
     (json.dumps({"defaultAction": "SCMP_ACT_NOPE"}), "unknown action 'SCMP_ACT_NOPE'"),
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [{"names": ["getpid"], "action": "ALLOW"}],
-            }
-        ),
-        "syscalls[0]: unknown action 'ALLOW'",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [
-                    {
-                        "names": ["getpid"],
-                        "action": "SCMP_ACT_ERRNO",
-                        "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_ISH"}],
-                    }
-                ],
-            }
-        ),
-        "syscalls[0].args[0]: unknown op 'SCMP_CMP_ISH'",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [
-                    {
-                        "names": ["getpid"],
-                        "action": "SCMP_ACT_ERRNO",
-                        "args": [{"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}],
-                    }
-                ],
-            }
-        ),
-        "index: must be an integer from 0 to 5",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [
-                    {
-                        "names": ["getpid"],
-                        "action": "SCMP_ACT_ERRNO",
-                        "args": [{"index": 0, "value": -1, "op": "SCMP_CMP_EQ"}],
-                    }
-                ],
-            }
-        ),
-        "value: must be an integer",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [
-                    {
-                        "names": ["getpid"],
-                        "action": "SCMP_ACT_ERRNO",
-                        "args": [{"index": 0, "value": 1 << 64, "op": "SCMP_CMP_EQ"}],
-                    }
-                ],
-            }
-        ),
-        "value: must be an integer",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ALLOW", "errnoRet": 1}],
-            }
-        ),
-        "errnoRet is only for",
-    ),  # fmt: skip
+    (json.dumps({"defaultAction": "SCMP_ACT_NOTIFY"}), "SCMP_ACT_NOTIFY is not supported"),
     (
         json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 70000}),
         "defaultErrnoRet: must be an integer from 0 to 4095",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [{"names": [], "action": "SCMP_ACT_ALLOW"}],
-            }
-        ),
-        "names must be a non-empty list",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [{"name": "getpid", "names": ["getpid"], "action": "SCMP_ACT_ALLOW"}],
-            }
-        ),
-        "both 'name' and 'names'",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [{"names": ["getpid"], "acton": "SCMP_ACT_ALLOW"}],
-            }
-        ),
-        "unknown key 'acton'",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [{**GOOD_ENTRY, "includes": {"minKernel": "4"}}],
-            }
-        ),
-        "includes.minKernel: must be a kernel version",
-    ),  # fmt: skip
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "syscalls": [{**GOOD_ENTRY, "includes": {"cap": ["CAP_SYS_ADMIN"]}}],
-            }
-        ),
-        "unknown key 'cap'",
-    ),  # fmt: skip
+    ),
     (
         json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"]}),
         "flags",
-    ),  # fmt: skip
-    (json.dumps({"defaultAction": "SCMP_ACT_NOTIFY"}), "SCMP_ACT_NOTIFY is not supported"),
-    (
-        json.dumps(
-            {
-                "defaultAction": "SCMP_ACT_ERRNO",
-                "syscalls": [GOOD_ENTRY, {"names": ["getpid"], "action": "SCMP_ACT_ERRNO"}],
-            }
-        ),
-        "getpid already has another action",
-    ),  # fmt: skip
+    ),
     (
         json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": {"names": ["getpid"]}}),
         "syscalls: must be a list",
-    ),  # fmt: skip
+    ),
+    (json.dumps(CONFLICT), "getpid already has another action"),
+    (entry(action="ALLOW"), "syscalls[0]: unknown action 'ALLOW'"),
+    (entry(action="SCMP_ACT_ALLOW", errnoRet=1), "errnoRet is only for"),
+    (entry(args=arg(op="SCMP_CMP_ISH")), "syscalls[0].args[0]: unknown op 'SCMP_CMP_ISH'"),
+    (entry(args=arg(index=6)), "syscalls[0].args[0].index: must be an integer from 0 to 5"),
+    (entry(args=arg(value=-1)), "value: must be an integer"),
+    (entry(args=arg(value=1 << 64)), "value: must be an integer"),
+    (entry(args=arg(value=True)), "value: must be an integer"),
+    (entry(args=arg(valu=1)), "unknown key 'valu'"),
+    (entry(names=[]), "names must be a non-empty list"),
+    (entry(names="getpid"), "names must be a non-empty list"),
+    (entry(name="getpid"), "both 'name' and 'names'"),
+    (entry(acton="SCMP_ACT_ALLOW"), "unknown key 'acton'"),
+    (entry(includes={"minKernel": "4"}), "includes.minKernel: must be a kernel version"),
+    (entry(includes={"cap": ["CAP_SYS_ADMIN"]}), "unknown key 'cap'"),
+    (entry(excludes={"caps": "CAP_SYS_ADMIN"}), "excludes.caps: must be a list of strings"),
 ]
 
 

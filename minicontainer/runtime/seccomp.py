@@ -155,11 +155,21 @@ U64 = 1 << 64
 # ---------------------------------------------------------------- profiles
 
 
+DEFAULT_PROFILE = "seccomp-default.json"  # package data (pyproject's package-data)
+
+
 def default_profile() -> dict:
     """Docker's default profile (seccomp-default.json, package data)."""
-    from importlib import resources
+    # Read beside this module when the package is plain files (every pip install):
+    # importlib.resources would cost ~15 ms of imports (zipfile, tempfile, ...) at
+    # every container start. A zipped package falls back to it.
+    try:
+        with open(os.path.join(os.path.dirname(__file__), DEFAULT_PROFILE), encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        from importlib import resources
 
-    text = resources.files(__package__).joinpath("seccomp-default.json").read_text()
+        text = resources.files(__package__).joinpath(DEFAULT_PROFILE).read_text(encoding="utf-8")
     return parse_profile(text, "default")
 
 
@@ -174,23 +184,24 @@ def load_profile(path: str | os.PathLike[str]) -> dict:
     return parse_profile(text, str(path))
 
 
-def parse_profile(text: str, source: str = "profile") -> dict:
+def parse_profile(text: str, source: str = "") -> dict:
     """Decode and check a profile (JSON text); returns it as a dict."""
     try:
         profile = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(
-            f"seccomp profile {source}: not JSON: {e.msg} at line {e.lineno} column {e.colno}"
-        ) from None
+        where = f"seccomp profile {source}".rstrip()
+        raise UserError(f"{where}: not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     validate(profile, source)
     return profile
 
 
-def validate(profile: object, source: str = "profile") -> None:
-    """Raise UserError for the first thing in ``profile`` we cannot compile faithfully."""
+def validate(profile: object, source: str = "") -> None:
+    """Raise UserError for the first thing in ``profile`` we cannot compile faithfully;
+    ``source`` (a path) goes in the message."""
+    prefix = f"seccomp profile {source}".rstrip()
 
     def bad(where: str, problem: str) -> UserError:
-        return UserError(f"seccomp profile {source}: {where}{': ' if where else ''}{problem}")
+        return UserError(f"{prefix}: {where}{': ' if where else ''}{problem}")
 
     def check_keys(obj: object, allowed: set[str], where: str) -> dict:
         if not isinstance(obj, dict):
@@ -250,7 +261,11 @@ def validate(profile: object, source: str = "profile") -> None:
         if "name" in entry and "names" in entry:
             raise bad(where, "both 'name' and 'names': use one")
         names = entry["names"] if "names" in entry else [entry.get("name")]
-        if not names or not all(isinstance(n, str) and n for n in names):
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
+        ):
             raise bad(where, "names must be a non-empty list of syscall names")
         if "action" not in entry:
             raise bad(where, "no action")
@@ -278,7 +293,7 @@ def validate(profile: object, source: str = "profile") -> None:
 
 
 def _kernel_version(text: object, error: Callable[[str], Exception]) -> tuple[int, int]:
-    """ "4.8" -> (4, 8): Docker compares only the major and minor numbers."""
+    """Parse "4.8" as (4, 8): Docker compares only the major and minor numbers."""
     parts = text.split(".") if isinstance(text, str) else []
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise error(f'must be a kernel version like "4.8", not {text!r}')
