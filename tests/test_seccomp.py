@@ -429,6 +429,22 @@ def test_conditions_and_within_an_index_or(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
+def test_a_syscalls_rules_are_tried_in_profile_order(arch):
+    """The first rule that holds decides, even one that says what the fallback says."""
+    rules = [
+        {"names": ["lseek"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["lseek"], "action": "SCMP_ACT_ALLOW", "args": arg(index=1, value=5)},
+        {"names": ["lseek"], "action": "SCMP_ACT_ERRNO", "errnoRet": 9,
+         "args": arg(index=1, value=5, op="SCMP_CMP_GE")},
+    ]  # fmt: skip
+    p = compiled({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": rules}, arch)
+    assert decide(p, arch, "lseek", 0, 5) == ALLOW  # rule 2 before rule 3
+    assert decide(p, arch, "lseek", 0, 6) == errno_ret(9)
+    assert decide(p, arch, "lseek", 0, 4) == ALLOW  # the unconditional action
+    assert decide(p, arch, "getpid") == EPERM
+
+
+@pytest.mark.parametrize("arch", ARCHES)
 def test_every_action(arch):
     for action, errno_value, want in [
         ("SCMP_ACT_ALLOW", None, ALLOW), ("SCMP_ACT_ERRNO", None, EPERM),
@@ -776,6 +792,43 @@ def test_a_docker_format_profile_file_for_real(tmp_path):
     assert result.pop("mkdir") == "EACCES"  # type: ignore[union-attr]
     assert result == {name: True for name in result}, result  # type: ignore[union-attr]
     assert in_child(None, probe)["mkdir"] == "made"  # type: ignore[index]
+
+
+ROOTLESS_PROBE = """
+import ctypes, os
+from minicontainer.runtime import kernel as k, seccomp, syscalls
+from minicontainer.runtime.security import DEFAULT_CAPABILITIES
+libc = ctypes.CDLL(None, use_errno=True)
+nr = syscalls.TABLES[seccomp.host_arch()]
+def call(name, *args):
+    pid = os.fork()
+    if pid == 0:
+        r = libc.syscall(ctypes.c_long(nr[name]), *map(ctypes.c_ulong, args))
+        os._exit(ctypes.get_errno() if r == -1 else 0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+probes = lambda: [call("keyctl", 9999), call("unshare", k.CLONE_NEWUSER)]
+before = probes()
+kernel = k.real()
+kernel.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
+profile = seccomp.default_profile()
+kernel.set_seccomp_filter(seccomp.compile_profile(profile, capabilities=DEFAULT_CAPABILITIES))
+print([before, probes()])
+"""
+
+
+@pytest.mark.root
+@pytest.mark.rootless
+@needs_host_table
+def test_an_unprivileged_user_can_install_it(rootless_user):
+    """no_new_privs is all it takes (no CAP_SYS_ADMIN): a rootless container gets the
+    same filter. keyctl and unshare(CLONE_NEWUSER) reach the kernel before, not after."""
+    if rootless_user.python is None:
+        skip_or_fail(f"no Python that {rootless_user.name} can run: apt-get install python3")
+    env = {"PYTHONPATH": rootless_user.pythonpath or "", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = rootless_user.run([rootless_user.python, "-c", ROOTLESS_PROBE], env=env)
+    assert proc.returncode == 0, proc.stderr
+    before, after = json.loads(proc.stdout)
+    assert before == [errno.EOPNOTSUPP, 0] and after == [errno.EPERM, errno.EPERM]
 
 
 # ------------------------------------------------------------ the cost
