@@ -29,8 +29,15 @@ allowed for every address family except AF_ALG (38) and AF_VSOCK (40). Its
 The program, for x86_64 (``explain()`` prints it)::
 
     ld  arch;  jeq AUDIT_ARCH_X86_64 else ret ERRNO(ENOSYS)
-    ld  nr;    binary search over the syscall numbers: about 8 compares
+    ld  nr;    binary search over ranges of syscall numbers: 6 or 7 compares
     leaves:    ret ALLOW | ret ERRNO(EPERM) | ... | argument checks, then ret
+
+getppid runs 10 instructions, socket or personality at most 20, where a linear
+list (libseccomp's default layout) runs one compare per listed syscall. Since
+Linux 5.11 the kernel also runs the filter once per number when it is installed
+and caches the numbers that are always allowed (seccomp's action cache): those
+then run no instruction at all, and what a filter still costs them is the
+slower system call entry that seccomp needs.
 
 Choices, each tested in tests/test_seccomp.py:
 
@@ -647,10 +654,11 @@ def explain(program: bytes, arch: str | None = None) -> str:
             mnemonic = {BPF_JEQ: "jeq", BPF_JGT: "jgt", BPF_JGE: "jge", BPF_JSET: "jset"}.get(
                 op & 0xF0, f"j?{op:#x}"
             )
-            text, after = f"{mnemonic:<4} #{k:<10} -> {pc + 1 + jt}, else {pc + 1 + jf}", state
+            shown = f"{k}" if k < 0x10000 else f"{k:#x}"
+            text, after = f"{mnemonic:<4} #{shown:<10} -> {pc + 1 + jt}, else {pc + 1 + jf}", state
             what = "/".join(sorted(state)) or "A"
             sign = {"jeq": "==", "jgt": ">", "jge": ">=", "jset": "&"}.get(mnemonic, "?")
-            comment = f"{what} {sign} {k:#x}"
+            comment = f"{what} {sign} {shown}"
             if state == {"nr"} and k in names:
                 comment = f"nr {sign} {k} ({names[k]})"
             elif state == {"arch"}:
