@@ -175,6 +175,11 @@ class FakeKernel(k.Kernel):
         self._record("capget")
         return self.caps
 
+    # -- seccomp
+
+    def set_seccomp_filter(self, program: bytes) -> None:
+        self._record("set_seccomp_filter", bytes(program))
+
     # -- network
 
     def set_link_up(self, ifname: str = "lo") -> None:

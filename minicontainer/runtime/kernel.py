@@ -295,6 +295,41 @@ class Kernel:
         i = data[0].inheritable | data[1].inheritable << 32
         return e, p, i
 
+    # -- seccomp(2): install a system call filter (runtime/seccomp.py compiles it) --------
+
+    def set_seccomp_filter(self, program: bytes) -> None:
+        """Install a seccomp filter on this thread, inherited by all its children and
+        kept across execve (man 2 seccomp, SECCOMP_MODE_FILTER; here through
+        prctl(PR_SET_SECCOMP), which needs no syscall number).
+
+        ``program`` is an array of ``struct sock_filter`` (8 bytes each). The kernel
+        accepts it only with no_new_privs set first (PR_SET_NO_NEW_PRIVS), or with
+        CAP_SYS_ADMIN in the caller's user namespace: otherwise EACCES. A filter can
+        never be removed; a second one is added and both run (the strictest wins).
+        """
+        pr_set_seccomp, seccomp_mode_filter = 22, 2  # <linux/prctl.h>, <linux/seccomp.h>
+        count, rest = divmod(len(program), 8)
+        if rest or not 0 < count <= 0xFFFF:
+            raise OSError(errno.EINVAL, "seccomp: not an array of struct sock_filter")
+        buffer = ctypes.create_string_buffer(bytes(program), len(program))
+
+        class SockFprog(ctypes.Structure):  # struct sock_fprog, <linux/filter.h>
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        fprog = SockFprog(count, ctypes.addressof(buffer))
+        _check(
+            self._libc.prctl(
+                ctypes.c_int(pr_set_seccomp),
+                ctypes.c_ulong(seccomp_mode_filter),
+                ctypes.byref(fprog),
+                ctypes.c_ulong(0),
+                ctypes.c_ulong(0),
+            ),
+            "prctl(PR_SET_SECCOMP)",
+        )
+
+    # -- end of seccomp(2) ----------------------------------------------------------------
+
     # -- network: one ioctl, because a new network namespace starts with lo down
 
     def set_link_up(self, ifname: str = "lo") -> None:
