@@ -229,5 +229,56 @@ def test_rootless_cannot_make_or_open_devices(rootless_user, probe_bin) -> None:
     assert got[0] == "mknod=EPERM", proc.stdout  # the user namespace forbids mknod
     assert got[2] == "chmod=EROFS", proc.stdout  # the host's node, bound read-only
     assert "null_write=ok" in got  # ... and still a working /dev/null
+    proc = rootless_user.minicontainer(
+        "run", "--rm", "-v", f"{probe_bin}:/probe:ro", "busybox", "/probe", "syscalls", env=env
+    )
+    seen = results(proc.stdout)
+    assert all(seen[name] == "EPERM" for name in REFUSED), seen  # the same default profile
     assert host_files() == before
     shutil.rmtree(home)
+
+
+# --------------------------------------------------------------------------- seccomp
+
+REFUSED = ("keyctl", "add_key", "request_key", "unshare_user", "perf_event_open", "bpf",
+           "userfaultfd", "open_by_handle_at", "personality_bad", "socket_vsock")  # fmt: skip
+ALLOWED = ("personality_linux", "socket_inet", "getppid")
+
+
+def test_seccomp_default_refuses_what_docker_refuses(root, probe_bin) -> None:
+    """Each call is refused with EPERM under the default profile and is not refused
+    under --security-opt seccomp=unconfined: the filter, not something else, refuses."""
+    volume = ["-v", f"{probe_bin}:/probe:ro"]
+    confined = results(ok(mc("run", "--rm", *volume, "busybox", "/probe", "syscalls")))
+    free = results(ok(mc("run", "--rm", "--security-opt", "seccomp=unconfined", *volume,
+                         "busybox", "/probe", "syscalls")))  # fmt: skip
+    for name in REFUSED:
+        assert confined[name] == "EPERM", (name, confined)
+        assert free[name] != "EPERM", (name, free)
+    assert confined["clone3"] == "ENOSYS"  # so that glibc falls back to clone, filtered
+    for name in ALLOWED:
+        assert confined[name] == free[name] == "ok", (name, confined, free)
+    # and an exec'd process is filtered as the container is
+    cid = ok(mc("run", "-d", *volume, "busybox", "sleep", "30")).strip()
+    assert results(ok(mc("exec", cid, "/probe", "syscalls")))["keyctl"] == "EPERM"
+    ok(mc("rm", "-f", cid))
+
+
+def test_seccomp_profile_file_in_dockers_format(root, tmp_path) -> None:
+    import json
+
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}],
+    }
+    path = tmp_path / "no-mkdir.json"
+    path.write_text(json.dumps(profile))
+    script = "mkdir /tmp/x; echo mkdir=$?; touch /tmp/f && echo touch=ok"
+    proc = mc("run", "--rm", "--security-opt", f"seccomp={path}", "busybox", "sh", "-c", script)
+    assert "Permission denied" in proc.stderr and "mkdir=1" in proc.stdout, proc
+    assert "touch=ok" in proc.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"defaultAction": "SCMP_ACT_MAYBE"}')
+    proc = mc("run", "--rm", "--security-opt", f"seccomp={bad}", "busybox", "true")
+    assert proc.returncode == 125 and "SCMP_ACT_MAYBE" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -72,6 +72,22 @@ def _close_other_fds(keep: tuple[int, ...]) -> None:
     os.closerange(low, 1 << 20)
 
 
+def seccomp_program(spec: Spec) -> bytes | None:
+    """The container's seccomp filter, compiled here, on the host side (the profile
+    and the compiler are host files): Docker's default, the user's profile, or None
+    for --security-opt seccomp=unconfined. It is compiled for the capabilities the
+    container keeps, as Docker does (CAP_SYS_ADMIN would open mount, unshare, ...)."""
+    if spec.seccomp == "unconfined":
+        return None
+    from . import seccomp
+
+    if spec.seccomp == "default":
+        profile = seccomp.default_profile()
+    else:
+        profile = seccomp.parse_profile(spec.seccomp, source="the container's profile")
+    return seccomp.compile_profile(profile, capabilities=set(security.DEFAULT_CAPABILITIES))
+
+
 def _exec_init(spec: Spec, init_fd: int, err_w: int, *, as_init: bool) -> None:
     """execve(2) the sealed init (runtime/init.py), which execs the user's program:
     from here on no process of the container runs a binary of the host."""
@@ -90,6 +106,7 @@ def _child(
     console_sock: _socket.socket | None,
     parent_bound: bool,
     init_fd: int,
+    program: bytes | None,
 ) -> None:
     code = EXIT_RUNTIME
     try:
@@ -126,6 +143,8 @@ def _child(
         security.drop_capabilities(kernel)
         kernel.set_ids(spec.uid, spec.gid, spec.groups)
         security.set_no_new_privs(kernel)
+        if program is not None:  # last: from here on every system call is filtered
+            kernel.set_seccomp_filter(program)
         _close_other_fds(keep=(err_w, init_fd))
         _exec_init(spec, init_fd, err_w, as_init=spec.init)
     except OSError as e:
@@ -162,6 +181,7 @@ def launch(
     Raises UserError with Docker's exit code (125, 126, 127) if it did not.
     """
     bundle = str(root.container_dir(spec.id))
+    program = seccomp_program(spec)
     init_fd = init.sealed(init.ensure_built())
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -190,7 +210,7 @@ def launch(
             os.close(fd)
         if parent_sock is not None:
             parent_sock.close()
-        _child(kernel, spec, bundle, go_r, err_w, stdio, child_sock, parent_bound, init_fd)
+        _child(kernel, spec, bundle, go_r, err_w, stdio, child_sock, parent_bound, init_fd, program)
     for fd in child_fds:
         os.close(fd)
     if child_sock is not None:
@@ -346,6 +366,7 @@ def enter(
         outputs = {out_r: "stdout", e_r: "stderr"}
         child_only = [out_w, e_w]
     cg = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
+    program = seccomp_program(spec)  # an exec'd process is filtered as the container is
     init_fd = init.sealed(init.ensure_built())
     pid = os.fork()
     if pid == 0:
@@ -375,6 +396,8 @@ def enter(
                 security.drop_capabilities(kernel)
                 kernel.set_ids(spec.uid, spec.gid, spec.groups)
                 security.set_no_new_privs(kernel)
+                if program is not None:
+                    kernel.set_seccomp_filter(program)
                 _close_other_fds(keep=(err_w, init_fd))
                 _exec_init(spec, init_fd, err_w, as_init=False)
             os.close(err_w)
