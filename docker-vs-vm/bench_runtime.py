@@ -6,7 +6,9 @@ Three measurements, each reported as min/median/max and as a ratio of medians
 
 1. cli  -- `python -m minicontainer run --rm busybox /bin/true`
            vs `docker run --rm --network none mcbench/busybox /bin/true`
-           (wall time of the whole command, as a user sees it).  Target: <= 0.5x.
+           and `runc run` of a prepared bundle (and, with --baseline DIR, the same
+           command from another checkout: before and after a change, side by side)
+           (wall time of the whole command, as a user sees it).  Target: <= 0.5x docker.
 2. api  -- `Runtime(root).run("busybox", ["/bin/true"], remove=True)` in this
            (warm) Python process vs `runc run --bundle B ID` of a bundle made from
            the same files.  Target: <= 1.0x.
@@ -44,6 +46,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+CLI_INCLUDES = {
+    "minicontainer": (
+        "Python start-up + imports, state/lock files, overlay mount, cgroups (memory, cpu, "
+        "cpuacct, pids, devices), seccomp compiled and loaded, the sealed init copied into a "
+        "memfd, namespaces, pivot_root, exec, wait, R/W layer + cgroup removal"
+    ),
+    "baseline": "the same command from the --baseline checkout",
+    "docker": (
+        "docker CLI -> dockerd API -> containerd -> shim -> runc; overlay2 snapshot, cgroups, "
+        "namespaces, seccomp, container removal"
+    ),
+    "runc": (
+        "runc run of a prepared bundle (read-only plain rootfs, no overlay, no R/W layer, "
+        "runc's default spec: no seccomp), state deleted on exit"
+    ),
+}
 DOCKER_IMAGE = "mcbench/busybox"
 TARGETS = {"cli": 0.5, "api": 1.0}
 _REEXEC = "MCBENCH_REEXEC"
@@ -280,11 +298,23 @@ class Bench:
         ours = [*self.mc, "run", "--rm", "busybox", "/bin/true"]
         docker = ["docker", "run", "--rm", "--network", "none", DOCKER_IMAGE, "/bin/true"]
         contenders = {"minicontainer": ours}
+        if self.args.baseline:  # another checkout, e.g. the commit before a change
+            code = f"import sys; sys.path.insert(0, {self.args.baseline!r}); " + (
+                "from minicontainer.cli import main; main()"
+            )
+            contenders["baseline"] = [
+                self.python, "-c", code, "--root", str(self.root), "run", "--rm", "busybox",
+                "/bin/true",
+            ]  # fmt: skip
         skipped = {}
         if self.docker_ok is None:
             contenders["docker"] = docker
         else:
             skipped["docker"] = self.docker_ok
+        if self.runc_ok is None:
+            contenders["runc"] = ["runc", "run", "--bundle", str(self.bundle), "mcbench-cli"]
+        else:
+            skipped["runc"] = self.runc_ok
         env = child_env()
         samples: dict[str, list[float]] = {k: [] for k in contenders}
         cpu: dict[str, list[float]] = {k: [] for k in contenders}
@@ -315,24 +345,19 @@ class Bench:
                     "samples_s": samples[name],
                     "client_cpu_s": cpu[name],
                     "summary": summary(samples[name]),
-                    "includes": (
-                        "Python start-up + imports, state/lock files, overlay mount, "
-                        "cgroups (memory, cpu, cpuacct, pids), namespaces, pivot_root, "
-                        "exec, wait, R/W layer + cgroup removal"
-                        if name == "minicontainer"
-                        else "docker CLI -> dockerd API -> containerd -> shim -> runc; "
-                        "overlay2 snapshot, cgroups, namespaces, container removal"
-                    ),
+                    "includes": CLI_INCLUDES[name],
                 }
                 for name, cmd in contenders.items()
             },
             "skipped": skipped,
             "target_ratio": TARGETS["cli"],
         }
+        ours_median = statistics.median(samples["minicontainer"])
         if "docker" in samples:
-            res["ratio"] = statistics.median(samples["minicontainer"]) / statistics.median(
-                samples["docker"]
-            )
+            res["ratio"] = ours_median / statistics.median(samples["docker"])
+        res["ratios"] = {
+            name: ours_median / statistics.median(s) for name, s in samples.items() if s
+        }
         res["peak_rss_kib"] = self.peak_rss(contenders)
         if shutil.which("hyperfine") and not self.args.no_hyperfine:
             res["hyperfine"] = self.hyperfine(contenders, env)
@@ -574,6 +599,9 @@ def report(res: dict) -> None:
             print(f"   {name:<16}skipped: {reason}")
         if "ratio" in b:
             print(f"   ratio of medians ours/theirs: {verdict(b['ratio'], b['target_ratio'])}")
+        others = {k: v for k, v in b.get("ratios", {}).items() if k != "minicontainer"}
+        if others:
+            print("   ours / " + ", ours / ".join(f"{k} {v:.2f}x" for k, v in others.items()))
         if isinstance(b.get("hyperfine"), dict) and "error" not in b["hyperfine"]:
             hf = ", ".join(f"{k} {v['median'] * 1000:.1f}" for k, v in b["hyperfine"].items())
             print(f"   hyperfine cross-check medians (ms): {hf}")
@@ -623,6 +651,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="write all raw samples and host facts here")
     p.add_argument("--only", action="append", choices=["cli", "api", "mem"], help="repeatable")
     p.add_argument("--no-hyperfine", action="store_true", help="skip the hyperfine cross-check")
+    p.add_argument(
+        "--baseline", metavar="DIR",
+        help="another checkout (e.g. `git worktree add /tmp/before REV`) whose CLI run joins "
+        "the CLI round-robin as 'baseline'",
+    )  # fmt: skip
     a = p.parse_args(argv)
     a.runs = a.runs or (10 if a.quick else 30)
     a.warmup = a.warmup if a.warmup is not None else (2 if a.quick else 3)

@@ -165,19 +165,45 @@ U64 = 1 << 64
 DEFAULT_PROFILE = "seccomp-default.json"  # package data (pyproject's package-data)
 
 
-def default_profile() -> dict:
-    """Docker's default profile (seccomp-default.json, package data)."""
+def default_profile_text() -> str:
+    """Docker's default profile (seccomp-default.json, package data), as JSON text."""
     # Read beside this module when the package is plain files (every pip install):
     # importlib.resources would cost ~15 ms of imports (zipfile, tempfile, ...) at
     # every container start. A zipped package falls back to it.
     try:
         with open(os.path.join(os.path.dirname(__file__), DEFAULT_PROFILE), encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         from importlib import resources
 
-        text = resources.files(__package__).joinpath(DEFAULT_PROFILE).read_text(encoding="utf-8")
-    return parse_profile(text, "default")
+        return resources.files(__package__).joinpath(DEFAULT_PROFILE).read_text(encoding="utf-8")
+
+
+def default_profile() -> dict:
+    """Docker's default profile, decoded."""
+    return parse_profile(default_profile_text(), "default")
+
+
+def cached_program(text: str, capabilities: set[str], cache: str | os.PathLike[str]) -> bytes:
+    """``compile_profile`` of the profile ``text``, kept in the directory ``cache``
+    (which must be private: what is there is loaded into every container). The key
+    is the profile, the capabilities, the architecture and the kernel version, so a
+    change of any of them compiles again. Saves ~1.5 ms of every start."""
+    import zlib
+
+    key_text = "\0".join([text, *sorted(capabilities), host_arch(), repr(host_kernel_version())])
+    key = key_text.encode()
+    path = os.path.join(cache, f"seccomp-{zlib.crc32(key):08x}{zlib.adler32(key):08x}.bpf")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        pass
+    from ..files import write_atomic
+
+    program = compile_profile(parse_profile(text), capabilities=capabilities)
+    write_atomic(path, program, mode=0o600)
+    return program
 
 
 def load_profile(path: str | os.PathLike[str]) -> dict:

@@ -81,11 +81,10 @@ def seccomp_program(spec: Spec) -> bytes | None:
         return None
     from . import seccomp
 
-    if spec.seccomp == "default":
-        profile = seccomp.default_profile()
-    else:
-        profile = seccomp.parse_profile(spec.seccomp, source="the container's profile")
-    return seccomp.compile_profile(profile, capabilities=set(security.DEFAULT_CAPABILITIES))
+    text = seccomp.default_profile_text() if spec.seccomp == "default" else spec.seccomp
+    init.ensure_built()  # checks that the cache directory is private
+    caps = set(security.DEFAULT_CAPABILITIES)
+    return seccomp.cached_program(text, caps, init.cache_dir())
 
 
 def _exec_init(spec: Spec, init_fd: int, err_w: int, *, as_init: bool) -> None:
