@@ -18,6 +18,7 @@ prints. The notebook shows the results, ``tests/test_security_lessons.py`` check
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ..runtime import security
@@ -58,13 +59,50 @@ def privileges(rt) -> Privileges:  # type: ignore[no-untyped-def]
     )
 
 
+# --------------------------------------------------------------------------- 3
+
+
+def seccomp_demo(rt) -> dict[str, Seen]:  # type: ignore[no-untyped-def]
+    """unshare(CLONE_NEWUSER) (busybox ``unshare -U``) under Docker's default profile,
+    and with --security-opt seccomp=unconfined: refused, then allowed."""
+    script = "unshare -U true && echo 'a new user namespace: made'"
+    return {
+        "default profile": _run(rt, script),
+        "seccomp=unconfined": _run(rt, script, security_opt=["seccomp=unconfined"]),
+    }
+
+
+@dataclass
+class Filter:
+    instructions: int
+    listing: list[str]  # the first instructions, as seccomp.explain prints them
+    seccomp_status: str  # /proc/self/status's Seccomp lines, inside a container
+
+
+def filter_view(rt, lines: int = 14) -> Filter:  # type: ignore[no-untyped-def]
+    """The classic-BPF program every container gets (runtime/seccomp.py compiles
+    Docker's profile for the capabilities the container keeps), and what the kernel
+    says about it from inside."""
+    from ..runtime import seccomp
+
+    program = seccomp.compile_profile(
+        seccomp.default_profile(), capabilities=set(security.DEFAULT_CAPABILITIES)
+    )
+    listing = seccomp.explain(program).splitlines()
+    status = _run(rt, "grep ^Seccomp /proc/self/status").output
+    return Filter(len(program) // 8, listing[:lines], status)
+
+
 # --------------------------------------------------------------------------- 4
 
 
 def device_demo(rt) -> dict[str, Seen]:  # type: ignore[no-untyped-def]
     """mknod of /dev/kmsg's numbers (char 1:11) works; opening it does not, unless
     --device grants exactly that device."""
-    script = "mknod /tmp/kmsg c 1 11 && echo made && echo hello > /tmp/kmsg && echo written"
+    script = (
+        "mknod /tmp/kmsg c 1 11 && echo made && "
+        "echo 'hello from a container (minicontainer notebook 09)' > /tmp/kmsg && echo written"
+    )
     return {
         "default": _run(rt, script),
         "--device /dev/kmsg": _run(rt, script, device=["/dev/kmsg:/dev/kmsg:w"]),
@@ -107,11 +145,13 @@ def pid1_view(rt, init: bool) -> InitView:  # type: ignore[no-untyped-def]
     """What the container's PID 1 runs, seen from inside and from the host."""
     c = rt.run("busybox", ["sleep", "30"], detach=True, init=init)
     try:
-        inside = _output(c, ["sh", "-c", "ls -l /proc/1/exe 2>&1 | sed 's/.*exe/exe/'"])
+        inside = _output(c, ["sh", "-c", "readlink /proc/1/exe || echo 'readlink: denied'"])
         pid = c.inspect()["State"]["Pid"]
         exe = os.readlink(f"/proc/{pid}/exe")
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().replace(b"\0", b" ").decode().strip()
+        # mcinit's first argument is the number of the runtime's error pipe: it varies.
+        cmdline = re.sub(r"^mcinit \d+ ", "mcinit ERRFD ", cmdline)
         return InitView(inside.strip(), exe, cmdline)
     finally:
         c.remove(force=True)
