@@ -170,7 +170,7 @@ def test_module_table_matches_the_tree() -> None:
         assert name in rows, f"the README's module table does not name minicontainer/{name}"
     for pkg, modules in packages.items():
         assert pkg in rows, f"the README's module table does not name minicontainer/{pkg}"
-        named = set(re.findall(r"`([\w.]+)`", rows[pkg]))
+        named = set(re.findall(r"`([\w.-]+)`", rows[pkg]))
         for module in modules:
             assert module in named, f"the README's row for {pkg} does not name {module}"
         for name in named:  # (`config.json` is a file the runtime reads, not a module)
