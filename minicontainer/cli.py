@@ -448,6 +448,37 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return server.main_serve(root_dir, args.host, args.port)
 
 
+def cmd_login(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .registry import client
+
+    user = args.username
+    if args.password_stdin:
+        if not user:
+            raise UserError("login: --password-stdin needs --username")
+        password = sys.stdin.read().removesuffix("\n").removesuffix("\r")  # as docker
+    else:
+        if not sys.stdin.isatty():
+            raise UserError("login: no terminal to ask for the password on: use --password-stdin")
+        user = user or input("Username: ").strip()
+        password = getpass.getpass("Password: ")
+    client.login(args.server, user, password)
+    print("Login Succeeded")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from .registry import auth
+
+    host = auth.normalize_host(args.server)
+    if auth.remove_credentials(host):
+        print(f"Removing login credentials for {host}")
+    else:
+        print(f"Not logged in to {host}")
+    return 0
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     for image in _runtime(args).bootstrap(force=args.force):
         print(f"{image.ref}\t{image.id}")
@@ -636,6 +667,16 @@ def args_registry(s: argparse.ArgumentParser) -> None:
     serve.add_argument("--root", dest="root_dir", help="where blobs live (default: STATE/registry)")
 
 
+def args_login(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-u", "--username", metavar="USER")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    s.add_argument("server", nargs="?", default="registry-1.docker.io", help="HOST[:PORT]")
+
+
+def args_logout(s: argparse.ArgumentParser) -> None:
+    s.add_argument("server", nargs="?", default="registry-1.docker.io", help="HOST[:PORT]")
+
+
 def args_bootstrap(s: argparse.ArgumentParser) -> None:
     s.add_argument("--force", action="store_true")
 
@@ -670,6 +711,8 @@ VERBS = {
     "build": ("Build an image from a Dockerfile", args_build, cmd_build),
     "push": ("Upload an image to a registry (only the blobs it lacks)", args_transfer, cmd_push),
     "pull": ("Download an image from a registry (only the blobs we lack)", args_transfer, cmd_pull),
+    "login": ("Store credentials for a registry (after checking them)", args_login, cmd_login),
+    "logout": ("Forget the credentials stored for a registry", args_logout, cmd_logout),
     "registry": ("Run the embedded registry: registry serve", args_registry, cmd_registry),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
     "check": (
