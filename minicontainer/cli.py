@@ -445,7 +445,14 @@ def cmd_registry(args: argparse.Namespace) -> int:
     from .runtime.state import StateRoot
 
     root_dir = args.root_dir or str(StateRoot(args.root).root / "registry")
-    return server.main_serve(root_dir, args.host, args.port)
+    return server.main_serve(
+        root_dir,
+        args.host,
+        args.port,
+        htpasswd=args.htpasswd,
+        max_blob_size=server.parse_size(args.max_blob_size),
+        upload_expiry=args.upload_expiry,
+    )
 
 
 def cmd_login(args: argparse.Namespace) -> int:
@@ -665,6 +672,21 @@ def args_registry(s: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5000)
     serve.add_argument("--root", dest="root_dir", help="where blobs live (default: STATE/registry)")
+    serve.add_argument(
+        "--htpasswd",
+        metavar="FILE",
+        help="require these users (bcrypt, htpasswd -B); needed beyond loopback",
+    )
+    serve.add_argument(
+        "--max-blob-size", default="4g", metavar="SIZE", help="largest blob accepted (413 above)"
+    )
+    serve.add_argument(
+        "--upload-expiry",
+        type=float,
+        default=3600.0,
+        metavar="SECS",
+        help="remove upload sessions idle this long",
+    )
 
 
 def args_login(s: argparse.ArgumentParser) -> None:
