@@ -103,6 +103,7 @@ class Fake(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _FakeHandler)
         self.routes = routes
         self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.sent = 0  # bytes of endless bodies written
         self.scheme = "https" if tls else "http"
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -146,10 +147,20 @@ class _FakeHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for k, v in out.items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        if "Content-Length" not in out:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if "Content-Length" not in out:
             self.wfile.write(body)
+            return
+        left = int(out["Content-Length"])  # an endless body: `body` again and again
+        while left > 0:
+            piece = body[:left]
+            self.wfile.write(piece)
+            self.server.sent += len(piece)
+            left -= len(piece)
 
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _any  # noqa: N815
 
@@ -238,14 +249,14 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def challenge(realm: str) -> Reply:
-    return 401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg",scope="x"'}, b"{}"
+def challenge(realm: str, params: str = ',service="reg",scope="x"') -> Reply:
+    return 401, {"WWW-Authenticate": f'Bearer realm="{realm}"{params}'}, b"{}"
 
 
-def bearer_registry(realm: str, token: str = "good-token") -> Callable[..., Reply]:
+def bearer_registry(realm: str, token: str = "good-token", params: str | None = None):  # type: ignore[no-untyped-def]
     def routes(fake: Fake, method: str, path: str, headers: dict[str, str]) -> Reply:
         if headers.get("authorization") != f"Bearer {token}":
-            return challenge(realm)
+            return challenge(realm) if params is None else challenge(realm, params)
         return serve_image(path)
 
     return routes
@@ -268,7 +279,8 @@ def test_file_realm_is_never_read(
 ) -> None:
     secret = tmp_path / "token.json"
     secret.write_text(json.dumps({"token": "read-from-a-local-file"}))
-    reg = fakes(bearer_registry(f"file://{secret}", token="read-from-a-local-file"))
+    # No service or scope: the realm URL is used as it is (the old client read the file).
+    reg = fakes(bearer_registry(f"file://{secret}", token="read-from-a-local-file", params=""))
     auth.store_credentials(reg.host, "alice", "s3cret")
     with pytest.raises(UserError, match=r"refused token realm file://"):
         client.pull(store.store, f"{reg.host}/r:v1", progress=False)
@@ -501,6 +513,27 @@ def test_upload_location_may_not_downgrade(
     with pytest.raises(UserError, match="refused to send over http"):
         client.push(laptop.store, ref, progress=False)
     assert plain.seen == []
+
+
+@pytest.mark.parametrize("status", [404, 307, 401])
+def test_an_endless_body_is_not_read_to_its_end(
+    fakes: Callable[..., Fake], store: mc.Runtime, status: int
+) -> None:
+    declared = 256 << 20
+
+    def routes(fake: Fake, method: str, path: str, headers: dict[str, str]) -> Reply:
+        out = {"Content-Length": str(declared)}
+        if status == 307:
+            out["Location"] = "/elsewhere"
+        if status == 401:
+            out["WWW-Authenticate"] = 'Basic realm="x"'
+        return status, out, b"\0" * (1 << 20)
+
+    reg = fakes(routes)
+    with pytest.raises(UserError):
+        client.pull(store.store, f"{reg.host}/r:v1", progress=False)
+    # The client read 64 KiB and hung up: what was sent is what the socket buffers held.
+    assert reg.sent < 32 << 20, reg.sent
 
 
 # --------------------------------------------------------------------------- A and B

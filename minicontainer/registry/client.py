@@ -72,6 +72,7 @@ AUTH_ENV = "MINICONTAINER_REGISTRY_AUTH"
 _FROM_CONFIG = object()  # Session's default: the credentials stored for its host
 _REDIRECTS = (301, 302, 303, 307, 308)
 _TOKEN_MAX = 1 << 20
+_DRAIN_MAX = 1 << 16  # what we read of a body we do not need
 # Visible ASCII only: a token goes into our own Authorization header. (RFC 6750's
 # b64token is stricter; real realms send JWTs, which fit either way.)
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,16384}\Z")
@@ -297,6 +298,16 @@ class Session:
     def url(self, path: str) -> str:
         return f"{self.scheme}://{self.host}{path}"
 
+    def drain(self, resp: http.client.HTTPResponse, limit: int = _DRAIN_MAX) -> bytes:
+        """Read a response we do not need whole (an error, a redirect, an empty 201):
+        at most `limit` bytes, and if more is coming the connections are dropped, so
+        a registry cannot make us read an endless body, nor leave its rest to be
+        parsed as the next response."""
+        data = resp.read(limit)
+        if not resp.isclosed() and resp.read(1):
+            self.close()
+        return data
+
     def request(
         self,
         method: str,
@@ -317,7 +328,7 @@ class Session:
             resp = self._send(method, url, headers or {}, body)
             if resp.status == 401 and attempt < 2 and _origin_of(url) == self.origin:
                 challenge = resp.getheader("WWW-Authenticate", "")
-                resp.read()
+                self.drain(resp)
                 if not self._authenticate(challenge):
                     break
                 continue
@@ -326,7 +337,7 @@ class Session:
         while resp.status in _REDIRECTS and method in ("GET", "HEAD"):
             # Blob GETs are sent to storage (S3, a CDN): _send gives it no credentials.
             location = resp.getheader("Location", "")
-            resp.read()
+            self.drain(resp)
             if hops >= redirects or not location:
                 raise RegistryError(f"{method} {_short(url)}: too many redirects")
             target = urllib.parse.urljoin(url, location)
@@ -338,7 +349,7 @@ class Session:
             url, hops = target, hops + 1
             resp = self._send(method, url, headers or {}, None)
         if resp.status not in ok:
-            data = resp.read()
+            data = self.drain(resp)
             text, codes = _error_text(data)
             hint = ""
             if resp.status == 401 and self.basic is None:
@@ -439,7 +450,7 @@ class Session:
                 hdrs["Authorization"] = basic
             resp = self._transmit("GET", u, hdrs, None)
             if resp.status in _REDIRECTS and resp.getheader("Location"):
-                resp.read()
+                self.drain(resp)
                 target = urllib.parse.urljoin(url, resp.getheader("Location", ""))
                 if u.scheme == "https" and not target.startswith("https:"):
                     raise UserError(
@@ -449,9 +460,8 @@ class Session:
                 realm_policy(target, self.scheme, self.host)
                 url = target
                 continue
-            data = resp.read(_TOKEN_MAX + 1)
+            data = self.drain(resp, _TOKEN_MAX + 1)
             if resp.status != 200:
-                resp.read()
                 text, codes = _error_text(data)
                 hint = "" if basic else f"; not logged in: run `minicontainer login {self.host}`"
                 raise RegistryError(
@@ -461,7 +471,6 @@ class Session:
                     codes,
                 )
             if len(data) > _TOKEN_MAX:
-                self.close()
                 raise UserError(f"token endpoint {_short(url)}: answer larger than 1 MiB")
             try:
                 doc = json.loads(data)
@@ -627,8 +636,7 @@ def _get_manifest(
                 f"{remote.host}/{remote.repo}:{reference}: not found ({e})"
             ) from None
         raise
-    raw = resp.read((4 << 20) + 1)
-    resp.read()
+    raw = session.drain(resp, (4 << 20) + 1)
     if len(raw) > 4 << 20:
         raise UserError(f"{remote}: manifest larger than 4 MiB")
     report.bytes_transferred += len(raw)
@@ -719,13 +727,14 @@ def push(store: ImageStore, ref: str, *, progress: bool = True) -> TransferRepor
                 report.layers_mounted += is_layer
             else:
                 report.layers_skipped += is_layer
-        session.request(
+        resp = session.request(
             "PUT",
             session.url(f"/v2/{remote.repo}/manifests/{remote.reference}"),
             {"Content-Type": manifest.media_type},
             raw,
             ok=(200, 201, 202),
-        ).read()
+        )
+        session.drain(resp)
         report.bytes_transferred += len(raw)
     finally:
         bar.close()
@@ -796,7 +805,7 @@ def _push_blob(
     """ "skipped" (HEAD says it is there), "mounted" or "uploaded"."""
     base = f"/v2/{remote.repo}/blobs/"
     resp = session.request("HEAD", session.url(base + desc.digest), ok=(200, 404))
-    resp.read()
+    session.drain(resp)
     if resp.status == 200:
         return "skipped"
     uploads = session.url(base + "uploads/")
@@ -804,13 +813,13 @@ def _push_blob(
     if from_repo and from_repo != remote.repo:
         q = urllib.parse.urlencode({"mount": desc.digest, "from": from_repo})
         resp = session.request("POST", f"{uploads}?{q}", ok=(201, 202))
-        resp.read()
+        session.drain(resp)
         if resp.status == 201:
             return "mounted"
         location = resp.getheader("Location")  # 202: not mounted, a session to upload to
     if not location:
         resp = session.request("POST", uploads, ok=(202,))
-        resp.read()
+        session.drain(resp)
         location = resp.getheader("Location")
     if not location:
         raise RegistryError(f"push {remote}: upload session without a Location")
@@ -831,13 +840,13 @@ def _push_blob(
                 _CountingReader(f, bar.update),  # type: ignore[arg-type]
                 ok=(202, 204),
             )
-            resp.read()
+            session.drain(resp)
         location = urllib.parse.urljoin(location, resp.getheader("Location") or location)
     sep = "&" if urllib.parse.urlsplit(location).query else "?"
     resp = session.request(
         "PUT", f"{location}{sep}digest={urllib.parse.quote(desc.digest)}", ok=(201, 204)
     )
-    resp.read()
+    session.drain(resp)
     return "uploaded"
 
 
@@ -852,7 +861,7 @@ def login(server: str, user: str, password: str) -> str:
         raise UserError("login: a user name is needed (-u USER)")
     session = Session(host, scheme_for(host), credentials=(user, password))
     try:
-        session.request("GET", session.url("/v2/")).read()
+        session.drain(session.request("GET", session.url("/v2/")))
     except RegistryError as e:
         if e.status == 401:
             raise UserError(f"login {host}: unauthorized: wrong user name or password") from None
