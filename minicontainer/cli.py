@@ -447,7 +447,45 @@ def cmd_registry(args: argparse.Namespace) -> int:
     from .runtime.state import StateRoot
 
     root_dir = args.root_dir or str(StateRoot(args.root).root / "registry")
-    return server.main_serve(root_dir, args.host, args.port)
+    return server.main_serve(
+        root_dir,
+        args.host,
+        args.port,
+        htpasswd=args.htpasswd,
+        max_blob_size=server.parse_size(args.max_blob_size),
+        upload_expiry=args.upload_expiry,
+    )
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .registry import client
+
+    user = args.username
+    if args.password_stdin:
+        if not user:
+            raise UserError("login: --password-stdin needs --username")
+        password = sys.stdin.read().removesuffix("\n").removesuffix("\r")  # as docker
+    else:
+        if not sys.stdin.isatty():
+            raise UserError("login: no terminal to ask for the password on: use --password-stdin")
+        user = user or input("Username: ").strip()
+        password = getpass.getpass("Password: ")
+    client.login(args.server, user, password)
+    print("Login Succeeded")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from .registry import auth
+
+    host = auth.normalize_host(args.server)
+    if auth.remove_credentials(host):
+        print(f"Removing login credentials for {host}")
+    else:
+        print(f"Not logged in to {host}")
+    return 0
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -644,6 +682,31 @@ def args_registry(s: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5000)
     serve.add_argument("--root", dest="root_dir", help="where blobs live (default: STATE/registry)")
+    serve.add_argument(
+        "--htpasswd",
+        metavar="FILE",
+        help="require these users (bcrypt, htpasswd -B); needed beyond loopback",
+    )
+    serve.add_argument(
+        "--max-blob-size", default="4g", metavar="SIZE", help="largest blob accepted (413 above)"
+    )
+    serve.add_argument(
+        "--upload-expiry",
+        type=float,
+        default=3600.0,
+        metavar="SECS",
+        help="remove upload sessions idle this long",
+    )
+
+
+def args_login(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-u", "--username", metavar="USER")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    s.add_argument("server", nargs="?", default="registry-1.docker.io", help="HOST[:PORT]")
+
+
+def args_logout(s: argparse.ArgumentParser) -> None:
+    s.add_argument("server", nargs="?", default="registry-1.docker.io", help="HOST[:PORT]")
 
 
 def args_bootstrap(s: argparse.ArgumentParser) -> None:
@@ -680,6 +743,8 @@ VERBS = {
     "build": ("Build an image from a Dockerfile", args_build, cmd_build),
     "push": ("Upload an image to a registry (only the blobs it lacks)", args_transfer, cmd_push),
     "pull": ("Download an image from a registry (only the blobs we lack)", args_transfer, cmd_pull),
+    "login": ("Store credentials for a registry (after checking them)", args_login, cmd_login),
+    "logout": ("Forget the credentials stored for a registry", args_logout, cmd_logout),
     "registry": ("Run the embedded registry: registry serve", args_registry, cmd_registry),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
     "check": (

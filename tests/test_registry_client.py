@@ -47,6 +47,14 @@ from minicontainer.registry import client
 # --------------------------------------------------------------------------- registries
 
 
+@pytest.fixture(autouse=True)
+def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Credentials come from a config.json of this test's own, never the machine's."""
+    path = tmp_path / "docker-config"
+    monkeypatch.setenv("DOCKER_CONFIG", str(path))
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -415,17 +423,16 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle  # noqa: N815
 
 
-def test_bearer_token_flow(
-    registry: str, laptop: mc.Runtime, server: mc.Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bearer_token_flow(registry: str, laptop: mc.Runtime, server: mc.Runtime) -> None:
     proxy = _Proxy(registry, bearer=True, creds="alice:s3cret")
     try:
         ref = f"{proxy.host}/secure:v1"
         laptop.tag("busybox", ref)
-        monkeypatch.delenv(client.AUTH_ENV, raising=False)
-        with pytest.raises(UserError, match="401"):
+        with pytest.raises(UserError, match="401.*minicontainer login"):
             laptop.push(ref, progress=False)  # anonymous: the realm refuses
-        monkeypatch.setenv(client.AUTH_ENV, "alice:s3cret")
+        with pytest.raises(UserError, match="unauthorized"):
+            client.login(proxy.host, "alice", "wrong")
+        assert client.login(proxy.host, "alice", "s3cret") == proxy.host
         laptop.push(ref, progress=False)
         rep = server.pull(ref, progress=False)
         assert rep.image.id == laptop.image("busybox").id

@@ -45,7 +45,7 @@ ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 # containerd's (and Docker 25's) annotation for the fully qualified name, in save archives.
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 
-_DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+_DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})\Z")  # \Z: `$` would take "...\n"
 _CHUNK = 1 << 20
 
 

@@ -7,7 +7,11 @@ to the newest Location), "Mounting a blob from another repository" (POST ?mount=
 201 or 202 + a new session), "Pushing manifests" (PUT with Content-Type = mediaType).
 Auth is Docker's token flow (distribution/docs/spec/auth/token.md): a 401 with
 `WWW-Authenticate: Bearer realm=..,service=..,scope=..` sends us to the realm for a
-token, anonymously or with MINICONTAINER_REGISTRY_AUTH=user:pass.
+token, or `Basic` asks for the credentials themselves. Credentials are per registry
+host, from docker's config.json (registry/auth.py; `minicontainer login`), and go
+only where `Session` and `realm_policy` say. http is spoken only to loopback
+registries (Docker's default insecure registries: `localhost`, 127.0.0.0/8, ::1,
+as addresses: a name that merely starts with `127.` is a name).
 
 De-duplication: pull downloads only the blobs the store lacks; push HEADs each blob,
 mounts it from another repository of the same registry when we pushed it there
@@ -28,7 +32,6 @@ import re
 import socket
 import ssl
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 
 from .. import files
@@ -52,6 +55,8 @@ from ..image.oci import (
     platform_matches,
     sha256_bytes,
 )
+from . import auth
+from .auth import is_loopback
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,8 +65,17 @@ if TYPE_CHECKING:
 
     from ..image.store import Image, ImageStore
 
-DOCKER_HUB = "registry-1.docker.io"
+DOCKER_HUB = auth.DOCKER_HUB
+# No longer read: its user:pass went to every registry and every token realm. Only
+# named in the hint of a 401, for whoever still sets it.
 AUTH_ENV = "MINICONTAINER_REGISTRY_AUTH"
+_FROM_CONFIG = object()  # Session's default: the credentials stored for its host
+_REDIRECTS = (301, 302, 303, 307, 308)
+_TOKEN_MAX = 1 << 20
+_DRAIN_MAX = 1 << 16  # what we read of a body we do not need
+# Visible ASCII only: a token goes into our own Authorization header. (RFC 6750's
+# b64token is stricter; real realms send JWTs, which fit either way.)
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{1,16384}\Z")
 # spec.md "Pulling manifests": list every type we read, or a registry may convert
 # (2.8.2 serves schema1 by tag) or 404 (an OCI manifest without the OCI type).
 ACCEPT = ", ".join((*MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES))
@@ -88,13 +102,6 @@ class RemoteRef:
         return f"{self.host}/{self.repo}{sep}{self.reference}"
 
 
-def _insecure(host: str) -> bool:
-    """Docker's default insecure registries: loopback only (127.0.0.0/8, localhost)."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]")
-    return name in ("localhost", "::1") or name.startswith("127.")
-
-
 def parse_remote(ref: str) -> RemoteRef:
     """Docker's reference grammar: a first component with `.` or `:` (or `localhost`)
     is a registry host; otherwise Docker Hub, whose official images live in library/."""
@@ -118,7 +125,11 @@ def parse_remote(ref: str) -> RemoteRef:
         repo = "library/" + repo
     if digest:
         digest_hex(digest)
-    return RemoteRef(host, repo, digest or tag or "latest", "http" if _insecure(host) else "https")
+    return RemoteRef(host, repo, digest or tag or "latest", scheme_for(host))
+
+
+def scheme_for(host: str) -> str:
+    return "http" if is_loopback(host) else "https"
 
 
 # ---------------------------------------------------------------- reports
@@ -233,15 +244,35 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 class Session:
-    """Keep-alive connections to one registry, plus its auth (token or basic)."""
+    """Keep-alive connections to one registry, plus its auth (token or basic).
 
-    def __init__(self, host: str, scheme: str) -> None:
+    What may go where (the checks are `check_url` and `realm_policy`, below):
+    every URL is http or https, never with a user in it; once the registry is
+    https nothing goes over http (a Location or a redirect to http is refused);
+    the Authorization header goes only to the registry's own origin (scheme,
+    host, port), never with a redirect to blob storage elsewhere; credentials
+    are this host's own (auth.credentials) and go to a Bearer token realm only
+    as `realm_policy` allows."""
+
+    def __init__(
+        self,
+        host: str,
+        scheme: str,
+        credentials: tuple[str, str] | None | object = _FROM_CONFIG,
+    ) -> None:
+        if scheme not in ("http", "https"):
+            raise ValueError(f"registry scheme must be http or https, not {scheme!r}")
         self.host = host
         self.scheme = scheme
+        self.origin = _origin(scheme, host)
         self.auth: str | None = None  # the Authorization header value once we have one
         self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
-        creds = os.environ.get(AUTH_ENV, "")
-        self.basic = "Basic " + base64.b64encode(creds.encode()).decode() if creds else None
+        if credentials is _FROM_CONFIG:
+            credentials = auth.credentials(host)
+        self.basic: str | None = None
+        if credentials:
+            user, password = credentials  # type: ignore[misc]
+            self.basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     def close(self) -> None:
         for c in self._conns.values():
@@ -267,6 +298,16 @@ class Session:
     def url(self, path: str) -> str:
         return f"{self.scheme}://{self.host}{path}"
 
+    def drain(self, resp: http.client.HTTPResponse, limit: int = _DRAIN_MAX) -> bytes:
+        """Read a response we do not need whole (an error, a redirect, an empty 201):
+        at most `limit` bytes, and if more is coming the connections are dropped, so
+        a registry cannot make us read an endless body, nor leave its rest to be
+        parsed as the next response."""
+        data = resp.read(limit)
+        if not resp.isclosed() and resp.read(1):
+            self.close()
+        return data
+
     def request(
         self,
         method: str,
@@ -277,61 +318,60 @@ class Session:
         ok: tuple[int, ...] = (200,),
         redirects: int = 5,
     ) -> http.client.HTTPResponse:
-        """Send, answering one auth challenge and following redirects; returns the
-        response unread (the caller reads it to the end, keeping the connection).
-        A file body must be seekable: it is re-sent from its start after a 401."""
+        """Send, answering one auth challenge and following redirects (GET, HEAD);
+        returns the response unread (the caller reads it to the end, keeping the
+        connection). A file body must be seekable: it is re-sent after a 401."""
         start = body.tell() if body is not None and hasattr(body, "tell") else 0
         for attempt in range(3):
             if body is not None and hasattr(body, "seek"):
                 body.seek(start)
-            resp = self._send(method, url, headers or {}, body, auth=True)
-            if resp.status == 401 and attempt < 2:
+            resp = self._send(method, url, headers or {}, body)
+            if resp.status == 401 and attempt < 2 and _origin_of(url) == self.origin:
                 challenge = resp.getheader("WWW-Authenticate", "")
-                resp.read()
+                self.drain(resp)
                 if not self._authenticate(challenge):
                     break
                 continue
-            if resp.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
-                location = resp.getheader("Location", "")
-                resp.read()
-                if redirects <= 0 or not location:
-                    raise RegistryError(f"{method} {url}: too many redirects")
-                # Blob storage (S3, a CDN) gets no registry credentials.
-                return self._follow(
-                    method, urllib.parse.urljoin(url, location), headers, ok, redirects - 1
-                )
             break
+        hops = 0
+        while resp.status in _REDIRECTS and method in ("GET", "HEAD"):
+            # Blob GETs are sent to storage (S3, a CDN): _send gives it no credentials.
+            location = resp.getheader("Location", "")
+            self.drain(resp)
+            if hops >= redirects or not location:
+                raise RegistryError(f"{method} {_short(url)}: too many redirects")
+            target = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(url).scheme == "https" and not target.startswith("https:"):
+                raise UserError(
+                    f"registry {self.host}: refused a redirect from https to "
+                    + _short_scheme(target)
+                )
+            url, hops = target, hops + 1
+            resp = self._send(method, url, headers or {}, None)
         if resp.status not in ok:
-            data = resp.read()
+            data = self.drain(resp)
             text, codes = _error_text(data)
+            hint = ""
+            if resp.status == 401 and self.basic is None:
+                hint = f"; not logged in: run `minicontainer login {self.host}`"
+                if os.environ.get(AUTH_ENV):
+                    hint += f" ({AUTH_ENV} is no longer read: it went to every registry)"
             raise RegistryError(
-                f"{method} {_short(url)}: {resp.status} {resp.reason}: {text}",
+                f"{method} {_short(url)}: {resp.status} {resp.reason}: {text}{hint}",
                 resp.status,
                 codes,
             )
         return resp
 
-    def _follow(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str] | None,
-        ok: tuple[int, ...],
-        redirects: int,
-    ) -> http.client.HTTPResponse:
-        resp = self._send(method, url, headers or {}, None, auth=False)
-        if resp.status in (301, 302, 303, 307, 308) and redirects > 0:
-            location = resp.getheader("Location", "")
-            resp.read()
-            return self._follow(
-                method, urllib.parse.urljoin(url, location), headers, ok, redirects - 1
-            )
-        if resp.status not in ok:
-            text, codes = _error_text(resp.read())
-            raise RegistryError(
-                f"{method} {_short(url)}: {resp.status}: {text}", resp.status, codes
-            )
-        return resp
+    def check_url(self, url: str) -> urllib.parse.SplitResult:
+        """A URL this session may send a request to (a registry's Location headers
+        and redirects are the registry's to choose, within these bounds)."""
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname or "@" in u.netloc:
+            raise UserError(f"registry {self.host}: refused to follow {_short_scheme(url)}")
+        if self.scheme == "https" and u.scheme != "https":
+            raise UserError(f"registry {self.host}: refused to send over http: {_short(url)}")
+        return u
 
     def _send(
         self,
@@ -339,14 +379,21 @@ class Session:
         url: str,
         headers: dict[str, str],
         body: bytes | IO[bytes] | None,
-        *,
-        auth: bool,
     ) -> http.client.HTTPResponse:
-        u = urllib.parse.urlsplit(url)
-        path = u.path + ("?" + u.query if u.query else "")
-        hdrs = dict(headers)
-        if auth and self.auth and u.netloc == self.host:
+        u = self.check_url(url)
+        hdrs = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        if self.auth and _origin(u.scheme, u.netloc) == self.origin:
             hdrs["Authorization"] = self.auth
+        return self._transmit(method, u, hdrs, body)
+
+    def _transmit(
+        self,
+        method: str,
+        u: urllib.parse.SplitResult,
+        hdrs: dict[str, str],
+        body: bytes | IO[bytes] | None,
+    ) -> http.client.HTTPResponse:
+        path = (u.path or "/") + ("?" + u.query if u.query else "")
         if body is None and method in ("PUT", "POST", "PATCH"):
             hdrs.setdefault("Content-Length", "0")
         for retry in (True, False):
@@ -368,7 +415,7 @@ class Session:
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
                 self._conns.pop((u.scheme, u.netloc), None)
-                raise UserError(f"cannot reach registry {self.host}: {_oserror(e)}") from None
+                raise UserError(f"cannot reach {u.netloc}: {_oserror(e)}") from None
         raise AssertionError("unreachable")
 
     def _authenticate(self, challenge: str) -> bool:
@@ -377,29 +424,110 @@ class Session:
         if scheme == "basic":
             if self.basic is None or self.auth == self.basic:
                 return False
+            if self.scheme != "https" and not is_loopback(self.host):
+                return False  # never a password in clear over the network
             self.auth = self.basic
             return True
         if scheme != "bearer" or "realm" not in params:
             return False
-        query = {k: params[k] for k in ("service", "scope") if k in params}
-        url = params["realm"] + ("?" + urllib.parse.urlencode(query) if query else "")
-        req = urllib.request.Request(url)
-        if self.basic:
-            req.add_header("Authorization", self.basic)
-        try:
-            with urllib.request.urlopen(req, timeout=_TIMEOUT) as r:  # noqa: S310 - realm URL
-                data = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            raise RegistryError(
-                f"token request to {params['realm']} failed: {e.code} {e.reason}", e.code
-            ) from None
-        except (OSError, ValueError) as e:
-            raise UserError(f"token request to {params['realm']} failed: {_oserror(e)}") from None
-        token = data.get("token") or data.get("access_token")
-        if not token:
-            raise UserError(f"token endpoint {params['realm']} returned no token")
+        realm = params["realm"]
+        with_credentials = realm_policy(realm, self.scheme, self.host)
+        query = urllib.parse.urlencode({k: params[k] for k in ("service", "scope") if k in params})
+        sep = "&" if urllib.parse.urlsplit(realm).query else "?"
+        url = realm + (sep + query if query else "")
+        token = self._fetch_token(url, self.basic if with_credentials else None)
         self.auth = f"Bearer {token}"
         return True
+
+    def _fetch_token(self, url: str, basic: str | None) -> str:
+        """GET the realm (distribution token.md "Requesting a Token"); each redirect
+        passes realm_policy again and the credentials stay with the realm's origin."""
+        first = _origin_of(url)
+        for _ in range(5):
+            u = urllib.parse.urlsplit(url)
+            hdrs = {}
+            if basic and _origin(u.scheme, u.netloc) == first:
+                hdrs["Authorization"] = basic
+            resp = self._transmit("GET", u, hdrs, None)
+            if resp.status in _REDIRECTS and resp.getheader("Location"):
+                self.drain(resp)
+                target = urllib.parse.urljoin(url, resp.getheader("Location", ""))
+                if u.scheme == "https" and not target.startswith("https:"):
+                    raise UserError(
+                        f"token realm {_short(url)}: refused a redirect from https to "
+                        f"{_short_scheme(target)}"
+                    )
+                realm_policy(target, self.scheme, self.host)
+                url = target
+                continue
+            data = self.drain(resp, _TOKEN_MAX + 1)
+            if resp.status != 200:
+                text, codes = _error_text(data)
+                hint = "" if basic else f"; not logged in: run `minicontainer login {self.host}`"
+                raise RegistryError(
+                    f"token request to {_short(url)} failed: {resp.status} {resp.reason}: "
+                    f"{text}{hint}",
+                    resp.status,
+                    codes,
+                )
+            if len(data) > _TOKEN_MAX:
+                raise UserError(f"token endpoint {_short(url)}: answer larger than 1 MiB")
+            try:
+                doc = json.loads(data)
+                token = doc.get("token") or doc.get("access_token")
+            except (ValueError, AttributeError):
+                token = None
+            if not isinstance(token, str) or not _TOKEN_RE.match(token):
+                raise UserError(f"token endpoint {_short(url)} returned no usable token")
+            return token
+        raise UserError(f"token realm {_short(url)}: too many redirects")
+
+
+def realm_policy(realm: str, registry_scheme: str, registry_host: str) -> bool:
+    """May the client ask this Bearer realm for a token, and with the registry's
+    credentials? Raises UserError when it may not ask at all.
+
+    - http or https only (a `file:` realm would make us read a local file, `ftp:`
+      open another connection: refused before anything is opened);
+    - http only when the realm is on loopback and the registry is http too (an
+      https registry never sends us to http);
+    - credentials go with it when the realm is the registry's own origin, or is
+      https (Docker Hub's realm is auth.docker.io); an http realm elsewhere, even
+      on this machine, is asked anonymously."""
+    u = urllib.parse.urlsplit(realm)
+    if u.scheme not in ("http", "https") or not u.hostname or "@" in u.netloc:
+        raise UserError(
+            f"registry {registry_host}: refused token realm {_short_scheme(realm)} "
+            "(only https, or http on loopback)"
+        )
+    if u.scheme == "http" and not (registry_scheme == "http" and is_loopback(u.netloc)):
+        raise UserError(
+            f"registry {registry_host}: refused token realm {_short_scheme(realm)} "
+            "(http is allowed only on loopback, from a loopback registry)"
+        )
+    same = _origin(u.scheme, u.netloc) == _origin(registry_scheme, registry_host)
+    return same or u.scheme == "https"
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int]:
+    """(scheme, host, port) as RFC 6454 compares origins: case-blind, default ports."""
+    u = urllib.parse.urlsplit(f"//{netloc}")
+    try:
+        port = u.port
+    except ValueError:
+        port = -1
+    return scheme, (u.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _origin_of(url: str) -> tuple[str, str, int]:
+    u = urllib.parse.urlsplit(url)
+    return _origin(u.scheme, u.netloc)
+
+
+def _short_scheme(url: str) -> str:
+    """A URL for a message: scheme, host and path, never a query (tokens) or a user."""
+    u = urllib.parse.urlsplit(url)
+    return f"{u.scheme}://{u.hostname or ''}{u.path}"[:200]
 
 
 def _short(url: str) -> str:
@@ -508,8 +636,7 @@ def _get_manifest(
                 f"{remote.host}/{remote.repo}:{reference}: not found ({e})"
             ) from None
         raise
-    raw = resp.read((4 << 20) + 1)
-    resp.read()
+    raw = session.drain(resp, (4 << 20) + 1)
     if len(raw) > 4 << 20:
         raise UserError(f"{remote}: manifest larger than 4 MiB")
     report.bytes_transferred += len(raw)
@@ -600,13 +727,14 @@ def push(store: ImageStore, ref: str, *, progress: bool = True) -> TransferRepor
                 report.layers_mounted += is_layer
             else:
                 report.layers_skipped += is_layer
-        session.request(
+        resp = session.request(
             "PUT",
             session.url(f"/v2/{remote.repo}/manifests/{remote.reference}"),
             {"Content-Type": manifest.media_type},
             raw,
             ok=(200, 201, 202),
-        ).read()
+        )
+        session.drain(resp)
         report.bytes_transferred += len(raw)
     finally:
         bar.close()
@@ -677,7 +805,7 @@ def _push_blob(
     """ "skipped" (HEAD says it is there), "mounted" or "uploaded"."""
     base = f"/v2/{remote.repo}/blobs/"
     resp = session.request("HEAD", session.url(base + desc.digest), ok=(200, 404))
-    resp.read()
+    session.drain(resp)
     if resp.status == 200:
         return "skipped"
     uploads = session.url(base + "uploads/")
@@ -685,13 +813,13 @@ def _push_blob(
     if from_repo and from_repo != remote.repo:
         q = urllib.parse.urlencode({"mount": desc.digest, "from": from_repo})
         resp = session.request("POST", f"{uploads}?{q}", ok=(201, 202))
-        resp.read()
+        session.drain(resp)
         if resp.status == 201:
             return "mounted"
         location = resp.getheader("Location")  # 202: not mounted, a session to upload to
     if not location:
         resp = session.request("POST", uploads, ok=(202,))
-        resp.read()
+        session.drain(resp)
         location = resp.getheader("Location")
     if not location:
         raise RegistryError(f"push {remote}: upload session without a Location")
@@ -712,14 +840,41 @@ def _push_blob(
                 _CountingReader(f, bar.update),  # type: ignore[arg-type]
                 ok=(202, 204),
             )
-            resp.read()
+            session.drain(resp)
         location = urllib.parse.urljoin(location, resp.getheader("Location") or location)
     sep = "&" if urllib.parse.urlsplit(location).query else "?"
     resp = session.request(
         "PUT", f"{location}{sep}digest={urllib.parse.quote(desc.digest)}", ok=(201, 204)
     )
-    resp.read()
+    session.drain(resp)
     return "uploaded"
+
+
+# ---------------------------------------------------------------- login, logout
+
+
+def login(server: str, user: str, password: str) -> str:
+    """`docker login`: check the credentials against the registry (GET /v2/ through
+    its auth challenge), then store them for that host only. Returns the host."""
+    host = auth.normalize_host(server)
+    if not user:
+        raise UserError("login: a user name is needed (-u USER)")
+    session = Session(host, scheme_for(host), credentials=(user, password))
+    try:
+        session.drain(session.request("GET", session.url("/v2/")))
+    except RegistryError as e:
+        if e.status == 401:
+            raise UserError(f"login {host}: unauthorized: wrong user name or password") from None
+        raise
+    finally:
+        session.close()
+    auth.store_credentials(host, user, password)
+    return host
+
+
+def logout(server: str) -> bool:
+    """`docker logout`: forget the host's credentials; False if there were none."""
+    return auth.remove_credentials(server)
 
 
 __all__ = [
@@ -727,7 +882,12 @@ __all__ = [
     "RegistryError",
     "Session",
     "TransferReport",
+    "is_loopback",
+    "login",
+    "logout",
     "parse_remote",
     "pull",
     "push",
+    "realm_policy",
+    "scheme_for",
 ]

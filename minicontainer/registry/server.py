@@ -15,12 +15,28 @@ Follows the OCI distribution-spec (spec.md), section by section below:
 and, where the spec is silent, what the reference registry (distribution 2.8)
 does, as listed in shared/reference/oci-interop.md.
 
-A request goes: Handler.dispatch matches the path (ROUTES) and the method to one
-method per endpoint, below in the spec's order; the endpoint checks what the
-client sent, asks registry/storage.py (blobs, uploads, manifests and tags on
-disk, which refuses in the spec's terms with a RegistryError), and replies; a
-RegistryError becomes the spec's JSON error body. Registry runs the server in a
-background thread (notebooks, tests), main_serve in the foreground (the CLI).
+A request goes: Handler.dispatch checks the framing of the body (RFC 9112
+section 6: one Content-Length of digits, or `Transfer-Encoding: chunked`, never
+both) and the credentials (RFC 7617 Basic, against an htpasswd file, when the
+registry has one), matches the path (ROUTES) and the method to one method per
+endpoint, below in the spec's order; the endpoint checks what the client sent,
+asks registry/storage.py (blobs, uploads, manifests and tags on disk, which
+refuses in the spec's terms with a RegistryError), and replies; a RegistryError
+becomes the spec's JSON error body, and so does everything http.server itself
+refuses. A bug is a 500 that says "internal error" (the traceback goes to stderr).
+
+Every client is a stranger (the registry may listen beyond loopback, with
+--htpasswd): a connection must finish its request line and headers within
+`timeout` seconds and may not stay silent longer than that in a body (the
+Housekeeper shuts down those that do, so a half-sent request holds no thread
+for ever); a body longer than the limit is refused with 413 before it is read
+(blobs: `max_blob_size`; manifests: 4 MiB); at most `max_connections`
+connections and `MAX_UPLOADS` upload sessions exist at once, and a session idle
+for `upload_expiry` seconds is removed; headers are built only from checked
+values, and refused if one could still end a header line.
+
+Registry runs the server in a background thread (notebooks, tests), main_serve
+in the foreground (the CLI).
 """
 
 from __future__ import annotations
@@ -29,31 +45,46 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
+import time
+import traceback
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+from ..errors import UserError
 from ..image import oci
-from .storage import NAME_RE, RegistryError, Store, check_digest, check_name
+from .auth import Htpasswd, is_loopback
+from .storage import MAX_UPLOADS, NAME_RE, RegistryError, Store, check_digest, check_name
 
 MANIFEST_TYPES = (*oci.MANIFEST_MEDIA_TYPES, *oci.INDEX_MEDIA_TYPES)
 MANIFEST_MAX = 4 << 20  # the reference registry's limit too
 CHUNK = 1 << 20
 LOG_ENV = "MINICONTAINER_REGISTRY_LOG"  # set to 1 for one stderr line per request
 
+# Limits (Registry's and `registry serve`'s defaults), far above what a push needs.
+MAX_BLOB_SIZE = 4 << 30  # the biggest layer accepted; --max-blob-size
+UPLOAD_EXPIRY = 3600.0  # seconds a session may sit idle; --upload-expiry
+TIMEOUT = 60.0  # seconds for the request line and headers, and of silence in a body
+MAX_CONNECTIONS = 256  # docker pushes over a handful; past this, new ones are closed
+REALM = "minicontainer-registry"
+_DIGITS = re.compile(r"[0-9]{1,19}")  # fullmatch: no sign, no spaces, no other digits
+_CHUNK_LINE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # anything that could end a header line
+
 
 # --------------------------------------------------------------------------- HTTP
 
 
 ROUTES = [
-    ("tags", re.compile(r"^/v2/(?P<name>.+)/tags/list$")),
-    ("manifest", re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")),
-    ("upload", re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<uuid>[^/]*)$")),
-    ("blob", re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$")),
+    ("tags", re.compile(r"/v2/(?P<name>.+)/tags/list\Z")),
+    ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)\Z")),
+    ("upload", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<uuid>[^/]*)\Z")),
+    ("blob", re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)\Z")),
 ]
 
 
@@ -67,46 +98,124 @@ class Handler(BaseHTTPRequestHandler):
         if os.environ.get(LOG_ENV):
             super().log_message(format, *args)
 
-    def _has_body(self) -> bool:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return True
-        return int(self.headers.get("Content-Length") or 0) > 0
+    def setup(self) -> None:
+        self.timeout = self.server.timeout  # each recv and send (StreamRequestHandler)
+        super().setup()
 
-    def body(self) -> Iterator[bytes]:
-        """The request body in pieces: Content-Length or chunked (docker's PATCH)."""
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, 414, 431, 501) in the
+        spec's JSON too, with the standard reason only (nothing echoed back)."""
+        self.close_connection = True
+        self.request_version = self.protocol_version  # never HTTP/0.9's bare body
+        reason = self.responses.get(code, ("error",))[0]
+        error = {
+            "code": {413: "SIZE_INVALID", 414: "SIZE_INVALID", 431: "SIZE_INVALID"}.get(
+                code, "UNSUPPORTED"
+            ),
+            "message": reason.lower(),
+            "detail": None,
+        }
+        body = json.dumps({"errors": [error]}).encode()
+        self.send_response(code, reason)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue` (RFC 9110 10.1.1): a body we would refuse gets its
+        413 now, not a "go ahead"."""
+        self._body_read = self._replied = False
+        try:
+            self._framing()
+        except RegistryError as e:
+            self.reply_json(e.status, {"errors": e.errors}, e.headers)
+            return False
+        return super().handle_expect_100()
+
+    def _framing(self) -> None:
+        """RFC 9112 section 6: how long the body is. Anything else is a 400, and the
+        connection is closed after it (where the next request starts is unknown)."""
+        self._length, self._chunked = 0, False
+        lengths = self.headers.get_all("Content-Length") or []
+        codings = self.headers.get_all("Transfer-Encoding") or []
+        if codings:
+            self._chunked = True
+            if lengths or [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
+                self.close_connection = True
+                raise RegistryError(
+                    "SIZE_INVALID", "only Transfer-Encoding: chunked, without Content-Length"
+                )
+        if lengths:
+            if len(lengths) > 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+                self.close_connection = True
+                raise RegistryError("SIZE_INVALID", "invalid Content-Length")
+            self._length = int(lengths[0].strip())
+        self._check_length(self.server.max_blob_size)
+
+    def _check_length(self, limit: int) -> None:
+        """413 before reading a body that says it is longer than `limit`."""
+        if self._length > limit:
+            self.close_connection = True
+            raise RegistryError(
+                "SIZE_INVALID", "request body too large", {"limit": limit}, status=413
+            )
+
+    def _has_body(self) -> bool:
+        return self._chunked or self._length > 0
+
+    def body(self, limit: int | None = None) -> Iterator[bytes]:
+        """The request body in pieces: Content-Length or chunked (docker's PATCH).
+        More than `limit` bytes (chunked: counted as they come) is a 413."""
         self._body_read = True
+        limit = self.server.max_blob_size if limit is None else limit
         rfile = self.rfile
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            while True:
-                line = rfile.readline(1024)
-                size = int(line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return
-                while size:
-                    piece = rfile.read(min(size, CHUNK))
-                    if not piece:
-                        raise ConnectionError("client went away mid-chunk")
-                    size -= len(piece)
-                    yield piece
-                rfile.readline(8)  # CRLF after each chunk
-        else:
-            left = int(self.headers.get("Content-Length") or 0)
+        if not self._chunked:
+            self._check_length(limit)
+            left = self._length
             while left > 0:
                 piece = rfile.read(min(left, CHUNK))
                 if not piece:
                     raise ConnectionError("client went away mid-body")
                 left -= len(piece)
                 yield piece
+            return
+        total = 0
+        while True:
+            m = _CHUNK_LINE.fullmatch(rfile.readline(1024))
+            if not m:
+                self.close_connection = True
+                raise RegistryError("SIZE_INVALID", "invalid chunk size line")
+            size = int(m[1], 16)
+            if size == 0:
+                for _ in range(64):  # trailers, up to the empty line
+                    if rfile.readline(1024) in (b"\r\n", b"\n", b""):
+                        return
+                self.close_connection = True
+                raise RegistryError("SIZE_INVALID", "too many trailers")
+            total += size
+            if total > limit:
+                self.close_connection = True
+                raise RegistryError(
+                    "SIZE_INVALID", "request body too large", {"limit": limit}, status=413
+                )
+            while size:
+                piece = rfile.read(min(size, CHUNK))
+                if not piece:
+                    raise ConnectionError("client went away mid-chunk")
+                size -= len(piece)
+                yield piece
+            if rfile.readline(3) not in (b"\r\n", b"\n"):
+                self.close_connection = True
+                raise RegistryError("SIZE_INVALID", "chunk not followed by CRLF")
 
     def read_all(self, limit: int) -> bytes:
+        self._check_length(limit)
         out = bytearray()
-        for piece in self.body():
+        for piece in self.body(limit):
             out += piece
-            if len(out) > limit:
-                self.close_connection = True
-                raise RegistryError("MANIFEST_INVALID", "manifest too large", {"limit": limit})
         return bytes(out)
 
     def reply(
@@ -117,15 +226,20 @@ class Handler(BaseHTTPRequestHandler):
         content_type: str | None = None,
         length: int | None = None,
     ) -> None:
+        all_headers = {"Docker-Distribution-Api-Version": "registry/2.0"}
+        if content_type:
+            all_headers["Content-Type"] = content_type
+        all_headers["Content-Length"] = str(len(body) if length is None else length)
+        all_headers.update(headers or {})
+        for k, v in all_headers.items():
+            if _UNSAFE.search(k) or _UNSAFE.search(v):  # a bug: values are checked before
+                raise ValueError(f"unsafe header {k!r}: {v!r}")
         if self._has_body() and not self._body_read:
             # An unread request body would be parsed as the next request.
             self.close_connection = True
+        self._replied = True
         self.send_response(status)
-        self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
-        if content_type:
-            self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        for k, v in (headers or {}).items():
+        for k, v in all_headers.items():
             self.send_header(k, v)
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -137,40 +251,69 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(status, json.dumps(obj).encode(), headers, "application/json")
 
     def dispatch(self) -> None:
-        self._body_read = False
+        self.server.connections.disarm(self.connection)  # the headers are in
+        self._body_read = self._replied = False
+        self._length, self._chunked = 0, False
         try:
-            url = urlsplit(self.path)
-            query = parse_qs(url.query, keep_blank_values=True)
-            path = url.path
-            if path in ("/v2", "/v2/"):
-                if self.command not in ("GET", "HEAD"):
-                    raise RegistryError("UNSUPPORTED", "unsupported operation")
-                return self.reply_json(200, {})
-            if path == "/v2/_catalog":
-                if self.command != "GET":
-                    raise RegistryError("UNSUPPORTED", "unsupported operation")
-                return self.catalog(query)
-            for kind, regex in ROUTES:
-                m = regex.match(path)
-                if m:
-                    check_name(m["name"])
-                    method = getattr(self, f"{kind}_{self.command.lower()}", None)
-                    if method is None:
-                        raise RegistryError("UNSUPPORTED", "unsupported operation")
-                    return method(query, **m.groupdict())
-            raise RegistryError("NOT_FOUND", "no such endpoint", {"path": path})
-        except RegistryError as e:
-            self.reply_json(e.status, {"errors": e.errors}, e.headers)
+            try:
+                self._framing()
+                self._authorize()
+                self._route()
+            except RegistryError as e:
+                if self._replied:
+                    raise
+                self.reply_json(e.status, {"errors": e.errors}, e.headers)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
-        except Exception as e:  # a bug: say so, keep serving
+        except Exception:  # a bug: say so without details, keep serving
             self.close_connection = True
-            self.log_error("internal error: %r", e)
-            self.reply_json(
-                500, {"errors": [{"code": "UNKNOWN", "message": str(e), "detail": None}]}
-            )
+            sys.stderr.write(f"registry: internal error in {self.command} {self.path!r}:\n")
+            traceback.print_exc(file=sys.stderr)
+            if not self._replied:
+                error = {"code": "UNKNOWN", "message": "internal error", "detail": None}
+                try:
+                    self.reply_json(500, {"errors": [error]})
+                except OSError:
+                    pass
+        finally:
+            if not self.close_connection:  # keep-alive: the next request, in time
+                self.server.connections.arm(self.connection)
 
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = dispatch
+
+    def _authorize(self) -> None:
+        users = self.server.htpasswd
+        if users is not None and not users.check_header(self.headers.get("Authorization")):
+            raise RegistryError(
+                "UNAUTHORIZED",
+                "authentication required",
+                headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
+            )
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        try:
+            query = parse_qs(url.query, keep_blank_values=True, max_num_fields=32)
+        except ValueError:
+            raise RegistryError("UNSUPPORTED", "too many query parameters", status=400) from None
+        path = url.path
+        if path in ("/v2", "/v2/"):
+            if self.command not in ("GET", "HEAD"):
+                raise RegistryError("UNSUPPORTED", "unsupported operation")
+            return self.reply_json(200, {})
+        if path == "/v2/_catalog":
+            if self.command != "GET":
+                raise RegistryError("UNSUPPORTED", "unsupported operation")
+            return self.catalog(query)
+        for kind, regex in ROUTES:
+            m = regex.match(path)
+            if m:
+                check_name(m["name"])
+                method = getattr(self, f"{kind}_{self.command.lower()}", None)
+                if method is None:
+                    raise RegistryError("UNSUPPORTED", "unsupported operation")
+                return method(query, **m.groupdict())
+        raise RegistryError("NOT_FOUND", "no such endpoint", {"path": path})
 
     @property
     def store(self) -> Store:
@@ -178,19 +321,18 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- spec.md "Listing Repositories" / "Listing Tags"
     def catalog(self, query: dict[str, list[str]]) -> None:
-        repos, more = _page(self.store.repositories(), query)
+        repos, n = _page(self.store.repositories(), query)
         headers = {}
-        if more and repos:
-            n = query["n"][0]
+        if n is not None and repos:  # n: the int we parsed, never the text we were sent
             headers["Link"] = f'</v2/_catalog?last={quote(repos[-1])}&n={n}>; rel="next"'
         self.reply_json(200, {"repositories": repos}, headers)
 
     def tags_get(self, query: dict[str, list[str]], name: str) -> None:
-        tags, more = _page(self.store.tags(name), query)
+        tags, n = _page(self.store.tags(name), query)
         headers = {}
-        if more and tags:
-            n = query["n"][0]
-            headers["Link"] = f'</v2/{name}/tags/list?last={quote(tags[-1])}&n={n}>; rel="next"'
+        if n is not None and tags:
+            link = f"/v2/{quote(name)}/tags/list?last={quote(tags[-1])}&n={n}"
+            headers["Link"] = f'<{link}>; rel="next"'
         self.reply_json(200, {"name": name, "tags": tags}, headers)
 
     # -- spec.md "Pulling manifests"
@@ -222,8 +364,8 @@ class Handler(BaseHTTPRequestHandler):
 
         try:
             doc = json.loads(raw)
-        except ValueError as e:
-            raise invalid("not JSON", str(e)) from None
+        except ValueError:
+            raise invalid("not JSON") from None
         if not isinstance(doc, dict):
             raise invalid("not a JSON object")
         body_type = doc.get("mediaType")
@@ -314,15 +456,11 @@ class Handler(BaseHTTPRequestHandler):
             "Cache-Control": "max-age=31536000",
         }
         rng = self.headers.get("Range")
-        if rng:
-            m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", rng)
+        if rng is not None:
+            # RFC 9110 14.1.2, one range only: bytes=FIRST-[LAST] or bytes=-SUFFIX.
+            m = re.fullmatch(r"bytes=([0-9]{0,19})-([0-9]{0,19})", rng.strip())
             if not m or (not m[1] and not m[2]):
-                raise RegistryError(
-                    "RANGE_INVALID",
-                    "invalid Range",
-                    rng,
-                    headers={"Content-Range": f"bytes */{size}"},
-                )
+                raise RegistryError("RANGE_INVALID", "invalid Range", rng, status=400)
             if m[1]:
                 start = int(m[1])
                 end = min(int(m[2]), size - 1) if m[2] else size - 1
@@ -373,10 +511,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.store.link_blob(name, mount)
                 return self._created(name, mount)
             # Not mountable: the spec says fall back to a plain upload session.
-        sid = self.store.new_upload(name)
         digest = query.get("digest", [""])[0]
-        if digest:  # monolithic: POST ?digest= with the whole blob
+        if digest:
             check_digest(digest)
+        sid = self.store.new_upload(name)
+        if digest:  # monolithic: POST ?digest= with the whole blob
             with self.store.session_lock(sid):
                 try:
                     self.store.append(name, sid, self.body())
@@ -395,23 +534,25 @@ class Handler(BaseHTTPRequestHandler):
         with self.store.session_lock(uuid):
             size = self.store.upload_size(name, uuid)
             crange = self.headers.get("Content-Range")
-            if crange:
+            if crange is not None:
                 # spec.md "Pushing a blob in chunks": chunks in order, "<start>-<end>".
-                m = re.fullmatch(r"\s*(?:bytes )?(\d+)-(\d+)(?:/\S+)?\s*", crange)
-                length = self.headers.get("Content-Length")
-                if (
-                    not m
-                    or int(m[1]) != size
-                    or int(m[2]) < int(m[1])
-                    or (length is not None and int(length) != int(m[2]) - int(m[1]) + 1)
-                ):
+                m = re.fullmatch(r"(?:bytes )?([0-9]{1,19})-([0-9]{1,19})(?:/[0-9*]{1,19})?",
+                                 crange.strip())  # fmt: skip
+                if not m:
+                    raise RegistryError(
+                        "RANGE_INVALID", "malformed Content-Range", crange, status=400
+                    )
+                first, last = int(m[1]), int(m[2])
+                length = "Content-Length" in self.headers
+                if first != size or last < first or (length and self._length != last - first + 1):
                     raise RegistryError(
                         "RANGE_INVALID",
-                        "chunk out of order or malformed Content-Range",
+                        "chunk out of order",
                         {"Content-Range": crange, "uploaded": size},
                         headers=self._upload_headers(name, uuid, size),
                     )
-            size = self.store.append(name, uuid, self.body())
+            self._check_length(self.server.max_blob_size - size)
+            size = self._append(name, uuid, size)
         self.reply(202, b"", self._upload_headers(name, uuid, size))
 
     def upload_put(self, query: dict[str, list[str]], name: str, uuid: str) -> None:
@@ -420,10 +561,20 @@ class Handler(BaseHTTPRequestHandler):
             raise RegistryError("DIGEST_INVALID", "digest parameter missing")
         check_digest(digest)
         with self.store.session_lock(uuid):
-            self.store.upload_size(name, uuid)  # BLOB_UPLOAD_UNKNOWN before reading
-            self.store.append(name, uuid, self.body())
+            size = self.store.upload_size(name, uuid)  # BLOB_UPLOAD_UNKNOWN before reading
+            self._check_length(self.server.max_blob_size - size)
+            self._append(name, uuid, size)
             self.store.finish(name, uuid, digest)
         self._created(name, digest)
+
+    def _append(self, name: str, sid: str, size: int) -> int:
+        """The body onto the session; a body refused midway (too long, badly
+        chunked) ends the session too: what it holds can never be the blob."""
+        try:
+            return self.store.append(name, sid, self.body(self.server.max_blob_size - size))
+        except RegistryError:
+            self.store.cancel(name, sid)
+            raise
 
     def upload_delete(self, query: dict[str, list[str]], name: str, uuid: str) -> None:
         with self.store.session_lock(uuid):
@@ -431,22 +582,21 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(204)
 
 
-def _page(items: list[str], query: dict[str, list[str]]) -> tuple[list[str], bool]:
-    """spec.md "Listing Tags": `n` results after `last`, in lexical order."""
+def _page(items: list[str], query: dict[str, list[str]]) -> tuple[list[str], int | None]:
+    """spec.md "Listing Tags": `n` results after `last`, in lexical order. Returns
+    the page and, when more follow, the `n` for the next page's Link."""
     last = query.get("last", [""])[0]
     if last:
         items = [i for i in items if i > last]
     if "n" not in query:
-        return items, False
-    try:
-        n = int(query["n"][0])
-        if n < 0:
-            raise ValueError
-    except ValueError:
+        return items, None
+    text = query["n"][0]
+    if not re.fullmatch(r"[0-9]{1,9}", text):  # int() would take " 5\r\n", "+5", "٥"
         raise RegistryError(
-            "PAGINATION_NUMBER_INVALID", "invalid number of results requested", query["n"][0]
-        ) from None
-    return items[:n], len(items) > n
+            "PAGINATION_NUMBER_INVALID", "invalid number of results requested", text
+        )
+    n = int(text)
+    return items[:n], n if len(items) > n else None
 
 
 def _accepts(accept: list[str], media_type: str) -> bool:
@@ -457,15 +607,126 @@ def _accepts(accept: list[str], media_type: str) -> bool:
     return not types or "*/*" in types or media_type in types
 
 
+class _Connections:
+    """The open connections, and for each the moment its request line and headers
+    must be in by (None while a request is being served: then only the socket
+    timeout applies, to every recv and send)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deadlines: dict[socket.socket, float | None] = {}
+        self.timeout = TIMEOUT
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._deadlines)
+
+    def track(self, sock: socket.socket) -> None:
+        """A new connection: its first request must be in within the timeout."""
+        with self._lock:
+            self._deadlines[sock] = time.monotonic() + self.timeout
+
+    def arm(self, sock: socket.socket) -> None:
+        """Waiting for the next request on a kept-alive connection."""
+        with self._lock:
+            if sock in self._deadlines:
+                self._deadlines[sock] = time.monotonic() + self.timeout
+
+    def disarm(self, sock: socket.socket) -> None:
+        with self._lock:
+            if sock in self._deadlines:
+                self._deadlines[sock] = None
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(sock, None)
+
+    def reap(self, now: float | None = None) -> int:
+        """Shut down the connections past their deadline: the handler's blocked
+        read returns end-of-file and its thread ends."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            late = [s for s, d in self._deadlines.items() if d is not None and d <= now]
+            for sock in late:
+                self._deadlines[sock] = None  # counted until its handler has ended
+        for sock in late:
+            _shutdown(sock)
+        return len(late)
+
+    def close_all(self) -> None:
+        with self._lock:
+            socks = list(self._deadlines)
+            self._deadlines.clear()
+        for sock in socks:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64
     store: Store
+    htpasswd: Htpasswd | None = None
+    max_blob_size = MAX_BLOB_SIZE
+    max_connections = MAX_CONNECTIONS
+    timeout = TIMEOUT  # socketserver's name; also used for each connection's socket
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.connections = _Connections()
+        super().__init__(address, Handler)
+
+    def verify_request(self, request, client_address) -> bool:  # type: ignore[no-untyped-def]
+        """Past max_connections a new connection is closed at once: threads are bounded."""
+        if len(self.connections) >= self.max_connections:
+            return False
+        self.connections.timeout = self.timeout
+        self.connections.track(request)
+        return True
+
+    def shutdown_request(self, request) -> None:  # type: ignore[no-untyped-def]
+        self.connections.forget(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         """A client that hangs up is normal traffic, not a traceback on stderr."""
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)
+
+
+class _Housekeeper(threading.Thread):
+    """Shuts down connections past their deadline and removes expired uploads."""
+
+    def __init__(self, server: _Server, upload_expiry: float) -> None:
+        super().__init__(name="registry-housekeeper", daemon=True)
+        self.server = server
+        self.upload_expiry = upload_expiry
+        self.stopping = threading.Event()
+        self.tick = max(0.05, min(1.0, server.timeout / 4, upload_expiry / 4))
+
+    def run(self) -> None:
+        last_expiry = 0.0
+        while not self.stopping.wait(self.tick):
+            try:
+                self.server.connections.reap()
+                now = time.monotonic()
+                if now - last_expiry >= min(self.upload_expiry / 2, 60.0):
+                    last_expiry = now
+                    self.server.store.expire_uploads(self.upload_expiry)
+            except Exception:  # a bug must not stop the clean-up for good
+                traceback.print_exc(file=sys.stderr)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
 
 
 # --------------------------------------------------------------------------- API
@@ -476,38 +737,91 @@ class Registry:
 
     with Registry(tmpdir).start() as reg:
         ... push to reg.url ...
-    """
 
-    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
+    It listens on loopback unless given an htpasswd file (bcrypt entries, as
+    `htpasswd -B` writes them): beyond loopback, anyone who reaches the port could
+    push and pull. The limits are explained in the module's docstring."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        htpasswd: str | Path | None = None,
+        max_blob_size: int = MAX_BLOB_SIZE,
+        upload_expiry: float = UPLOAD_EXPIRY,
+        timeout: float = TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_uploads: int = MAX_UPLOADS,
+    ) -> None:
         self.root = Path(root)
         self.host = host
         self.port = port
+        self.htpasswd = htpasswd
+        self.max_blob_size = max_blob_size
+        self.upload_expiry = upload_expiry
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.max_uploads = max_uploads
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._housekeeper: _Housekeeper | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.address}"
 
     @property
+    def connections(self) -> int:
+        """Connections open now, each with a thread serving it."""
+        return len(self._server.connections) if self._server else 0
+
+    @property
     def address(self) -> str:
         """host:port, as used in image references (`127.0.0.1:5000/repo:tag`)."""
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def start(self) -> Registry:
-        store = Store(self.root)
-        self._server = _Server((self.host, self.port), Handler)
-        self._server.store = store
-        self.port = self._server.server_address[1]
+        if self.htpasswd is None and not is_loopback(self.host):
+            raise UserError(
+                f"registry: refusing to listen on {self.host} without --htpasswd FILE "
+                "(anyone who can reach it could push and pull); or use --host 127.0.0.1"
+            )
+        for name, value in (
+            ("max blob size", self.max_blob_size),
+            ("upload expiry", self.upload_expiry),
+            ("timeout", self.timeout),
+        ):
+            if not value > 0:
+                raise UserError(f"registry: the {name} must be positive, not {value}")
+        users = Htpasswd(self.htpasswd) if self.htpasswd is not None else None
+        store = Store(self.root, max_uploads=self.max_uploads)
+        store.expire_uploads(self.upload_expiry)  # what a previous run left
+        server = _Server((self.host, self.port))
+        server.store = store
+        server.htpasswd = users
+        server.max_blob_size = self.max_blob_size
+        server.max_connections = self.max_connections
+        server.timeout = self.timeout
+        self._server = server
+        self.port = server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"registry:{self.port}", daemon=True
+            target=server.serve_forever, name=f"registry:{self.port}", daemon=True
         )
         self._thread.start()
+        self._housekeeper = _Housekeeper(server, self.upload_expiry)
+        self._housekeeper.start()
         return self
 
     def stop(self) -> None:
+        if self._housekeeper is not None:
+            self._housekeeper.stop()
+            self._housekeeper = None
         if self._server is not None:
             self._server.shutdown()
+            self._server.connections.close_all()  # handler threads see end-of-file
             self._server.server_close()
             self._server = None
         if self._thread is not None:
@@ -525,7 +839,23 @@ class Registry:
         return f"<Registry {self.url} root={self.root} {state}>"
 
 
-def main_serve(root_dir: str | None, host: str, port: int) -> int:
+def parse_size(text: str) -> int:
+    """`4g` -> 4294967296: bytes, or k/m/g/t (binary multiples, as docker's sizes)."""
+    m = re.fullmatch(r"([0-9]+)([kmgt]?)i?b?", text.strip().lower())
+    if not m:
+        raise UserError(f"invalid size {text!r}: use a number with an optional k, m, g or t")
+    return int(m[1]) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m[2]]
+
+
+def main_serve(
+    root_dir: str | None,
+    host: str,
+    port: int,
+    *,
+    htpasswd: str | None = None,
+    max_blob_size: int = MAX_BLOB_SIZE,
+    upload_expiry: float = UPLOAD_EXPIRY,
+) -> int:
     """`minicontainer registry serve`: foreground until SIGINT or SIGTERM."""
     if root_dir is None:
         from ..runtime.state import StateRoot
@@ -533,8 +863,19 @@ def main_serve(root_dir: str | None, host: str, port: int) -> int:
         root: Path = StateRoot().root / "registry"
     else:
         root = Path(root_dir)
+    reg = Registry(
+        root,
+        host,
+        port,
+        htpasswd=htpasswd,
+        max_blob_size=max_blob_size,
+        upload_expiry=upload_expiry,
+    )
     try:
-        reg = Registry(root, host, port).start()
+        reg.start()
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"registry: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -543,7 +884,8 @@ def main_serve(root_dir: str | None, host: str, port: int) -> int:
     # wait on the very thread it interrupted.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"registry listening on {reg.url} (root {root})", flush=True)
+    auth = f", users from {htpasswd}" if htpasswd else ""
+    print(f"registry listening on {reg.url} (root {root}{auth})", flush=True)
     try:
         stop.wait()
     finally:

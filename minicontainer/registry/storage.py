@@ -3,7 +3,8 @@
 What the OCI distribution-spec (spec.md) asks a registry to keep, laid out like
 the reference registry's (distribution 2.8) storage driver, under ROOT:
   blobs/sha256/<hex>                       content, shared by all repositories
-  uploads/<uuid>/{name,data}               upload sessions in progress
+  uploads/<uuid>/{name,data}               upload sessions in progress (expire_uploads
+                                           removes those left idle)
   repos/<name>/_manifests/revisions/<hex>  a manifest (its media type inside)
   repos/<name>/_manifests/tags/<tag>       the digest the tag points to
   repos/<name>/_layers/<hex>               "this repository may see this blob"
@@ -20,7 +21,12 @@ revisions and tags are written whole (files.write_atomic).
 
 What storage refuses, it refuses in the spec's terms ("Error Codes"): a
 RegistryError carries the code, message and detail that registry/server.py's
-HTTP handler sends as is.
+HTTP handler sends as is. Every name, tag and digest that comes from a request
+is checked with a regex anchored at both ends (backslash-Z, not `$`, which takes
+a trailing newline), because the server builds headers from them.
+
+ROOT and any parent it lacks are made 0700, like the state root (runtime/state.py):
+pushed images are nobody else's to read.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,9 +46,11 @@ from .. import files
 from ..image import oci
 
 # spec.md "Pulling manifests": names and tags.
-NAME_RE = re.compile(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+NAME_RE = re.compile(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*\Z")
+TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
+DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})\Z")  # sha256 only, as Docker 20.10
 NAME_MAX = 255
+MAX_UPLOADS = 1000  # open upload sessions at once; docker pushes a few at a time
 
 
 # --------------------------------------------------------------------------- errors
@@ -59,6 +68,9 @@ STATUS = {
     "SIZE_INVALID": 400,
     "TAG_INVALID": 400,
     "UNSUPPORTED": 405,
+    "UNAUTHORIZED": 401,
+    "DENIED": 403,
+    "TOOMANYREQUESTS": 429,
     "PAGINATION_NUMBER_INVALID": 400,
     "RANGE_INVALID": 416,  # distribution's code for an out-of-order chunk
     "NOT_FOUND": 404,
@@ -92,10 +104,10 @@ def check_name(name: str) -> None:
 
 def check_digest(digest: str) -> str:
     """The hex of a sha256 digest; other algorithms are refused like Docker 20.10 does."""
-    try:
-        return oci.digest_hex(digest)
-    except oci.InvalidDigest:
-        raise RegistryError("DIGEST_INVALID", "invalid digest", {"digest": digest}) from None
+    m = DIGEST_RE.match(digest)
+    if not m:
+        raise RegistryError("DIGEST_INVALID", "invalid digest", {"digest": digest})
+    return m.group(1)
 
 
 def _is_uuid(sid: str) -> bool:
@@ -112,13 +124,14 @@ def _is_uuid(sid: str) -> bool:
 class Store:
     """The registry's files. Every method is safe to call from many threads."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, max_uploads: int = MAX_UPLOADS) -> None:
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
         self.uploads = self.root / "uploads"
         self.repos = self.root / "repos"
+        self.max_uploads = max_uploads
         for d in (self.blobs, self.uploads, self.repos):
-            d.mkdir(parents=True, exist_ok=True)
+            _makedirs_private(d)
         self._lock = threading.Lock()
         self._session_locks: dict[str, threading.Lock] = {}
         # Running sha256 per session, so finishing a 100 MB upload does not re-read
@@ -161,6 +174,10 @@ class Store:
 
     # -- uploads: spec.md "Pushing blobs"
     def new_upload(self, name: str) -> str:
+        if len(os.listdir(self.uploads)) >= self.max_uploads:
+            raise RegistryError(
+                "TOOMANYREQUESTS", "too many uploads in progress", {"limit": self.max_uploads}
+            )
         sid = str(uuid.uuid4())
         d = self.uploads / sid
         d.mkdir()
@@ -244,6 +261,40 @@ class Store:
             self._hashers.pop(sid, None)
             self._session_locks.pop(sid, None)
         shutil.rmtree(d, ignore_errors=True)
+
+    def expire_uploads(self, max_age: float, now: float | None = None) -> list[str]:
+        """Remove the sessions nothing was written to for `max_age` seconds (a client
+        that opened one and went away; the reference registry purges them too,
+        `storage.maintenance.uploadpurging`). A session a request is using right
+        now is skipped. Returns the ids removed."""
+        now = time.time() if now is None else now
+        removed = []
+        try:
+            entries = list(os.scandir(self.uploads))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if now - _last_write(Path(entry.path)) < max_age:
+                continue
+            lock = self.session_lock(entry.name)
+            if not lock.acquire(blocking=False):
+                continue  # a PATCH is streaming into it
+            try:
+                if now - _last_write(Path(entry.path)) < max_age:
+                    continue
+                with self._lock:
+                    self._hashers.pop(entry.name, None)
+                    self._session_locks.pop(entry.name, None)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+                removed.append(entry.name)
+            except FileNotFoundError:
+                pass
+            finally:
+                lock.release()
+        return removed
 
     # -- manifests: spec.md "Pushing Manifests", "Pulling manifests"
     def _manifests(self, name: str) -> Path:
@@ -342,3 +393,39 @@ class Store:
                 out.append(os.path.relpath(dirpath, self.repos))
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]
         return sorted(out)
+
+
+def _last_write(session: Path) -> float:
+    """When a session was last written to: its data file's mtime (append updates
+    it), or the directory's for a session that never got its files."""
+    times = []
+    for p in (session, session / "data"):
+        try:
+            times.append(os.lstat(p).st_mtime)
+        except OSError:
+            pass
+    return max(times, default=0.0)
+
+
+def _makedirs_private(path: Path) -> None:
+    """mkdir -p, every directory it creates 0700 (whatever the umask): the registry
+    may be what creates the state root, which must not end up 0755."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: theirs to decide
+        # mkdir's mode is masked by the umask; fchmod through a descriptor that
+        # cannot be a symlink put there since.
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
