@@ -17,6 +17,7 @@ supervisor (runtime/monitor.py), which must stay small, uses it too.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
@@ -197,3 +198,52 @@ def _open_up(top: str) -> None:
                 stack.extend(os.path.join(d, e.name) for e in it if e.is_dir(follow_symlinks=False))
         finally:
             os.close(fd)
+
+
+# --- opening a path inside a tree we do not trust (a build context, a layer, an upper dir)
+
+
+def open_beneath(
+    root_fd: int, path: str, flags: int = os.O_RDONLY, *, in_root: bool = False, mode: int = 0
+) -> int:
+    """Open ``path`` (relative, or absolute meaning relative to the root) inside the
+    directory ``root_fd``, never leaving it, and return the new descriptor.
+
+    With openat2(2) (Linux 5.6): RESOLVE_BENEATH refuses with EXDEV any ``..`` or
+    symlink that leads out; ``in_root=True`` is RESOLVE_IN_ROOT instead, which
+    resolves ``..`` and absolute symlinks as if ``root_fd`` were ``/`` (how a path
+    inside an image is meant: what chroot(2) would see). Magic links (/proc/PID/fd)
+    are never followed. Without openat2 the path is walked one component at a
+    time with O_NOFOLLOW, and any symlink on the way is refused (ELOOP): stricter,
+    never looser. ``flags`` may include O_NOFOLLOW for the last component."""
+    from minicontainer.runtime import kernel  # lazily: ctypes is not free to import
+
+    resolve = kernel.RESOLVE_NO_MAGICLINKS
+    resolve |= kernel.RESOLVE_IN_ROOT if in_root else kernel.RESOLVE_BENEATH
+    rel = path.lstrip("/") or "."
+    try:
+        return kernel.real().openat2(root_fd, rel, flags, resolve, mode)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter refused it
+            raise
+    return _walk_open(root_fd, rel, flags, mode)
+
+
+def _walk_open(root_fd: int, rel: str, flags: int, mode: int) -> int:
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise OSError(errno.EXDEV, "path leaves its root", rel)
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            if stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode):
+                raise OSError(errno.ELOOP, "symlink on the way (no openat2 here)", rel)
+            nxt = os.open(
+                part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            os.close(fd)
+            fd = nxt
+        last = parts[-1] if parts else "."
+        return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+    finally:
+        os.close(fd)

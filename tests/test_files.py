@@ -172,3 +172,43 @@ def test_procfs_descendants_and_names_with_spaces(tmp_path: Path) -> None:
         for pid in procfs.descendants(outer.pid):
             os.kill(pid, signal.SIGKILL)
         outer.wait()
+
+
+@pytest.fixture
+def hostile_tree(tmp_path: Path):
+    """A tree whose links point out of it: what a build context or a layer may hold."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f").write_text("inside\n")
+    (tmp_path / "secret").write_text("host\n")
+    (root / "out").symlink_to(tmp_path)  # absolute, outside
+    (root / "up").symlink_to("..")  # relative, outside
+    (root / "abs").symlink_to("/sub")  # absolute, means root/sub inside an image
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 100)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("path", ["out/secret", "up/secret", "../secret", "sub/../../secret"])
+def test_open_beneath_never_leaves_the_root(hostile_tree: int, path: str) -> None:
+    with pytest.raises(OSError):
+        _read(files.open_beneath(hostile_tree, path))
+    with pytest.raises(OSError):  # the walk used where openat2 is missing
+        _read(files._walk_open(hostile_tree, path, os.O_RDONLY, 0))
+
+
+def test_open_beneath_reads_inside_and_in_root_resolves_like_chroot(hostile_tree: int) -> None:
+    assert _read(files.open_beneath(hostile_tree, "sub/f")) == b"inside\n"
+    assert _read(files.open_beneath(hostile_tree, "/sub/f")) == b"inside\n"
+    assert _read(files.open_beneath(hostile_tree, "abs/f", in_root=True)) == b"inside\n"
+    with pytest.raises(FileNotFoundError):  # /secret inside the root, not the host's
+        _read(files.open_beneath(hostile_tree, "out/secret", in_root=True))
+    with pytest.raises(OSError):  # the walk refuses every symlink
+        _read(files._walk_open(hostile_tree, "abs/f", os.O_RDONLY, 0))

@@ -670,7 +670,7 @@ def _shutdown(sock: socket.socket) -> None:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 64
+    request_queue_size = 1024  # listen(2) backlog: bursts of connections wait, none is dropped
     store: Store
     htpasswd: Htpasswd | None = None
     max_blob_size = MAX_BLOB_SIZE
