@@ -204,6 +204,12 @@ class Listener:
                     self.first_bytes.append(b"")
 
     def close(self) -> None:
+        """Stop the accepting thread before the descriptor is closed: a thread still
+        in accept(2) on a closed number would take the connections of whatever socket
+        gets that number next (it took a later test's registry connection, once in
+        three runs). shutdown(2) of a listening socket wakes accept() with EINVAL."""
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self._t.join()
         self.sock.close()
 
 
