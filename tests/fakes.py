@@ -14,6 +14,7 @@ raises on the mount whose fstype (or target, or call name) is ``sysfs``.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,11 @@ class FakeKernel(k.Kernel):
 
     def mknod(self, path: str, mode: int, major: int, minor: int) -> None:
         self._record("mknod", path, mode, major, minor, keys=(path,))
+
+    def openat2(self, dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+        """Recorded, then refused as an old kernel would: callers take their fallback."""
+        self._record("openat2", dirfd, path, flags, resolve, mode, keys=(path,))
+        raise OSError(errno.ENOSYS, "openat2: faked")
 
     # -- bpf
 
