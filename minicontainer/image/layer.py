@@ -15,6 +15,13 @@ directory (an overlayfs upperdir: its whiteouts become `.wh.` entries) or a list
 of LayerEntry into a deterministic tarball, sorted, with fixed owners, mtimes and
 gzip header, so the same input always has the same digest. Unpacking a layer
 safely is image/extract.py.
+
+Reading a layer is bounded (`LayerLimits`), as Go's archive/tar bounds its
+special headers (1 MiB) and far above what real images need: the uncompressed tar
+and the files it unpacks to (a sparse file by its apparent size), the number of
+entries, the size of pax / GNU long-name / sparse-map headers, and how much
+gzip may expand. Each is set by an environment variable; exceeding one refuses
+the layer in one line naming the layer and the variable.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +52,216 @@ GZIP_LEVEL = 6  # fixed: the compressed bytes (and so the layer digest) depend o
 
 class UnsafeLayer(UserError):
     """A layer archive tried to escape its root, or is malformed."""
+
+
+class LayerLimitExceeded(UnsafeLayer):
+    """A layer is larger than a LayerLimits bound (a tar, gzip or sparse bomb)."""
+
+
+# ---------------------------------------------------------------- limits
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# Below this many uncompressed bytes the expansion ratio is not checked: a small
+# layer of zeros is harmless, and gzip's ratio on tiny inputs means nothing.
+RATIO_FLOOR = 64 << 20
+
+
+@dataclass(frozen=True)
+class LayerLimits:
+    """Bounds on one layer as it is read. Defaults sit far above real images (the
+    largest public layers are a few GiB, a few hundred thousand entries, headers of
+    a few KiB, gzip ratios under 20:1) and far below what fills a laptop."""
+
+    # The uncompressed tar, and the sum of its files' sizes (sparse: apparent size).
+    max_size: int = 64 << 30
+    # Entries (files, dirs, links, whiteouts) in one layer.
+    max_entries: int = 1_000_000
+    # One member's pax, GNU long name/link and sparse map headers together (Go's
+    # archive/tar: maxSpecialFileSize = 1 MiB).
+    max_header: int = 1 << 20
+    # Uncompressed bytes per compressed byte (checked past RATIO_FLOOR); deflate
+    # cannot exceed about 1032:1, real layers stay under 20:1.
+    max_ratio: int = 200
+
+    ENV = {
+        "max_size": "MINICONTAINER_LAYER_MAX_SIZE",
+        "max_entries": "MINICONTAINER_LAYER_MAX_ENTRIES",
+        "max_header": "MINICONTAINER_LAYER_MAX_HEADER",
+        "max_ratio": "MINICONTAINER_LAYER_MAX_RATIO",
+    }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LayerLimits:
+        """The defaults, overridden by MINICONTAINER_LAYER_MAX_* (sizes may end in
+        k, m, g or t: powers of 1024)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        for field, var in cls.ENV.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            num, unit = raw.lower().rstrip("ib"), ""
+            if num and num[-1] in _UNITS:
+                num, unit = num[:-1], num[-1]
+            if (
+                not num.isdigit()
+                or int(num) <= 0
+                or (unit and field in ("max_entries", "max_ratio"))
+            ):
+                raise UserError(
+                    f"{var}={raw!r}: expected a positive number"
+                    + ("" if field in ("max_entries", "max_ratio") else " (with k, m, g or t)")
+                )
+            values[field] = int(num) * _UNITS[unit]
+        return cls(**values)
+
+    def exceeded(self, what: str, field: str, value: int | str) -> LayerLimitExceeded:
+        limit = getattr(self, field)
+        return LayerLimitExceeded(
+            f"{what}: {value} is over the limit {self.ENV[field]}={limit}"
+            " (raise it if the image is genuine)"
+        )
+
+
+class BoundedReader:
+    """The uncompressed bytes of a layer (see open_uncompressed), refused past
+    `limits.max_size`, or past `limits.max_ratio` times the compressed bytes read:
+    a gzip bomb stops after its first RATIO_FLOOR bytes, not after filling a disk."""
+
+    def __init__(self, src: IO[bytes], counted: _Counting | None, limits: LayerLimits, what: str):
+        self.src, self.counted, self.limits, self.what = src, counted, limits, what
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.src.read(n)
+        self.size += len(b)
+        lim = self.limits
+        if self.size > lim.max_size:
+            raise lim.exceeded(f"{self.what}: uncompressed size", "max_size", f"> {lim.max_size}")
+        if self.counted is not None and self.size > RATIO_FLOOR:
+            ratio = self.size // max(1, self.counted.size)
+            if ratio > lim.max_ratio:
+                raise lim.exceeded(f"{self.what}: gzip expands", "max_ratio", f"{ratio}:1")
+        return b
+
+
+class _Counting:
+    """Counts the (compressed) bytes read through it."""
+
+    def __init__(self, src: Any) -> None:
+        self.src = src
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        b: bytes = self.src.read(n)
+        self.size += len(b)
+        return b
+
+
+# ---------------------------------------------------------------- bounded tar headers
+
+
+# Members that only describe the next one: their bodies are read whole into memory.
+_EXT_HEADER_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+_MAX_EXT_HEADERS = 16  # in a row before one member; real archives use at most 3
+
+
+def bounded_tarinfo(limits: LayerLimits, what: str) -> type[tarfile.TarInfo]:
+    """A TarInfo class for tarfile.open(tarinfo=...) that refuses, before reading
+    them, pax / GNU long-name headers over `limits.max_header` (tarfile reads such a
+    body whole into memory), more than 16 of them in a row (each nests a call), and
+    GNU sparse maps over the same bound (old GNU extension blocks, PAX 1.0 maps in
+    the data). _proc_member is tarfile's documented hook for subclasses."""
+    chain = [0, 0]  # header bytes, headers: of the member being read
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tf):  # type: ignore[no-untyped-def]
+            if self.type not in _EXT_HEADER_TYPES:
+                chain[0] = chain[1] = 0
+                if self.type == tarfile.GNUTYPE_SPARSE:
+                    return self._proc_sparse_bounded(tf)
+                return super()._proc_member(tf)
+            chain[0] += self.size
+            chain[1] += 1
+            if chain[0] > limits.max_header:
+                raise limits.exceeded(
+                    f"{what}: header before entry at offset {self.offset}",
+                    "max_header",
+                    f"{chain[0]} bytes",
+                )
+            if chain[1] > _MAX_EXT_HEADERS:
+                raise UnsafeLayer(
+                    f"{what}: more than {_MAX_EXT_HEADERS} extended headers in a row "
+                    f"at offset {self.offset}"
+                )
+            return super()._proc_member(tf)
+
+        def _proc_sparse_bounded(self, tf):  # type: ignore[no-untyped-def]
+            # tarfile's _proc_sparse, with the extension blocks bounded.
+            structs, isextended, origsize = self._sparse_structs  # type: ignore[attr-defined]
+            del self._sparse_structs  # type: ignore[attr-defined]
+            blocks = 0
+            while isextended:
+                blocks += 1
+                if blocks * tarfile.BLOCKSIZE > limits.max_header:
+                    raise limits.exceeded(
+                        f"{what}: sparse map of {self.name!r}", "max_header", f"> {blocks} blocks"
+                    )
+                buf = tf.fileobj.read(tarfile.BLOCKSIZE)
+                if len(buf) < tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError(f"truncated sparse header of {self.name!r}")
+                for pos in range(0, 21 * 24, 24):
+                    try:
+                        offset = tarfile.nti(buf[pos : pos + 12])
+                        numbytes = tarfile.nti(buf[pos + 12 : pos + 24])
+                    except ValueError:
+                        break
+                    if offset and numbytes:
+                        structs.append((offset, numbytes))
+                isextended = bool(buf[504])
+            self.sparse = structs
+            self.offset_data = tf.fileobj.tell()
+            tf.offset = self.offset_data + self._block(self.size)
+            self.size = origsize
+            return self
+
+        def _proc_gnusparse_10(self, next, pax_headers, tf):  # type: ignore[no-untyped-def]
+            # The PAX 1.0 sparse map (decimal lines in whole blocks before the data),
+            # bounded and checked: tarfile's loops forever or raises ValueError on junk.
+            buf = bytearray()
+            numbers: list[int] = []
+            count: int | None = None
+            while count is None or len(numbers) < 2 * count:
+                while b"\n" not in buf:
+                    if len(buf) >= limits.max_header:
+                        raise limits.exceeded(
+                            f"{what}: sparse map of {next.name!r}",
+                            "max_header",
+                            f"> {len(buf)} bytes",
+                        )
+                    b = tf.fileobj.read(tarfile.BLOCKSIZE)
+                    if not b:
+                        raise tarfile.ReadError(f"truncated sparse map of {next.name!r}")
+                    buf += b
+                line, _, rest = bytes(buf).partition(b"\n")
+                buf = bytearray(rest)
+                if not line.isdigit():
+                    raise tarfile.ReadError(f"invalid sparse map of {next.name!r}")
+                if count is None:
+                    count = int(line)
+                else:
+                    numbers.append(int(line))
+            next.offset_data = tf.fileobj.tell()
+            next.sparse = list(zip(numbers[::2], numbers[1::2], strict=True))
+
+    return BoundedTarInfo
 
 
 # ---------------------------------------------------------------- entry names
@@ -86,8 +303,20 @@ class _Prefixed:
         return self.src.read(n)
 
 
-def open_uncompressed(f: IO[bytes]) -> IO[bytes]:
-    """Wrap a (possibly gzip-compressed) tar stream so reads return the plain tar."""
+def open_uncompressed(
+    f: IO[bytes], limits: LayerLimits | None = None, what: str = "layer"
+) -> IO[bytes]:
+    """Wrap a (possibly gzip-compressed) tar stream so reads return the plain tar;
+    with `limits`, bounded in size and expansion (BoundedReader, naming `what`)."""
+    if limits is None:
+        return _open_uncompressed(f)
+    counted = _Counting(f)
+    plain = _open_uncompressed(counted)  # type: ignore[arg-type]
+    gz = isinstance(plain, gzip.GzipFile)
+    return BoundedReader(plain, counted if gz else None, limits, what)  # type: ignore[return-value]
+
+
+def _open_uncompressed(f: IO[bytes]) -> IO[bytes]:
     head = b""
     while len(head) < 4:
         b = f.read(4 - len(head))
