@@ -26,6 +26,7 @@ the layer in one line naming the layer and the variable.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -356,6 +357,9 @@ class LayerEntry:
     mtime: int | None = None
     devmajor: int = 0
     devminor: int = 0
+    # With `source` relative: the directory it is relative to, which may be live and
+    # hostile; the file is opened beneath it without following symlinks (open_regular).
+    root_fd: int | None = None
 
 
 def write_layer(
@@ -382,11 +386,31 @@ def write_layer(
     `size` is the size of the written file, `digest` its sha256; `diff_id` is the
     sha256 of the uncompressed tar (equal to `digest` when compress=False).
     """
+    root_fd = None
     if isinstance(src, (str, os.PathLike)):
-        items = _dir_entries(Path(src), overlay_whiteouts, exclude)
-    else:
-        items = [(e, {}) for e in sorted(src, key=lambda e: e.path.strip("/"))]
+        root_fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if root_fd is not None:
+            items = _dir_entries(root_fd, overlay_whiteouts, exclude)
+        else:
+            items = [(e, {}) for e in sorted(src, key=lambda e: e.path.strip("/"))]  # type: ignore[union-attr]
+        return _write(items, out_path, uid, gid, uname, gname, mtime, compress, level)
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
 
+
+def _write(
+    items: list[tuple[LayerEntry, dict[str, str]]],
+    out_path: str | os.PathLike[str],
+    uid: int | None,
+    gid: int | None,
+    uname: str,
+    gname: str,
+    mtime: int | None,
+    compress: bool,
+    level: int,
+) -> tuple[str, str, int]:
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_file(out) as raw:
@@ -406,71 +430,149 @@ def write_layer(
 
 
 def _dir_entries(
-    src: Path, overlay_whiteouts: bool, exclude: Iterable[str]
+    root_fd: int, overlay_whiteouts: bool, exclude: Iterable[str]
 ) -> list[tuple[LayerEntry, dict[str, str]]]:
     """Walk a directory (e.g. an overlayfs upperdir) into entries, in sorted order.
-    Overlay whiteouts become `.wh.` files; overlay xattrs are never copied."""
+    Overlay whiteouts become `.wh.` files; overlay xattrs are never copied.
+
+    The tree may be live and hostile (a running container's upper dir): it is read
+    through directory descriptors (openat with O_NOFOLLOW), never by path, so a
+    directory swapped for a symlink during the walk is archived as that symlink and
+    never followed. Regular files are opened later, when written (_add_entry)."""
     excluded = {x.strip("/") for x in exclude}
     out: list[tuple[LayerEntry, dict[str, str]]] = []
     inodes: dict[tuple[int, int], str] = {}
 
-    def xattrs(p: str) -> dict[str, bytes]:
-        try:
-            names = os.listxattr(p, follow_symlinks=False)
-        except OSError:
-            return {}
-        got = {}
-        for n in names:
-            try:
-                got[n] = os.getxattr(p, n, follow_symlinks=False)
-            except OSError:
-                continue
-        return got
-
-    def walk(d: Path, rel: str) -> None:
-        for name in sorted(os.listdir(d)):
+    def walk(dfd: int, rel: str) -> None:
+        for name in sorted(os.listdir(dfd)):
             r = f"{rel}{name}"
-            if r in excluded:
-                continue
-            p = d / name
-            s = os.lstat(p)
-            mode = s.st_mode
-            perm = stat.S_IMODE(mode)
-            own = {"uid": s.st_uid, "gid": s.st_gid, "mtime": int(s.st_mtime)}
-            xa = xattrs(str(p))
-            pax = {
-                PAX_XATTR_PREFIX + k: v.decode("utf-8", "surrogateescape")
-                for k, v in sorted(xa.items())
-                if not k.startswith(OVERLAY_XATTR_PREFIXES)
-            }
-            if stat.S_ISDIR(mode):
-                out.append((LayerEntry(r, "dir", perm, **own), pax))
-                opaque = b"y" in (xa.get(OVERLAY_OPAQUE_XATTR), xa.get("user.overlay.opaque"))
-                if overlay_whiteouts and opaque:
-                    out.append((LayerEntry(f"{r}/{OPAQUE_MARKER}", "file", 0, **own), {}))
-                walk(p, r + "/")
-            elif stat.S_ISCHR(mode) and s.st_rdev == 0 and overlay_whiteouts:
-                wh = f"{rel}{WHITEOUT_PREFIX}{name}"
-                out.append((LayerEntry(wh, "file", 0, **own), {}))
-            elif stat.S_ISREG(mode):
-                key = (s.st_dev, s.st_ino)
-                if s.st_nlink > 1 and key in inodes:
-                    out.append((LayerEntry(r, "hardlink", perm, linkname=inodes[key], **own), {}))
-                    continue
-                inodes[key] = r
-                out.append((LayerEntry(r, "file", perm, source=p, **own), pax))
-            elif stat.S_ISLNK(mode):
-                out.append((LayerEntry(r, "symlink", 0o777, linkname=os.readlink(p), **own), pax))
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                kind = "char" if stat.S_ISCHR(mode) else "block"
-                dev = {"devmajor": os.major(s.st_rdev), "devminor": os.minor(s.st_rdev)}
-                out.append((LayerEntry(r, kind, perm, **own, **dev), pax))
-            elif stat.S_ISFIFO(mode):
-                out.append((LayerEntry(r, "fifo", perm, **own), pax))
-            # sockets are runtime state, not content
+            if r not in excluded:
+                entry(dfd, name, r)
 
-    walk(src, "")
+    def entry(dfd: int, name: str, r: str) -> None:
+        for _ in range(3):  # the entry may change type under us: look again
+            try:
+                s = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return  # gone since listdir: nothing to archive
+            sub = None
+            if stat.S_ISDIR(s.st_mode):
+                try:
+                    sub = os.open(
+                        name,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=dfd,
+                    )
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                        continue  # swapped for a symlink or a file, or gone: again
+                    raise
+                s = os.fstat(sub)  # what we will list, not what the name was
+            try:
+                add(dfd, name, r, s, sub)
+            finally:
+                if sub is not None:
+                    os.close(sub)
+            return
+
+    def add(dfd: int, name: str, r: str, s: os.stat_result, sub: int | None) -> None:
+        mode = s.st_mode
+        perm = stat.S_IMODE(mode)
+        own = {"uid": s.st_uid, "gid": s.st_gid, "mtime": int(s.st_mtime)}
+        # The name inside a directory we hold open: no path component can be swapped.
+        xa = _xattrs(sub if sub is not None else f"/proc/self/fd/{dfd}/{name}")
+        pax = {
+            PAX_XATTR_PREFIX + k: v.decode("utf-8", "surrogateescape")
+            for k, v in sorted(xa.items())
+            if not k.startswith(OVERLAY_XATTR_PREFIXES)
+        }
+        if sub is not None:
+            out.append((LayerEntry(r, "dir", perm, **own), pax))
+            opaque = b"y" in (xa.get(OVERLAY_OPAQUE_XATTR), xa.get("user.overlay.opaque"))
+            if overlay_whiteouts and opaque:
+                out.append((LayerEntry(f"{r}/{OPAQUE_MARKER}", "file", 0, **own), {}))
+            walk(sub, r + "/")
+        elif stat.S_ISCHR(mode) and s.st_rdev == 0 and overlay_whiteouts:
+            head, _, base = r.rpartition("/")
+            wh = f"{head}/{WHITEOUT_PREFIX}{base}" if head else f"{WHITEOUT_PREFIX}{base}"
+            out.append((LayerEntry(wh, "file", 0, **own), {}))
+        elif stat.S_ISREG(mode):
+            key = (s.st_dev, s.st_ino)
+            if s.st_nlink > 1 and key in inodes:
+                out.append((LayerEntry(r, "hardlink", perm, linkname=inodes[key], **own), pax))
+                return
+            inodes[key] = r
+            # Opened when written, beneath root_fd, never following a symlink.
+            out.append((LayerEntry(r, "file", perm, source=r, root_fd=root_fd, **own), pax))
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(name, dir_fd=dfd)
+            except OSError:
+                return  # no longer a symlink: the tree changed, leave it out
+            out.append((LayerEntry(r, "symlink", 0o777, linkname=target, **own), pax))
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            kind = "char" if stat.S_ISCHR(mode) else "block"
+            dev = {"devmajor": os.major(s.st_rdev), "devminor": os.minor(s.st_rdev)}
+            out.append((LayerEntry(r, kind, perm, **own, **dev), pax))
+        elif stat.S_ISFIFO(mode):
+            out.append((LayerEntry(r, "fifo", perm, **own), pax))
+        # sockets are runtime state, not content
+
+    walk(root_fd, "")
     return out
+
+
+def _xattrs(p: str | int) -> dict[str, bytes]:
+    """A descriptor's xattrs, or a path's without following its last component."""
+    follow = isinstance(p, int)  # with a descriptor the flag must stay the default
+    try:
+        names = os.listxattr(p, follow_symlinks=follow)
+    except OSError:
+        return {}
+    got = {}
+    for n in names:
+        try:
+            got[n] = os.getxattr(p, n, follow_symlinks=follow)
+        except OSError:
+            continue
+    return got
+
+
+def open_regular(dir_fd: int, rel: str) -> tuple[int, os.stat_result] | None:
+    """(readable fd, its fstat) of the regular file `rel` beneath `dir_fd` in a tree
+    that may change under us, or None when it is no longer a regular file there (a
+    symlink now, gone, a device...). Opened O_PATH first and never following a
+    symlink (files.open_beneath: no component may lead out), and reopened for
+    reading only once fstat says regular: a device node or fifo is never opened."""
+    try:
+        path_fd = files.open_beneath(dir_fd, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # ELOOP (a symlink now), ENOENT, EXDEV (a parent now leads out)...
+    try:
+        st = os.fstat(path_fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        # The same inode, now readable (O_PATH descriptors cannot be read).
+        fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    finally:
+        os.close(path_fd)
+    return fd, st
+
+
+class ExactReader:
+    """Exactly `size` bytes of a file that may change while read (a live upper
+    dir): cut at `size` if it grew, NUL-padded if it shrank, so the tar stays valid."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.left = fd, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        b = os.read(self.fd, n) if n else b""
+        if n and not b:
+            b = bytes(n)  # shrank: pad
+        self.left -= len(b)
+        return b
 
 
 _TAR_TYPES = {
@@ -515,6 +617,17 @@ def _add_entry(
     if e.data is not None:
         ti.size = len(e.data)
         tf.addfile(ti, io.BytesIO(e.data))
+    elif e.source is not None and e.root_fd is not None:
+        opened = open_regular(e.root_fd, os.fspath(e.source))
+        if opened is None:
+            _changed_entry(tf, ti, e)
+            return
+        fd, st = opened
+        try:
+            ti.size = st.st_size
+            tf.addfile(ti, ExactReader(fd, st.st_size))  # type: ignore[arg-type]
+        finally:
+            os.close(fd)
     elif e.source is not None:
         with open(e.source, "rb") as f:
             ti.size = os.fstat(f.fileno()).st_size
@@ -522,3 +635,22 @@ def _add_entry(
     else:
         ti.size = 0
         tf.addfile(ti)
+
+
+def _changed_entry(tf: tarfile.TarFile, ti: tarfile.TarInfo, e: LayerEntry) -> None:
+    """A file of a live tree that is no longer one when written: a symlink now is
+    archived as that symlink (never followed); anything else is left out."""
+    assert e.root_fd is not None
+    head, _, name = os.fspath(e.source).rpartition("/")
+    try:
+        dfd = files.open_beneath(e.root_fd, head or ".", os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        target = os.readlink(name, dir_fd=dfd)
+    except OSError:
+        return  # gone, or not a symlink either
+    finally:
+        os.close(dfd)
+    ti.type, ti.linkname, ti.size, ti.mode = tarfile.SYMTYPE, target, 0, 0o777
+    tf.addfile(ti)
