@@ -465,10 +465,14 @@ def commit(
     message: str = "",
     author: str = "",
     changes: list[str],
+    pause: bool = True,
 ) -> Image:
     """``docker commit``: the container's changes become a new top layer over its
     image; the config is the container's (command, env, workdir, user) with
-    `changes` applied. A running container is frozen while its layer is read."""
+    `changes` applied. With `pause` (Docker's default, ``--pause=true``) a running
+    container is frozen while its layer is read, where a cgroup v1 freezer exists;
+    otherwise (``--pause=false``, cgroup v2, rootless) the layer is read live, which
+    is safe (descriptors, no symlink followed) but may catch a file half-written."""
     _refuse_rootless(container, "commit")
     store: ImageStore = rt.store
     # Everything the user typed is checked before anything is written.
@@ -488,7 +492,7 @@ def commit(
     # and gc() removes it if we are killed.
     tmp = store.temp_blob_path("commit")
     try:
-        with _paused(container):
+        with _paused(container) if pause else contextlib.nullcontext(False):
             scan = _scan(container)
             digest, diff_id, size = write_layer(
                 container.dir / "upper",
