@@ -131,8 +131,10 @@ class Runtime:
         message: str = "",
         author: str = "",
         changes: list[str] | None = None,
+        pause: bool = True,
     ):  # type: ignore[no-untyped-def]
-        """The container's R/W layer becomes a new layer on top of its image."""
+        """The container's R/W layer becomes a new layer on top of its image; with
+        `pause` (the default, as Docker) a running container is frozen meanwhile."""
         from .image import commit
 
         return commit.commit(
@@ -142,6 +144,7 @@ class Runtime:
             message=message,
             author=author,
             changes=changes or [],
+            pause=pause,
         )
 
     def diff(self, container: str) -> list[tuple[str, str]]:

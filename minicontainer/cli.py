@@ -306,6 +306,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
         message=args.message,
         author=args.author,
         changes=args.change,
+        pause=args.pause,
     )
     print(image.id)
     return 0
@@ -614,8 +615,24 @@ def args_commit(s: argparse.ArgumentParser) -> None:
         default=[],
         help="a Dockerfile instruction for the config: CMD, ENV, WORKDIR, ...",
     )
+    s.add_argument(
+        "-p",
+        "--pause",
+        type=_bool_word,
+        default=True,
+        metavar="true|false",
+        help="freeze a running container while committing (default true; cgroup v1 freezer)",
+    )
     s.add_argument("container")
     s.add_argument("reference", nargs="?", help="REPOSITORY[:TAG]")
+
+
+def _bool_word(text: str) -> bool:
+    """Docker's boolean flag values (Go strconv.ParseBool)."""
+    words = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false")
+    return words[text.lower()]
 
 
 def args_container(s: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import os
 import shlex
@@ -55,9 +56,11 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: str) -> bool:
+def _is_opaque(path: str | int) -> bool:
+    # A descriptor (the flag must stay the default), or a path's last component unfollowed.
+    follow = isinstance(path, int)
     try:
-        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=follow) == b"y"
     except OSError:
         return False
 
@@ -128,68 +131,99 @@ class _Scan:
         # A runtime path the image already had is ordinary content.
         wanted = set(RUNTIME_PATHS) | {t.strip("/") for t in volume_targets if t.strip("/")}
         self.runtime = {r for r in wanted if lower_stat(lowerdirs, r) is None}
-        self._walk(upper, "")
+        fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self._walk(fd, "")
+        finally:
+            os.close(fd)
         self.changes.sort(key=lambda c: c[1])
 
-    def _walk(self, d: Path, rel_dir: str) -> tuple[bool, bool]:
-        """(anything to commit under d, anything runtime-made under d)."""
+    def _walk(self, dfd: int, rel_dir: str) -> tuple[bool, bool]:
+        """(anything to commit under dfd, anything runtime-made under dfd).
+
+        Through directory descriptors opened O_NOFOLLOW, never by path: the upper
+        dir of a running container may swap a directory for a symlink to the host
+        mid-walk, and must not make us list (or report) what is there."""
         content = runtime_made = False
-        for name in sorted(os.listdir(d)):
+        for name in sorted(os.listdir(dfd)):
             rel = f"{rel_dir}{name}"
             if rel in self.runtime:
                 self.exclude.add(rel)
                 runtime_made = True
                 continue
-            p = d / name
-            st = os.lstat(p)
-            _check_complete(p)
-            if _is_whiteout(st):
-                self.changes.append(("D", "/" + rel))
-                content = True
-                continue
-            lower = lower_stat(self.lowerdirs, rel)
-            if not stat.S_ISDIR(st.st_mode):
-                self.changes.append(("A" if lower is None else "C", "/" + rel))
-                content = True
-                continue
-            below, made = self._walk(p, rel + "/")
-            if lower is None or not stat.S_ISDIR(lower.st_mode):
-                if made and not below:
-                    self.exclude.add(rel)  # only holds the runtime's mount points
-                    runtime_made = True
-                    continue
-                self.changes.append(("A" if lower is None else "C", "/" + rel))
-                content = True
-            elif _is_opaque(str(p)):
-                # "rm -rf d && mkdir d": what the image had in d is gone (Docker
-                # prints "D /d" here; the directory itself still exists, so C).
-                self.changes.append(("C", "/" + rel))
-                present = set(os.listdir(p))
-                for gone in sorted(_lower_names(self.lowerdirs, rel) - present):
-                    self.changes.append(("D", f"/{rel}/{gone}"))
-                content = True
-            elif below or (st.st_mode, st.st_uid, st.st_gid) != (
-                lower.st_mode,
-                lower.st_uid,
-                lower.st_gid,
-            ):
-                self.changes.append(("C", "/" + rel))  # a parent of changes, like Docker
-                content = True
-            else:
-                self.exclude.add(rel)  # copied up for the runtime's files only
-                runtime_made = runtime_made or made
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since listdir
+            sub = None
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    sub = os.open(
+                        name,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=dfd,
+                    )
+                    st = os.fstat(sub)
+                except OSError as e:
+                    if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                        raise
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)  # what it is now
+            try:
+                c, m = self._entry(dfd, sub, name, rel, st)
+            finally:
+                if sub is not None:
+                    os.close(sub)
+            content, runtime_made = content or c, runtime_made or m
         return content, runtime_made
 
+    def _entry(
+        self, dfd: int, sub: int | None, name: str, rel: str, st: os.stat_result
+    ) -> tuple[bool, bool]:
+        # The name in a directory we hold open: no component of it can be swapped.
+        p: str | int = sub if sub is not None else f"/proc/self/fd/{dfd}/{name}"
+        _check_complete(p, rel)
+        if _is_whiteout(st):
+            self.changes.append(("D", "/" + rel))
+            return True, False
+        lower = lower_stat(self.lowerdirs, rel)
+        if sub is None:
+            self.changes.append(("A" if lower is None else "C", "/" + rel))
+            return True, False
+        below, made = self._walk(sub, rel + "/")
+        if lower is None or not stat.S_ISDIR(lower.st_mode):
+            if made and not below:
+                self.exclude.add(rel)  # only holds the runtime's mount points
+                return False, True
+            self.changes.append(("A" if lower is None else "C", "/" + rel))
+            return True, False
+        if _is_opaque(p):
+            # "rm -rf d && mkdir d": what the image had in d is gone (Docker
+            # prints "D /d" here; the directory itself still exists, so C).
+            self.changes.append(("C", "/" + rel))
+            present = set(os.listdir(sub))
+            for gone in sorted(_lower_names(self.lowerdirs, rel) - present):
+                self.changes.append(("D", f"/{rel}/{gone}"))
+            return True, False
+        if below or (st.st_mode, st.st_uid, st.st_gid) != (
+            lower.st_mode,
+            lower.st_uid,
+            lower.st_gid,
+        ):
+            self.changes.append(("C", "/" + rel))  # a parent of changes, like Docker
+            return True, False
+        self.exclude.add(rel)  # copied up for the runtime's files only
+        return False, made
 
-def _check_complete(path: Path) -> None:
+
+def _check_complete(path: str | int, rel: str) -> None:
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=isinstance(path, int))
     except OSError:
         return
     for n in names:
         if n in _INCOMPLETE_XATTRS or n.replace("trusted.", "user.", 1) in _INCOMPLETE_XATTRS:
             raise NotSupported(
-                f"{path}: overlayfs wrote it with {n} (redirect_dir/metacopy enabled): such "
+                f"/{rel}: overlayfs wrote it with {n} (redirect_dir/metacopy enabled): such "
                 "an upper entry is not a complete layer entry; commit needs these options off"
             )
 
@@ -431,10 +465,14 @@ def commit(
     message: str = "",
     author: str = "",
     changes: list[str],
+    pause: bool = True,
 ) -> Image:
     """``docker commit``: the container's changes become a new top layer over its
     image; the config is the container's (command, env, workdir, user) with
-    `changes` applied. A running container is frozen while its layer is read."""
+    `changes` applied. With `pause` (Docker's default, ``--pause=true``) a running
+    container is frozen while its layer is read, where a cgroup v1 freezer exists;
+    otherwise (``--pause=false``, cgroup v2, rootless) the layer is read live, which
+    is safe (descriptors, no symlink followed) but may catch a file half-written."""
     _refuse_rootless(container, "commit")
     store: ImageStore = rt.store
     # Everything the user typed is checked before anything is written.
@@ -454,7 +492,7 @@ def commit(
     # and gc() removes it if we are killed.
     tmp = store.temp_blob_path("commit")
     try:
-        with _paused(container):
+        with _paused(container) if pause else contextlib.nullcontext(False):
             scan = _scan(container)
             digest, diff_id, size = write_layer(
                 container.dir / "upper",

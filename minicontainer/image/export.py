@@ -21,7 +21,15 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from .layer import OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, PAX_XATTR_PREFIX, WHITEOUT_PREFIX
+from .. import files
+from .layer import (
+    OPAQUE_MARKER,
+    OVERLAY_XATTR_PREFIXES,
+    PAX_XATTR_PREFIX,
+    WHITEOUT_PREFIX,
+    ExactReader,
+    open_regular,
+)
 from .save import output_file
 
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")  # rootless: userxattr
@@ -31,50 +39,89 @@ _EMPTY_MOUNTPOINTS = ("dev", "proc", "sys")  # the runtime's, never content (doc
 def export(rt: Any, container: Any, output: Any) -> None:
     """`docker export`: the container's merged filesystem (image layers + its upper
     dir, overlayfs whiteouts and opaque dirs applied) as a plain tar, in sorted
-    order. /dev, /proc and /sys are empty directories; no whiteout is ever written."""
+    order. /dev, /proc and /sys are empty directories; no whiteout is ever written.
+
+    The upper dir of a running container is live and hostile: every layer is read
+    through descriptors (files.open_beneath, O_NOFOLLOW), never by path, so a
+    directory or file swapped for a symlink mid-walk is exported as that symlink
+    (or left out), never followed to the host."""
     spec = container.spec
     lowers = [Path(p) for p in spec.lowerdirs]
     if not all(p.is_dir() for p in lowers):
         lowers = list(rt.store.layer_dirs(rt.store.resolve(spec.image_id)))
     upper = Path(container.dir) / "upper"
     layers = ([upper] if upper.is_dir() else []) + lowers  # top first, as overlayfs
-    with output_file(output) as f:
-        with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
-            _export_dir(tf, layers, "", {})
+    fds: list[int] = []
+    try:
+        for p in layers:
+            fds.append(os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        with output_file(output) as f:
+            with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+                _export_dir(tf, fds, "", {})
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _open_dir(root_fd: int, rel: str) -> int | None:
+    """`rel` of a layer as a directory descriptor, never leaving the layer and never
+    following a symlink; None where it is not a directory (now)."""
+    try:
+        return files.open_beneath(
+            root_fd, rel or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+    except OSError:
+        return None
 
 
 def _export_dir(
-    tf: tarfile.TarFile, layers: list[Path], rel: str, inodes: dict[tuple[int, int], str]
+    tf: tarfile.TarFile, layers: list[int], rel: str, inodes: dict[tuple[int, int], str]
 ) -> None:
-    """Merge the directory `rel` of `layers` (layer roots, top first, in each of which
-    `rel` is a directory): for each name the topmost layer decides; a directory merges
-    with the same directory below until one is opaque or a lower layer has a
-    non-directory (or a whiteout) there."""
-    chosen: dict[str, list[tuple[Path, Path, os.stat_result]]] = {}  # name -> (root, path, st)
+    """Merge the directory `rel` of `layers` (layer root descriptors, top first, in
+    each of which `rel` is a directory): for each name the topmost layer decides; a
+    directory merges with the same directory below until one is opaque or a lower
+    layer has a non-directory (or a whiteout) there."""
+    # name -> (layer root fd, fd of the directory holding it, its stat), topmost first
+    chosen: dict[str, list[tuple[int, int, os.stat_result]]] = {}
     closed: set[str] = set()  # names lower layers can no longer add to
-    for root in layers:
-        d = root / rel
-        try:
-            names = os.listdir(d)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
-            if name in closed:
+    dirs: list[int] = []
+    try:
+        for root in layers:
+            d = _open_dir(root, rel)
+            if d is None:
                 continue
-            if name.startswith(WHITEOUT_PREFIX) or name == OPAQUE_MARKER:
-                continue  # tar-form markers are not content (unpacked layers hold none)
-            p = d / name
-            st = os.lstat(p)
-            stack = chosen.get(name)
-            if stack is None and _is_whiteout(st):
-                closed.add(name)
-                continue
-            if stack is not None and not stat.S_ISDIR(st.st_mode):
-                closed.add(name)  # a lower non-directory ends a directory's merge
-                continue
-            chosen.setdefault(name, []).append((root, p, st))
-            if not stat.S_ISDIR(st.st_mode) or _is_opaque(str(p)):
-                closed.add(name)  # nothing below shows through
+            dirs.append(d)
+            for name in os.listdir(d):
+                if name in closed:
+                    continue
+                if name.startswith(WHITEOUT_PREFIX) or name == OPAQUE_MARKER:
+                    continue  # tar-form markers are not content (unpacked layers hold none)
+                try:
+                    st = os.stat(name, dir_fd=d, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                stack = chosen.get(name)
+                if stack is None and _is_whiteout(st):
+                    closed.add(name)
+                    continue
+                if stack is not None and not stat.S_ISDIR(st.st_mode):
+                    closed.add(name)  # a lower non-directory ends a directory's merge
+                    continue
+                chosen.setdefault(name, []).append((root, d, st))
+                if not stat.S_ISDIR(st.st_mode) or _is_opaque(f"/proc/self/fd/{d}/{name}"):
+                    closed.add(name)  # nothing below shows through
+        _export_names(tf, chosen, rel, inodes)
+    finally:
+        for d in dirs:
+            os.close(d)
+
+
+def _export_names(
+    tf: tarfile.TarFile,
+    chosen: dict[str, list[tuple[int, int, os.stat_result]]],
+    rel: str,
+    inodes: dict[tuple[int, int], str],
+) -> None:
     names = set(chosen) | (set(_EMPTY_MOUNTPOINTS) if rel == "" else set())
     for name in sorted(names):
         member = f"{rel}{name}"
@@ -84,13 +131,20 @@ def _export_dir(
             tf.addfile(ti)
             continue
         stack = chosen[name]
-        _, path, st = stack[0]
-        ti = _export_info(path, st, member, inodes)
+        _, d, st = stack[0]
+        ti = _export_info(d, name, st, member, inodes)
         if ti is None:
             continue
         if ti.isreg():
-            with open(path, "rb") as f:
-                tf.addfile(ti, f)
+            opened = open_regular(d, name)
+            if opened is None:
+                continue  # no longer a regular file: the container changed it, leave it out
+            fd, now = opened
+            try:
+                ti.size = now.st_size
+                tf.addfile(ti, ExactReader(fd, now.st_size))  # type: ignore[arg-type]
+            finally:
+                os.close(fd)
         else:
             tf.addfile(ti)
         if stat.S_ISDIR(st.st_mode) and not (rel == "" and name in _EMPTY_MOUNTPOINTS):
@@ -112,11 +166,13 @@ def _is_opaque(path: str) -> bool:
 
 
 def _export_info(
-    path: Path,
+    dfd: int,
+    name: str,
     st: os.stat_result,
     member: str,
     inodes: dict[tuple[int, int], str],
 ) -> tarfile.TarInfo | None:
+    path = f"/proc/self/fd/{dfd}/{name}"  # for xattrs: the name in a directory held open
     ti = tarfile.TarInfo(member)
     ti.uid, ti.gid, ti.uname, ti.gname = st.st_uid, st.st_gid, "", ""
     ti.mode = stat.S_IMODE(st.st_mode)
@@ -132,7 +188,10 @@ def _export_info(
         inodes[key] = member
         ti.size = st.st_size
     elif stat.S_ISLNK(mode):
-        ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(path)
+        try:
+            ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dfd)
+        except OSError:
+            return None  # no longer a symlink: changed under us
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
         ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)

@@ -19,7 +19,18 @@ Two ways to apply whiteouts:
 
 Extraction never follows a symlink created by the archive, never writes outside
 the destination, never trusts a header's size, and refuses data past the end of
-the archive. The names and the format are image/layer.py's.
+the archive. It is bounded by layer.LayerLimits (MINICONTAINER_LAYER_MAX_*): the
+uncompressed size, the gzip ratio, entries, header sizes, and the files' total size,
+where a sparse file counts by its apparent size (a 1 TB sparse file in a 1 KB tar
+is refused by default) and one within the limit is written sparsely (its holes stay
+holes, as GNU tar --sparse does). A refused layer leaves nothing behind.
+
+Privileges, as Docker's pkg/archive: as root, setuid/setgid bits and device nodes
+are kept (the device cgroup, runtime/devices.py, is what makes opening a node
+safe). Rootless, a layer with a setuid/setgid file or a device node is refused in
+one line: there is no device cgroup, and a setuid file would run as the user's own
+host uid for whoever reaches it. (A setgid directory only sets new files' group.)
+The names and the format are image/layer.py's.
 """
 
 from __future__ import annotations
@@ -49,7 +60,9 @@ from .layer import (
     OVERLAY_XATTR_PREFIXES,
     PAX_XATTR_PREFIX,
     WHITEOUT_PREFIX,
+    LayerLimits,
     UnsafeLayer,
+    bounded_tarinfo,
     clean_name,
     open_uncompressed,
 )
@@ -59,7 +72,7 @@ _STREAM_BUF = 64 << 10
 
 Source = str | os.PathLike[str] | IO[bytes]
 
-__all__ = ["Source", "UnsafeLayer", "apply_layer", "apply_layers"]
+__all__ = ["LayerLimits", "Source", "UnsafeLayer", "apply_layer", "apply_layers"]
 
 
 # ---------------------------------------------------------------- one layer, several
@@ -72,6 +85,7 @@ def apply_layer(
     rootless: bool,
     whiteouts: str = "apply",
     expect_diff_id: str | None = None,
+    limits: LayerLimits | None = None,
 ) -> str:
     """Apply one layer archive (path or binary file object, plain or gzip tar) onto
     `dest_dir`; see apply_layers. Returns the layer's diff_id."""
@@ -81,6 +95,7 @@ def apply_layer(
         rootless=rootless,
         whiteouts=whiteouts,
         expect_diff_ids=[expect_diff_id],
+        limits=limits,
     )[0]
 
 
@@ -91,6 +106,7 @@ def apply_layers(
     rootless: bool,
     whiteouts: str = "apply",
     expect_diff_ids: Sequence[str | None] | None = None,
+    limits: LayerLimits | None = None,
 ) -> list[str]:
     """Apply layer archives in order (base first) onto `dest_dir`, atomically.
 
@@ -98,7 +114,9 @@ def apply_layers(
     if any) and renames it into place only when every layer applied cleanly, so a
     failure or refusal leaves `dest_dir` untouched. Returns the diff_ids read. With
     `expect_diff_ids`, a mismatch is refused before anything becomes visible.
+    `limits` default to LayerLimits.from_env().
     """
+    limits = limits or LayerLimits.from_env()
     if whiteouts not in ("apply", "overlay"):
         raise ValueError(f"whiteouts must be 'apply' or 'overlay', not {whiteouts!r}")
     dest = Path(dest_dir)
@@ -114,7 +132,7 @@ def apply_layers(
             os.chmod(tmp, 0o755)
         diff_ids = []
         for i, src in enumerate(sources):
-            ex = _Extractor(tmp, rootless, whiteouts)
+            ex = _Extractor(tmp, rootless, whiteouts, limits, _label(src, i, len(sources)))
             diff_id = _extract_one(src, ex)
             ex.finish()
             want = expect_diff_ids[i] if expect_diff_ids else None
@@ -133,6 +151,17 @@ def apply_layers(
         files.rmtree(tmp)
         raise
     return diff_ids
+
+
+def _label(src: Source, i: int, n: int) -> str:
+    """How errors name a layer: a blob by its short digest, else its path."""
+    name = getattr(src, "name", None) if not isinstance(src, (str, os.PathLike)) else src
+    if isinstance(name, (str, os.PathLike)):
+        base = os.path.basename(os.fspath(name))
+        if len(base) == 64 and all(c in "0123456789abcdef" for c in base):
+            return f"layer sha256:{base[:12]}"
+        return f"layer {os.fspath(name)}"
+    return f"layer {i + 1} of {n}" if n > 1 else "layer"
 
 
 def _clone_tree(src: str, dst: str) -> None:
@@ -205,13 +234,18 @@ def _extract_one(src: Source, ex: _Extractor) -> str:
         at = ""  # the member being extracted, so that errors name it
         try:
             plain = _plain_tar(f)
+            tarinfo = bounded_tarinfo(ex.limits, ex.label)
             if plain is not None:
                 fd, start = plain
                 before = os.fstat(fd)
+                if before.st_size - start > ex.limits.max_size:
+                    raise ex.limits.exceeded(
+                        f"{ex.label}: size", "max_size", before.st_size - start
+                    )
                 hasher = _FileHasher(fd, start, before.st_size)
                 hasher.start()
                 ex.src_fd, ex.src_size = fd, before.st_size
-                with tarfile.open(fileobj=f, mode="r:") as tf:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=f, mode="r:", tarinfo=tarinfo) as tf:  # type: ignore[call-overload]
                     for m in tf:
                         at = f" at entry {m.name!r}"
                         ex.add(tf, m)
@@ -229,9 +263,11 @@ def _extract_one(src: Source, ex: _Extractor) -> str:
                     raise UnsafeLayer("layer archive changed while it was being unpacked")
                 f.seek(0, os.SEEK_END)  # consumed, as the stream path leaves it
                 return diff_id
-            reader = _HashReader(open_uncompressed(f))
+            reader = _HashReader(open_uncompressed(f, ex.limits, ex.label))
             # 64 KiB reads, not tarfile's 10 KiB records: a sixth of the Python calls.
-            with tarfile.open(fileobj=reader, mode="r|", bufsize=_STREAM_BUF) as tf:  # type: ignore[call-overload]
+            with tarfile.open(  # type: ignore[call-overload]
+                fileobj=reader, mode="r|", bufsize=_STREAM_BUF, tarinfo=tarinfo
+            ) as tf:
                 for m in tf:
                     at = f" at entry {m.name!r}"
                     ex.add(tf, m)
@@ -243,6 +279,8 @@ def _extract_one(src: Source, ex: _Extractor) -> str:
                     "of the archive (a header size that lies, or a corrupt header)"
                 )
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise UnsafeLayer(f"invalid layer archive{at}: {e}") from None
+        except ValueError as e:  # tarfile on some corrupt headers (a bad number field)
             raise UnsafeLayer(f"invalid layer archive{at}: {e}") from None
         except UserError:
             raise
@@ -380,9 +418,13 @@ class _Extractor:
     root: str
     rootless: bool
     whiteouts: str  # "apply" | "overlay"
+    limits: LayerLimits
+    label: str  # "layer sha256:abc..." for errors
 
     def __post_init__(self) -> None:
         self.chown = os.geteuid() == 0
+        self.entries = 0
+        self.total = 0  # bytes of files unpacked (a sparse file's apparent size)
         # Paths present in the layer being applied: whiteouts and opaque markers hide
         # only lower content, never these.
         self.written: set[tuple[str, ...]] = set()
@@ -495,6 +537,7 @@ class _Extractor:
     # -- entries
 
     def add(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        self._check_limits(m)
         comps = clean_name(m.name)
         if not comps:
             if m.isdir():
@@ -563,6 +606,32 @@ class _Extractor:
             raise UnsafeLayer(f"layer entry {m.name!r} has unsupported tar type {m.type!r}")
         self._meta(p, m)
 
+    def _check_limits(self, m: tarfile.TarInfo) -> None:
+        """Before anything of `m` is written: entry count, total size, privileges."""
+        lim = self.limits
+        self.entries += 1
+        if self.entries > lim.max_entries:
+            raise lim.exceeded(f"{self.label}: entries", "max_entries", f"> {lim.max_entries}")
+        if m.isreg():
+            self.total += m.size
+            if self.total > lim.max_size:
+                what = f"{self.label}: files' total size (at {m.name!r}"
+                what += ", sparse: its apparent size)" if m.sparse is not None else ")"
+                raise lim.exceeded(what, "max_size", f"> {lim.max_size}")
+        if not self.rootless:
+            return  # root keeps setuid/setgid bits and device nodes, as Docker does
+        if m.isreg() and m.mode & (stat.S_ISUID | stat.S_ISGID):
+            bits = "setuid" if m.mode & stat.S_ISUID else "setgid"
+            raise NotSupported(
+                f"{self.label}: entry {m.name!r} is {bits} (mode {m.mode & 0o7777:04o}): "
+                "rootless mode refuses setuid/setgid files (run as root to keep them)"
+            )
+        if m.ischr() or m.isblk():
+            raise NotSupported(
+                f"{self.label}: entry {m.name!r} is a device node: rootless mode cannot "
+                "create device nodes (the runtime bind-mounts /dev instead)"
+            )
+
     def _forget_dirs(self, comps: tuple[str, ...]) -> None:
         # A directory entry replaced by a later duplicate (say a symlink to /etc)
         # must not get its mode applied in finish(): that would follow the symlink.
@@ -595,7 +664,9 @@ class _Extractor:
         file's descriptor: no path lookup, and never a symlink's target)."""
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            if self.src_fd is not None and m.sparse is None:
+            if m.sparse is not None:
+                copied = self._write_sparse(tf, m, fd)
+            elif self.src_fd is not None:
                 copied = _copy_range(self.src_fd, m.offset_data, fd, m.size, self.src_size)
             else:
                 copied = self._copy_stream(tf, m, fd)
@@ -606,6 +677,47 @@ class _Extractor:
             self._meta_fd(fd, m)
         finally:
             os.close(fd)
+
+    def _write_sparse(self, tf: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> int:
+        """A GNU/PAX sparse member, written sparsely: each data block at its offset,
+        the holes left as holes (ftruncate to the apparent size). The map is checked:
+        blocks in order, not overlapping, inside the file, and exactly the data the
+        member holds. Returns the apparent size written."""
+        assert m.sparse is not None
+        end = stored = 0
+        blocks = [(off, n) for off, n in m.sparse if n]  # GNU pads its map with (x, 0)
+        for off, n in blocks:
+            if off < end or n < 0 or off + n > m.size:
+                raise UnsafeLayer(f"{self.label}: entry {m.name!r}: invalid sparse map")
+            end = off + n
+            stored += n
+        if -(-stored // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE != tf.offset - m.offset_data:
+            raise UnsafeLayer(
+                f"{self.label}: entry {m.name!r}: sparse map says {stored} bytes of data, "
+                f"the archive holds {tf.offset - m.offset_data}"
+            )
+        src = m.offset_data
+        if self.src_fd is None:
+            tf.fileobj.seek(m.offset_data)  # type: ignore[union-attr]  # where the data starts
+        for off, n in blocks:
+            os.lseek(fd, off, os.SEEK_SET)
+            if self.src_fd is not None:
+                got = _copy_range(self.src_fd, src, fd, n, self.src_size)
+            else:
+                got = 0
+                while got < n:
+                    chunk = tf.fileobj.read(min(_CHUNK, n - got))  # type: ignore[union-attr]
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    got += len(chunk)
+            if got != n:
+                raise UnsafeLayer(f"{self.label}: entry {m.name!r}: sparse data cut short")
+            src += n
+        os.ftruncate(fd, m.size)
+        return m.size
 
     @staticmethod
     def _copy_stream(tf: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> int:

@@ -23,6 +23,7 @@ In order:
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -37,7 +38,14 @@ from typing import IO, Any
 
 from .. import files
 from ..errors import UserError
-from .layer import GZIP_LEVEL, UnsafeLayer, clean_name, open_uncompressed
+from .layer import (
+    GZIP_LEVEL,
+    LayerLimits,
+    UnsafeLayer,
+    bounded_tarinfo,
+    clean_name,
+    open_uncompressed,
+)
 from .oci import (
     ANNOTATION_CONTAINERD_NAME,
     INDEX_MEDIA_TYPES,
@@ -151,7 +159,9 @@ class _TarSource:
 
     def __init__(self, path: str) -> None:
         try:
-            self.tf = tarfile.open(path, "r:")
+            # Bounded headers: a member's pax header is otherwise read whole into memory.
+            limits = LayerLimits.from_env()
+            self.tf = tarfile.open(path, "r:", tarinfo=bounded_tarinfo(limits, "load: archive"))
             members = self.tf.getmembers()
         except (tarfile.TarError, EOFError) as e:
             raise UserError(f"load: not a tar archive: {e}") from None
@@ -199,7 +209,9 @@ def _spooled(store: ImageStore, stream: IO[bytes]) -> Iterator[_TarSource]:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             try:
-                shutil.copyfileobj(open_uncompressed(stream), out, _CHUNK)
+                # The whole archive may hold many layers: only its gzip ratio is bounded.
+                limits = dataclasses.replace(LayerLimits.from_env(), max_size=1 << 62)
+                shutil.copyfileobj(open_uncompressed(stream, limits, "load: archive"), out, _CHUNK)
             except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
                 raise UserError(f"load: cannot read the archive: {e}") from None
         src = _TarSource(str(tmp))
@@ -436,7 +448,8 @@ class _Staged:
             with open(path, "rb") as f:
                 plain = HashWriter(None)
                 try:
-                    shutil.copyfileobj(open_uncompressed(f), plain, _CHUNK)
+                    src_plain = open_uncompressed(f, LayerLimits.from_env(), f"layer {desc.digest}")
+                    shutil.copyfileobj(src_plain, plain, _CHUNK)
                 except (OSError, EOFError) as e:
                     raise UserError(f"load: layer {desc.digest}: {e}") from None
             self.diff_ids[desc.digest] = plain.digest
@@ -466,7 +479,9 @@ class _Staged:
             with open(tmp, "rb") as f:
                 unpacked = HashWriter(None)
                 try:
-                    shutil.copyfileobj(gzip.GzipFile(fileobj=f, mode="rb"), unpacked, _CHUNK)
+                    limits = LayerLimits.from_env()
+                    gz = open_uncompressed(f, limits, f"layer {name}")
+                    shutil.copyfileobj(gz, unpacked, _CHUNK)
                 except (OSError, EOFError) as e:
                     files.remove_file(tmp)
                     raise UserError(f"load: layer {name!r}: {e}") from None

@@ -172,13 +172,13 @@ def _compression(path: Path) -> str:
 def _diff_id(path: Path, digest: str) -> str:
     """sha256 of the uncompressed tar (config.md DiffID). A blob stored uncompressed
     (as commit writes them) is its own tar: its verified digest is the answer."""
-    from .layer import open_uncompressed
+    from .layer import LayerLimits, open_uncompressed
 
     if not _compression(path):
         return digest
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        src = open_uncompressed(f)
+        src = open_uncompressed(f, LayerLimits.from_env(), f"layer {digest}")
         while chunk := src.read(_CHUNK):
             h.update(chunk)
     return "sha256:" + h.hexdigest()

@@ -41,7 +41,7 @@ from typing import IO, Any
 
 from .. import files
 from ..errors import UserError
-from .layer import open_uncompressed
+from .layer import LayerLimits, open_uncompressed
 from .load import read_limited
 from .oci import (
     ANNOTATION_CONTAINERD_NAME,
@@ -197,7 +197,10 @@ def _spool_plain(store: ImageStore, desc: Descriptor, diff_id: str, spool: str |
     try:
         with open(blob, "rb") as src:
             plain = HashWriter(f)
-            shutil.copyfileobj(open_uncompressed(src), plain, _CHUNK)
+            limits = LayerLimits.from_env()
+            shutil.copyfileobj(
+                open_uncompressed(src, limits, f"layer {desc.digest}"), plain, _CHUNK
+            )
         if plain.digest != diff_id:
             raise InvalidDigest(
                 f"layer {desc.digest}: uncompressed digest {plain.digest}, "

@@ -12,7 +12,9 @@ Layout (OCI image-spec image-layout.md, readable by skopeo `oci:ROOT/oci:REF`):
                                local layers uncompressed); readers sniff the bytes
   ROOT/layers/<chainid-hex>/   one layer unpacked on its own (overlayfs lowerdir form,
                                whiteouts as char 0:0, opaque dirs as xattr), keyed by
-                               ChainID (config.md)
+                               ChainID (config.md). ROOT/layers is 0700, as Docker's
+                               /var/lib/docker/overlay2: unpacked layers keep setuid
+                               binaries and device nodes, no host user may reach them
   ROOT/.lock                   fcntl lock serialising writers and unpackers
 
 Every write is temp file + fsync + rename (minicontainer/files.py), so an
@@ -212,7 +214,7 @@ class ImageStore:
         self._depth = 0
         self._lock_fd: int | None = None
         self.blobs.mkdir(parents=True, exist_ok=True)
-        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.layers_dir)
         layout = self.oci / "oci-layout"
         if not layout.exists():
             files.write_atomic(layout, json_bytes({"imageLayoutVersion": "1.0.0"}))
@@ -616,30 +618,31 @@ class ImageStore:
         string Cmd or Entrypoint is shell form (`/bin/sh -c ...`)."""
         import tarfile
 
-        from .layer import open_uncompressed
+        from .layer import LayerLimits, bounded_tarinfo, open_uncompressed
 
         if isinstance(src, str) and src == "-":
             src = sys.stdin.buffer  # `minicontainer import - ref`, as docker does
         # The plain tar, a scratch file among the blobs (gc() sweeps it if we die).
         tmp = self.temp_blob_path("import")
+        limits = LayerLimits.from_env()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as out:
                 try:
                     if isinstance(src, (str, os.PathLike)):
                         with open(src, "rb") as f:
-                            _copy(open_uncompressed(f), out)
+                            _copy(open_uncompressed(f, limits, f"import: {src}"), out)
                         origin = os.fspath(src)
                     else:
-                        _copy(open_uncompressed(src), out)
+                        _copy(open_uncompressed(src, limits, "import: -"), out)
                         origin = "-"
                 except (EOFError, OSError) as e:  # gzip.BadGzipFile is an OSError
                     if isinstance(e, OSError) and e.errno is not None:
                         raise
                     raise UserError(f"import: truncated or corrupt archive: {e}") from None
             try:
-                with tarfile.open(tmp, "r:") as tf:
-                    if not tf.getmembers():
+                with tarfile.open(tmp, "r:", tarinfo=bounded_tarinfo(limits, "import")) as tf:
+                    if tf.next() is None:
                         raise UserError("import: the archive is empty")
             except (tarfile.TarError, EOFError) as e:
                 raise UserError(f"import: not a tar archive: {e}") from None
@@ -810,6 +813,30 @@ class ImageStore:
                     self._remove_layer_dir(f"sha256:{p.name}")
                     removed.append(f"sha256:{p.name}")
         return removed
+
+
+def private_dir(path: Path) -> None:
+    """`path` as a directory only its owner (us) may enter: created 0700 (mkdir(2)
+    with the mode, which the umask can only narrow, so it is never wider for an
+    instant), or, if it exists, checked through an O_NOFOLLOW descriptor (a symlink
+    or another user's directory is refused) and fchmod'ed to 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"{path}: not a directory of the image store ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise UserError(f"{path}: belongs to uid {st.st_uid}, not to us: refusing to use it")
+        if st.st_mode & 0o7777 != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def _copy(src: IO[bytes], dst: IO[bytes]) -> None:
