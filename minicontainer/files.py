@@ -247,3 +247,49 @@ def _walk_open(root_fd: int, rel: str, flags: int, mode: int) -> int:
         return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def private_dir(path: str | os.PathLike[str]) -> None:
+    """``mkdir -p path`` where every directory it creates, and ``path`` itself, is
+    0700: only its owner (us) may enter, as Docker keeps /var/lib/docker 0710, because
+    image layers below hold setuid binaries no other host user may reach. Created with
+    mkdir(2)'s mode and then fchmod'ed (the umask may only have narrowed it), through
+    an O_NOFOLLOW descriptor; an existing ``path`` that is a symlink or another user's
+    directory is refused with a UserError, and a wider mode is narrowed."""
+    from .errors import UserError
+
+    path = os.fspath(path)
+    missing = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: checked below if it is `path`
+        _narrow(d)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"{path}: not a usable directory ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise UserError(f"{path}: belongs to uid {st.st_uid}, not to us: refusing to use it")
+        if st.st_mode & 0o7777 != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def _narrow(d: str) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from minicontainer import files, procfs
+from minicontainer.errors import UserError
 
 
 def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -212,3 +213,28 @@ def test_open_beneath_reads_inside_and_in_root_resolves_like_chroot(hostile_tree
         _read(files.open_beneath(hostile_tree, "out/secret", in_root=True))
     with pytest.raises(OSError):  # the walk refuses every symlink
         _read(files._walk_open(hostile_tree, "abs/f", os.O_RDONLY, 0))
+
+
+def test_private_dir_creates_0700_under_any_umask_and_narrows(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        files.private_dir(tmp_path / "a" / "b")
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700, d
+    wide = tmp_path / "wide"
+    wide.mkdir(mode=0o755)
+    files.private_dir(wide)
+    assert stat.S_IMODE(os.lstat(wide).st_mode) == 0o700
+    os.chmod(tmp_path, 0o755)  # an existing parent is the user's own: left as it is
+    files.private_dir(tmp_path / "c")
+    assert stat.S_IMODE(os.lstat(tmp_path).st_mode) == 0o755
+
+
+def test_private_dir_refuses_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir(mode=0o755)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="not a usable directory"):
+        files.private_dir(tmp_path / "link")
+    assert stat.S_IMODE(os.lstat(tmp_path / "elsewhere").st_mode) == 0o755

@@ -99,6 +99,18 @@ def test_store_layers_dir_is_0700(tmp_path: Path) -> None:
     assert stat.S_IMODE(other.stat().st_mode) == 0o755
 
 
+def test_state_root_and_containers_dir_are_0700(tmp_path: Path) -> None:
+    """The containers' upper dirs hold what their processes wrote (setuid copies
+    too): an existing state root made 0755 by hand is narrowed on first use."""
+    from minicontainer.runtime.state import StateRoot
+
+    (tmp_path / "r" / "containers").mkdir(parents=True, mode=0o755)
+    os.chmod(tmp_path / "r", 0o755)
+    StateRoot(tmp_path / "r").ensure()
+    for d in (tmp_path / "r", tmp_path / "r" / "containers"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+
+
 @pytest.mark.rootless
 @pytest.mark.root
 def test_rootless_cli_refuses_setuid_layer_in_one_line(rootless_user) -> None:  # type: ignore[no-untyped-def]

@@ -214,7 +214,7 @@ class ImageStore:
         self._depth = 0
         self._lock_fd: int | None = None
         self.blobs.mkdir(parents=True, exist_ok=True)
-        private_dir(self.layers_dir)
+        files.private_dir(self.layers_dir)
         layout = self.oci / "oci-layout"
         if not layout.exists():
             files.write_atomic(layout, json_bytes({"imageLayoutVersion": "1.0.0"}))
@@ -813,30 +813,6 @@ class ImageStore:
                     self._remove_layer_dir(f"sha256:{p.name}")
                     removed.append(f"sha256:{p.name}")
         return removed
-
-
-def private_dir(path: Path) -> None:
-    """`path` as a directory only its owner (us) may enter: created 0700 (mkdir(2)
-    with the mode, which the umask can only narrow, so it is never wider for an
-    instant), or, if it exists, checked through an O_NOFOLLOW descriptor (a symlink
-    or another user's directory is refused) and fchmod'ed to 0700."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise UserError(f"{path}: not a directory of the image store ({e.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid():
-            raise UserError(f"{path}: belongs to uid {st.st_uid}, not to us: refusing to use it")
-        if st.st_mode & 0o7777 != 0o700:
-            os.fchmod(fd, 0o700)
-    finally:
-        os.close(fd)
 
 
 def _copy(src: IO[bytes], dst: IO[bytes]) -> None:

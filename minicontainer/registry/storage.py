@@ -131,7 +131,7 @@ class Store:
         self.repos = self.root / "repos"
         self.max_uploads = max_uploads
         for d in (self.blobs, self.uploads, self.repos):
-            _makedirs_private(d)
+            files.private_dir(d)
         self._lock = threading.Lock()
         self._session_locks: dict[str, threading.Lock] = {}
         # Running sha256 per session, so finishing a 100 MB upload does not re-read
@@ -405,27 +405,3 @@ def _last_write(session: Path) -> float:
         except OSError:
             pass
     return max(times, default=0.0)
-
-
-def _makedirs_private(path: Path) -> None:
-    """mkdir -p, every directory it creates 0700 (whatever the umask): the registry
-    may be what creates the state root, which must not end up 0755."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=0o700)
-        except FileExistsError:
-            continue  # made by someone else meanwhile: theirs to decide
-        # mkdir's mode is masked by the umask; fchmod through a descriptor that
-        # cannot be a symlink put there since.
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fchmod(fd, 0o700)
-        finally:
-            os.close(fd)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import files
 from ..files import write_atomic
 from ..procfs import start_time as process_start_time
 from ..record import Record
@@ -68,11 +69,10 @@ class StateRoot:
         self.images = self.root / "images"
 
     def ensure(self) -> None:
-        if not self.root.is_dir():
-            # 0700 like Docker's 0710 /var/lib/docker: the image layers below hold
-            # setuid binaries that no other host user may reach and run.
-            self.root.mkdir(parents=True, mode=0o700)
-        self.containers.mkdir(exist_ok=True)
+        # 0700 like Docker's 0710 /var/lib/docker: the image layers and the
+        # containers' upper dirs below hold setuid binaries no other user may run.
+        files.private_dir(self.root)
+        files.private_dir(self.containers)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
