@@ -24,7 +24,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -113,8 +113,10 @@ def is_gzip(path: str | os.PathLike[str]) -> bool:
 @dataclass
 class LayerEntry:
     """One entry of a layer to write. `path` is relative ("bin/sh"); regular file
-    content comes from `data` or from the file at `source`. Owner and mtime default
-    to write_layer's arguments."""
+    content comes from `data`, from the file at `source`, or from `opener()` (a file
+    of a tree we do not trust, opened through a confined descriptor when the layer
+    is written, not by a path string). Owner and mtime default to write_layer's
+    arguments."""
 
     path: str
     type: str = "file"  # file | dir | symlink | hardlink | char | block | fifo
@@ -127,6 +129,7 @@ class LayerEntry:
     mtime: int | None = None
     devmajor: int = 0
     devminor: int = 0
+    opener: Callable[[], IO[bytes]] | None = None
 
 
 def write_layer(
@@ -286,8 +289,8 @@ def _add_entry(
     if e.data is not None:
         ti.size = len(e.data)
         tf.addfile(ti, io.BytesIO(e.data))
-    elif e.source is not None:
-        with open(e.source, "rb") as f:
+    elif e.source is not None or e.opener is not None:
+        with e.opener() if e.opener is not None else open(e.source, "rb") as f:  # type: ignore[arg-type]
             ti.size = os.fstat(f.fileno()).st_size
             tf.addfile(ti, f)
     else:
