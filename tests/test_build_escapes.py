@@ -266,3 +266,17 @@ CMD stat -c '%n %u:%g' /c1 /c1/c2 /c1/c2/sub /c1/c2/sub/x /n1 /n1/n2 /n1/n2/f.tx
         "/n1/n2 1000:1000",
         "/n1/n2/f.txt 1000:1000",
     ]
+
+
+@pytest.mark.root
+def test_chown_names_come_from_the_image_even_through_a_link(root: Path, tmp_path: Path):
+    host = tmp_path / "host-passwd"
+    host.write_text("hostonly:x:4242:4242::/:/bin/sh\n")
+    dockerfile = f"""\
+FROM busybox AS linked
+RUN ln -sf {host} /etc/passwd
+COPY --chown=hostonly f.txt /f
+"""
+    ctx = _context(tmp_path, dockerfile, {"f.txt": "f"})
+    line = one_line_error(mc("build", "-q", "-t", "pw", str(ctx)))
+    assert "no 'hostonly' in the image's /etc/passwd" in line

@@ -5,10 +5,12 @@ Each step turns a *state* (layers, diff_ids, image config with history) into the
 next one:
   - RUN runs in a real container of the runtime over the state, whose writable
     layer becomes the step's layer through image/commit.py (the same diff as
-    `minicontainer commit`);
+    `minicontainer commit`); it has its own network namespace (RUN_NETWORK);
   - COPY/ADD write their layer straight from the context (or another stage's
-    files), without a container: sorted entries, the sources' modes and mtimes,
-    owner root or --chown, so the same sources give the same layer digest;
+    files, read as that stage's own root), without a container, through
+    context.py's Tree (symlinks followed inside the tree only, reads by
+    descriptor): sorted entries, the sources' modes and mtimes, owner root or
+    --chown, so the same sources give the same layer digest;
   - the other instructions change only the config and add an `empty_layer`
     history entry (image-spec config.md), as the classic builder does.
 

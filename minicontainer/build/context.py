@@ -280,12 +280,12 @@ class Tree:
                 names = self.listdir(base) if glob.has_magic(part) else [part]
                 for name in names:
                     rel = name if base == "." else f"{base}/{name}"
-                    if not fnmatch.fnmatchcase(name, part) or self._hidden(rel):
-                        continue
-                    if self.lstat(rel) is not None:
+                    if fnmatch.fnmatchcase(name, part) and self.lstat(rel) is not None:
                         nxt.append(rel)
             found = nxt
-        return sorted(found)
+        # Ignored is decided on the match (a `!` rule may re-include what is below an
+        # ignored directory), never on the way to it.
+        return sorted(f for f in found if not self._hidden(f))
 
     def listdir(self, rel: str) -> list[str]:
         fd = self._open(rel, _DIR)
