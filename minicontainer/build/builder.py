@@ -165,7 +165,7 @@ def build(
             if dockerfile:  # the user's own choice of file
                 text = path.read_text()
             else:  # the context's: a symlink in it is followed inside it only
-                rel = ctx.resolve("Dockerfile")
+                rel = ctx.resolve("Dockerfile", ignoring=False)
                 if rel is None:
                     raise FileNotFoundError(2, "No such file or directory")
                 with ctx.open_file(rel) as f:

@@ -242,9 +242,11 @@ class Tree:
 
     # -- which files
 
-    def resolve(self, path: str) -> str | None:
-        """The entry `path` names, symlinks followed inside the tree ("." for the root)."""
-        rel = follow_in_scope(path, self.lstat, self.readlink, hidden=self._hidden)
+    def resolve(self, path: str, *, ignoring: bool = True) -> str | None:
+        """The entry `path` names, symlinks followed inside the tree ("." for the root).
+        `ignoring=False` sees ignored paths too (the Dockerfile, as Docker sends it)."""
+        hidden = self._hidden if ignoring else (lambda rel: False)
+        rel = follow_in_scope(path, self.lstat, self.readlink, hidden=hidden)
         return None if rel is None else rel or "."
 
     def _hidden(self, rel: str) -> bool:
