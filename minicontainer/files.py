@@ -204,7 +204,13 @@ def _open_up(top: str) -> None:
 
 
 def open_beneath(
-    root_fd: int, path: str, flags: int = os.O_RDONLY, *, in_root: bool = False, mode: int = 0
+    root_fd: int,
+    path: str,
+    flags: int = os.O_RDONLY,
+    *,
+    in_root: bool = False,
+    mode: int = 0,
+    no_symlinks: bool = False,
 ) -> int:
     """Open ``path`` (relative, or absolute meaning relative to the root) inside the
     directory ``root_fd``, never leaving it, and return the new descriptor.
@@ -215,11 +221,16 @@ def open_beneath(
     inside an image is meant: what chroot(2) would see). Magic links (/proc/PID/fd)
     are never followed. Without openat2 the path is walked one component at a
     time with O_NOFOLLOW, and any symlink on the way is refused (ELOOP): stricter,
-    never looser. ``flags`` may include O_NOFOLLOW for the last component."""
+    never looser. ``flags`` may include O_NOFOLLOW for the last component.
+    ``no_symlinks=True`` (RESOLVE_NO_SYMLINKS) refuses every symlink on the way
+    with ELOOP, as the fallback always does: for a path already resolved by the
+    caller, so that a link swapped in since cannot redirect the open."""
     from minicontainer.runtime import kernel  # lazily: ctypes is not free to import
 
     resolve = kernel.RESOLVE_NO_MAGICLINKS
     resolve |= kernel.RESOLVE_IN_ROOT if in_root else kernel.RESOLVE_BENEATH
+    if no_symlinks:
+        resolve |= kernel.RESOLVE_NO_SYMLINKS
     rel = path.lstrip("/") or "."
     try:
         return kernel.real().openat2(root_fd, rel, flags, resolve, mode)

@@ -255,3 +255,35 @@ ENTRYPOINT cat /exec/form/args && pwd
 """
     ctx = _context(tmp_path, dockerfile, {})
     _compare(ctx, docker_base, "forms")
+
+
+def test_symlinks_ignored_aliases_and_chown_parents(root: Path, tmp_path: Path, docker_base: str):
+    """Symlinks in the context are copied as symlinks, followed inside it when a COPY
+    names one; an alias of an ignored path is a plain symlink; --chown parents of a
+    copied directory are root's, of a copied file the identity's; a stage's absolute
+    links resolve in that stage."""
+    dockerfile = """\
+ARG BASE
+FROM $BASE AS s
+RUN mkdir -p /real/sub && echo stage > /real/sub/f && ln -s /real /abs && ln -s sub /real/rel
+FROM $BASE
+COPY filelink abslink /t/
+COPY publink/sub/p /t/p
+COPY . /ctx/
+COPY p* /g/
+COPY --chown=1000:1000 pub /c1/c2/
+COPY --chown=1000:1000 a.txt /n1/n2/
+COPY --from=s /abs/sub/f /abs/rel/ /s/
+CMD ls /t /g /s
+"""
+    ctx = _context(
+        tmp_path, dockerfile, {"a.txt": "a\n", "pub/sub/p": "p\n", "secret/key": "key\n"}
+    )
+    (ctx / ".dockerignore").write_text("secret\n")
+    os.chmod(ctx / "pub", 0o750)
+    os.symlink("a.txt", ctx / "filelink")
+    os.symlink("/a.txt", ctx / "abslink")
+    os.symlink("pub", ctx / "publink")
+    os.symlink("/etc", ctx / "link")
+    os.symlink("secret", ctx / "alias")
+    _compare(ctx, docker_base, "links", stages=("s",))

@@ -5,10 +5,12 @@ Each step turns a *state* (layers, diff_ids, image config with history) into the
 next one:
   - RUN runs in a real container of the runtime over the state, whose writable
     layer becomes the step's layer through image/commit.py (the same diff as
-    `minicontainer commit`);
+    `minicontainer commit`); it has its own network namespace (RUN_NETWORK);
   - COPY/ADD write their layer straight from the context (or another stage's
-    files), without a container: sorted entries, the sources' modes and mtimes,
-    owner root or --chown, so the same sources give the same layer digest;
+    files, read as that stage's own root), without a container, through
+    context.py's Tree (symlinks followed inside the tree only, reads by
+    descriptor): sorted entries, the sources' modes and mtimes, owner root or
+    --chown, so the same sources give the same layer digest;
   - the other instructions change only the config and add an `empty_layer`
     history entry (image-spec config.md), as the classic builder does.
 
@@ -49,7 +51,7 @@ from ..image.oci import (
 )
 from ..image.store import Image, normalize_ref
 from ..record import Record
-from .context import Context
+from .context import Context, Tree, follow_in_scope
 from .dockerfile import DockerfileError, Instruction, key_values, parse, substitute, words
 
 if TYPE_CHECKING:
@@ -60,6 +62,9 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
+# RUN steps get their own network namespace (only lo): a Dockerfile from
+# anywhere must not reach the host's services. "bridge" once networking lands.
+RUN_NETWORK = "none"
 # Build args Docker accepts without an ARG line (proxy settings).
 PREDEFINED_ARGS = {
     "HTTP_PROXY",
@@ -154,14 +159,23 @@ def build(
         ctx = Context(context, rt.store.root / "build-sums.json")
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
-    path = Path(dockerfile) if dockerfile else ctx.root / "Dockerfile"
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read Dockerfile {path}: {e.strerror or e}") from None
-    instructions = parse(text, str(path))
-    b = _Builder(rt, ctx, str(path), dict(build_args or {}), no_cache, progress)
-    return b.run(instructions, tag)
+    with ctx:
+        path = Path(dockerfile) if dockerfile else ctx.root / "Dockerfile"
+        try:
+            if dockerfile:  # the user's own choice of file
+                text = path.read_text()
+            else:  # the context's: a symlink in it is followed inside it only
+                rel = ctx.resolve("Dockerfile", ignoring=False)
+                if rel is None:
+                    raise FileNotFoundError(2, "No such file or directory")
+                with ctx.open_file(rel) as f:
+                    text = f.read().decode()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise UserError(f"cannot read Dockerfile {path}: {why}") from None
+        instructions = parse(text, str(path))
+        b = _Builder(rt, ctx, str(path), dict(build_args or {}), no_cache, progress)
+        return b.run(instructions, tag)
 
 
 class _Builder:
@@ -472,7 +486,7 @@ class _Builder:
         result = None
         try:
             result = self.rt.run(
-                image.id, argv, env=run_env, remove=False, network="host", entrypoint=None
+                image.id, argv, env=run_env, remove=False, network=RUN_NETWORK, entrypoint=None
             )
             if self.progress and (result.stdout or result.stderr):
                 self.say(result.stdout + result.stderr)
@@ -572,15 +586,19 @@ class _Builder:
         srcs, dest = self._sources(ins, env)
         if "from" in ins.flags:
             return "from:" + self._from_state(ins, env).key + json.dumps([srcs, dest])
-        rels = []
+        found = []
         for s in srcs:
             if "://" in s:
                 raise ins.error(self.path, "ADD from a URL is not supported")
-            found = self.ctx.match(s)
-            if not found:
-                raise ins.error(self.path, f"{s}: no such file or directory in the build context")
-            rels.extend(found)
-        return self.ctx.checksum(rels) + json.dumps([srcs, dest])
+            got = self.ctx.match(s)
+            if not got:
+                raise ins.error(
+                    self.path,
+                    f"{s}: no such file or directory in the build context "
+                    "(or excluded by .dockerignore)",
+                )
+            found.extend(got)
+        return self.ctx.checksum(found) + json.dumps([srcs, dest])
 
     def _from_state(self, ins: Instruction, env: dict[str, str]) -> State:
         name = substitute(ins.flags["from"], env)
@@ -602,10 +620,10 @@ class _Builder:
         dest_abs = os.path.join(workdir, dest)
         dest_dir_form = dest.endswith("/") or dest.endswith("/.") or dest in (".", "/")
         entries: dict[str, LayerEntry] = {}
-        with self._source_root(ins, env) as (root, matcher):
-            found: list[str] = []
+        with self._source_root(ins, env) as tree:
+            found: list[tuple[str, str]] = []
             for s in srcs:
-                got = matcher(s)
+                got = tree.match(s)
                 if not got:
                     raise ins.error(self.path, f"{s}: no such file or directory")
                 found.extend(got)
@@ -616,35 +634,39 @@ class _Builder:
             rel_dest = _resolve(lower, dest_abs)
             dest_st = _lower_stat(lower, rel_dest) if rel_dest else None
             dest_is_dir = dest_dir_form or (dest_st is not None and stat.S_ISDIR(dest_st.st_mode))
-            for src in found:
-                full = os.path.join(root, src)
-                st = os.lstat(full)
-                if ins.keyword == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(full):
-                    self._untar(entries, lower, full, rel_dest, owner)
+            for name, src in found:
+                st = tree.lstat(src)
+                if st is None:
+                    raise ins.error(self.path, f"{name}: no such file or directory")
+                if ins.keyword == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(tree, src):
+                    self._untar(entries, lower, tree, src, rel_dest, owner)
                 elif stat.S_ISDIR(st.st_mode):
-                    self._add_tree(entries, lower, root, src, rel_dest, owner, matcher)
+                    self._add_tree(entries, lower, tree, src, rel_dest, owner)
                 else:
-                    name = os.path.basename(src)
-                    target = f"{rel_dest}/{name}" if dest_is_dir else rel_dest
+                    # Named as written: `COPY link /d/` makes /d/link (moby copy.go).
+                    base = os.path.basename(name) if name != "." else os.path.basename(src)
+                    target = f"{rel_dest}/{base}" if dest_is_dir else rel_dest
                     target = target.strip("/")
+                    # moby copyFile: MkdirAllAndChownNew(dir of dest, identity).
                     _parents(entries, lower, target, *(owner or (0, 0)))
-                    entries[target] = _entry(full, target, st, owner)
+                    entries[target] = _entry(tree, src, target, st, owner)
             return self._write(list(entries.values()))  # while the sources are mounted
 
     @contextlib.contextmanager
     def _source_root(self, ins: Instruction, env: dict[str, str]):  # type: ignore[no-untyped-def]
-        """(directory, glob matcher) of the sources: the context, or the merged
-        filesystem of another stage or image, mounted read-only for the step."""
+        """The Tree of the sources: the context, or the merged filesystem of another
+        stage or image, mounted read-only for the step and read as its own root
+        (an absolute symlink in it means that stage's file, never the host's)."""
         if "from" not in ins.flags:
-            yield str(self.ctx.root), self.ctx.match
+            yield self.ctx
             return
         state = self._from_state(ins, env)
         dirs = self._layer_dirs(state)
         if not dirs:
             raise ins.error(self.path, "--from a stage with no files")
         if len(dirs) == 1:
-            root = dirs[0]
-            yield root, _matcher(root, dirs)
+            with Tree(dirs[0], in_root=True) as tree:
+                yield tree
             return
         import subprocess
         import tempfile
@@ -657,28 +679,31 @@ class _Builder:
                 capture_output=True,
             )
             try:
-                yield mnt, _matcher(mnt, [mnt])
+                with Tree(mnt, in_root=True) as tree:
+                    yield tree
             finally:
                 subprocess.run(["umount", mnt], check=False, capture_output=True)
         finally:
             with contextlib.suppress(OSError):
                 os.rmdir(mnt)
 
-    def _add_tree(self, entries, lower, root, src, rel_dest, owner, matcher) -> None:  # type: ignore[no-untyped-def]
-        """A directory source: its contents (not itself) go into the destination."""
-        top = os.path.join(root, src)
+    def _add_tree(self, entries, lower, tree: Tree, src: str, rel_dest: str, owner) -> None:  # type: ignore[no-untyped-def]
+        """A directory source: its contents (not itself) go into the destination.
+        Parents the image lacks are root's, the destination and what is copied get
+        --chown (moby copyDirectory: CopyWithTar, then fixPermissions)."""
         base = rel_dest.strip("/")
         if base:
-            _parents(entries, lower, base + "/x", *(owner or (0, 0)))
+            _parents(entries, lower, base, 0, 0)
             if _lower_stat(lower, base) is None and base not in entries:
-                entries[base] = _entry(top, base, os.lstat(top), owner)
-        walk = self.ctx.walk(src) if matcher == self.ctx.match else _walk_all(top, src)
-        for rel in walk[1:]:
+                uid, gid = owner or (0, 0)
+                entries[base] = _new_entry(base, "dir", 0o755, uid=uid, gid=gid, mtime=0)
+        walk = tree.walk_stat(src)
+        for rel, st in walk[1:]:
             rest = rel[len(src) + 1 :] if src != "." else rel
             target = f"{base}/{rest}" if base else rest
-            entries[target] = _entry(os.path.join(root, rel), target, None, owner)
+            entries[target] = _entry(tree, rel, target, st, owner)
 
-    def _untar(self, entries, lower, archive, rel_dest, owner) -> None:  # type: ignore[no-untyped-def]
+    def _untar(self, entries, lower, tree: Tree, archive: str, rel_dest: str, owner) -> None:  # type: ignore[no-untyped-def]
         """ADD of a local tar (gzip, bzip2, xz or plain): its members, unpacked."""
         import tarfile
 
@@ -693,7 +718,7 @@ class _Builder:
             tarfile.LNKTYPE: "hardlink",
             tarfile.FIFOTYPE: "fifo",
         }
-        with tarfile.open(archive, "r:*") as tf:
+        with tree.open_file(archive) as raw, tarfile.open(fileobj=raw, mode="r:*") as tf:
             for m in tf:
                 parts = [p for p in m.name.split("/") if p not in ("", ".")]
                 if not parts or ".." in parts:
@@ -736,17 +761,19 @@ def _short(key: str) -> str:
     return key.partition(":")[2][:12] if ":" in key else key[:12]
 
 
-def _is_archive(path: str) -> bool:
+def _is_archive(tree: Tree, rel: str) -> bool:
     import tarfile
 
     try:
-        return tarfile.is_tarfile(path)
+        with tree.open_file(rel) as f:
+            return tarfile.is_tarfile(f)
     except OSError:
         return False
 
 
-def _entry(path: str, target: str, st: os.stat_result | None, owner) -> LayerEntry:  # type: ignore[no-untyped-def]
-    st = st or os.lstat(path)
+def _entry(tree: Tree, rel: str, target: str, st: os.stat_result, owner) -> LayerEntry:  # type: ignore[no-untyped-def]
+    """The layer entry for `rel` of the tree: a symlink as a symlink, a file's content
+    read through the tree when the layer is written."""
     uid, gid = owner or (0, 0)
     mode = stat.S_IMODE(st.st_mode)
     mtime = int(st.st_mtime)
@@ -754,11 +781,12 @@ def _entry(path: str, target: str, st: os.stat_result | None, owner) -> LayerEnt
         return _new_entry(target, "dir", mode, uid=uid, gid=gid, mtime=mtime)
     if stat.S_ISLNK(st.st_mode):
         return _new_entry(
-            target, "symlink", 0o777, linkname=os.readlink(path), uid=uid, gid=gid, mtime=mtime
+            target, "symlink", 0o777, linkname=tree.readlink(rel), uid=uid, gid=gid, mtime=mtime
         )
     if stat.S_ISREG(st.st_mode):
-        return _new_entry(target, "file", mode, source=path, uid=uid, gid=gid, mtime=mtime)
-    raise UserError(f"{path}: only files, directories and symlinks can be copied")
+        opener = tree.opener(rel)
+        return _new_entry(target, "file", mode, opener=opener, uid=uid, gid=gid, mtime=mtime)
+    raise UserError(f"{rel}: only files, directories and symlinks can be copied")
 
 
 def _parents(
@@ -778,59 +806,42 @@ def _parents(
 
 def _resolve(lower: list[str], path: str) -> str:
     """`path` (absolute) with the image's symlinks in it followed, relative to the
-    root and never above it (moby FollowSymlinkInScope)."""
-    parts = [p for p in path.split("/") if p]
-    out: list[str] = []
-    hops = 0
-    while parts:
-        head = parts.pop(0)
-        if head == ".":
+    root and never above it (moby FollowSymlinkInScope); what does not exist yet is
+    kept as written."""
+    rel = follow_in_scope(
+        path,
+        lambda r: _lower_stat(lower, r) if lower else None,
+        lambda r: _lower_readlink(lower, r),
+        must_exist=False,
+    )
+    assert rel is not None  # only `hidden` or must_exist give None
+    return rel
+
+
+def _lower_open(lower: list[str], rel: str, flags: int) -> int | None:
+    """A descriptor of what the image shows at `rel` (resolved: no symlink before its
+    last component), from the top layer that has it, no symlink followed."""
+    if _lower_stat(lower, rel) is None:
+        return None
+    for d in lower:
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return files.open_beneath(dfd, rel, flags, in_root=True, no_symlinks=True)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        if head == "..":
-            if out:
-                out.pop()
-            continue
-        rel = "/".join([*out, head])
-        st = _lower_stat(lower, rel) if lower else None
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > 40:
-                raise UserError(f"{path}: too many levels of symbolic links")
-            link = next(
-                os.path.join(d, rel) for d in lower if os.path.lexists(os.path.join(d, rel))
-            )
-            target = os.readlink(link)
-            if target.startswith("/"):
-                out = []
-            parts = [p for p in target.split("/") if p] + parts
-            continue
-        out.append(head)
-    return "/".join(out)
+        finally:
+            os.close(dfd)
+    return None
 
 
-def _matcher(root: str, lower: list[str]):  # type: ignore[no-untyped-def]
-    """Sources in another stage's filesystem: absolute paths or globs, symlinks in
-    the path followed inside that filesystem."""
-    import glob
-
-    def match(pattern: str) -> list[str]:
-        rel = _resolve(lower, "/" + pattern)
-        if glob.has_magic(rel):
-            found = glob.glob(rel, root_dir=root)
-        else:
-            found = [rel] if os.path.lexists(os.path.join(root, rel)) else []
-        return sorted(f or "." for f in found)
-
-    return match
-
-
-def _walk_all(top: str, rel: str) -> list[str]:
-    out = [rel]
-    if os.path.isdir(top) and not os.path.islink(top):
-        for name in sorted(os.listdir(top)):
-            child = name if rel == "." else f"{rel}/{name}"
-            out.extend(_walk_all(os.path.join(top, name), child))
-    return out
+def _lower_readlink(lower: list[str], rel: str) -> str:
+    fd = _lower_open(lower, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if fd is None:
+        raise FileNotFoundError(2, "No such file or directory", rel)
+    try:
+        return os.readlink("", dir_fd=fd)  # readlinkat(2) of the O_PATH link itself
+    finally:
+        os.close(fd)
 
 
 def _owner(spec: str | None, lower: list[str], env: dict[str, str]) -> tuple[int, int]:
@@ -842,14 +853,15 @@ def _owner(spec: str | None, lower: list[str], env: dict[str, str]) -> tuple[int
     def lookup(name: str, file: str) -> int:
         if name.isdigit():
             return int(name)
-        path = None
-        for d in lower:
-            p = os.path.join(d, "etc", file)
-            if os.path.lexists(p):
-                path = p
-                break
-        if path:
-            for line in Path(path).read_text(errors="replace").splitlines():
+        text = ""
+        rel = _resolve(lower, f"/etc/{file}")  # the image's file, even through a link
+        fd = _lower_open(lower, rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd is not None:
+            with os.fdopen(fd, "rb") as f:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    text = f.read(1 << 20).decode(errors="replace")
+        if text:
+            for line in text.splitlines():
                 fields = line.split(":")
                 if len(fields) > 2 and fields[0] == name:
                     return int(fields[2])

@@ -7,6 +7,18 @@ cleaned and relative to the context root, `*` and `?` within one path element,
 `**` across any number of them, `!` re-includes, the last matching line wins,
 and a pattern matching a directory matches everything below it.
 
+Paths are followed as moby's FollowSymlinkInScope does for a COPY source
+(builder/dockerfile/copy.go): every symlink in the path the Dockerfile names is
+followed, but inside the tree only: an absolute target starts again at its root
+and `..` stops there, so `link -> /etc` names the context's own `etc`. A glob
+never descends through a symlink (filepath.Walk does not), and a symlink met
+while copying a directory is copied as a symlink. An ignored path is absent, as
+Docker never sends it: no symlink may lead to it. Everything is read through
+descriptors (openat2(2) RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS on the resolved path,
+O_NOFOLLOW walks), so a link swapped in during the build cannot redirect a read
+out of the tree or onto an ignored file. The same `Tree` reads another stage's
+files for `COPY --from`.
+
 Checksums are sha256 over each file's relative path, type, mode and content (or
 link target). Contents are hashed once and remembered by (path, size, mtime,
 ctime, inode) in STORE/build-sums.json, as git's index does: a cached rebuild
@@ -21,9 +33,12 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from .. import files
+from ..errors import UserError
 from ..image.oci import sha256_bytes
 
 
@@ -78,9 +93,14 @@ class Ignore:
             self.rules.append((negate, _pattern_regex(line)))
 
     @classmethod
-    def read(cls, context: Path) -> Ignore:
+    def read(cls, tree: Tree) -> Ignore:
+        """The tree's .dockerignore (a symlink followed inside the tree only)."""
+        rel = tree.resolve(".dockerignore")
+        if rel is None:
+            return cls()
         try:
-            return cls((context / ".dockerignore").read_text())
+            with tree.open_file(rel) as f:
+                return cls(f.read().decode(errors="replace"))
         except FileNotFoundError:
             return cls()
 
@@ -97,47 +117,184 @@ class Ignore:
         return result
 
 
-class Context:
-    """A context directory seen through its .dockerignore."""
+MAX_HOPS = 40  # symlinks followed in one path, as Linux allows (ELOOP)
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
-    def __init__(self, root: str | os.PathLike[str], sums_file: Path | None = None) -> None:
-        self.root = Path(root).resolve()
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"build context {root} is not a directory")
-        self.ignore = Ignore.read(self.root)
-        self.sums_file = sums_file
-        self._sums: dict[str, list] | None = None
-        self._dirty = False
+
+def follow_in_scope(
+    path: str,
+    lstat: Callable[[str], os.stat_result | None],
+    readlink: Callable[[str], str],
+    *,
+    must_exist: bool = True,
+    hidden: Callable[[str], bool] = lambda rel: False,
+) -> str | None:
+    """`path` with its symlinks followed inside a root (moby FollowSymlinkInScope):
+    an absolute target restarts at the root, `..` never climbs above it. Returns
+    the relative path without symlinks ("" for the root) or None when a component
+    is missing (with `must_exist`), not a directory, or `hidden` (ignored)."""
+    parts = [p for p in path.split("/") if p]
+    out: list[str] = []
+    hops = 0
+    missing = False  # below a missing entry nothing exists: the rest is only lexical
+    while parts:
+        head = parts.pop(0)
+        if head == ".":
+            continue
+        if head == "..":
+            if out:
+                out.pop()
+            continue
+        rel = "/".join([*out, head])
+        st = None if missing else lstat(rel)
+        if st is None:
+            if must_exist:
+                return None
+            missing = True
+            out.append(head)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            if hidden(rel):
+                return None
+            hops += 1
+            if hops > MAX_HOPS:
+                raise UserError(f"{path}: too many levels of symbolic links")
+            target = readlink(rel)
+            if target.startswith("/"):
+                out = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        if parts and must_exist and not stat.S_ISDIR(st.st_mode):
+            return None
+        out.append(head)
+    rel = "/".join(out)
+    return None if rel and hidden(rel) else rel
+
+
+class Tree:
+    """A directory we do not trust (a build context, another stage's files), read
+    only through descriptors confined to it. Relative paths name its entries; the
+    root is "."."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], ignore: Ignore | None = None, in_root: bool = False
+    ) -> None:
+        self.root = Path(root)
+        self.fd = os.open(root, _DIR)
+        self.ignore = ignore or Ignore()
+        self.in_root = in_root  # an image's tree: paths mean what chroot(2) would see
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- single entries (`rel` is resolved: no symlink before its last component)
+
+    def _open(self, rel: str, flags: int) -> int:
+        return files.open_beneath(self.fd, rel, flags, in_root=self.in_root, no_symlinks=True)
+
+    def _parent(self, rel: str) -> tuple[int, str]:
+        head, name = os.path.split(rel.strip("/"))
+        return self._open(head or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), name or "."
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        try:
+            pfd, name = self._parent(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            os.close(pfd)
+
+    def readlink(self, rel: str) -> str:
+        pfd, name = self._parent(rel)
+        try:
+            return os.readlink(name, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+    def open_file(self, rel: str) -> IO[bytes]:
+        """A regular file, opened without following any symlink (a FIFO swapped in
+        is refused, not waited on)."""
+        fd = self._open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            f.close()
+            raise UserError(f"{rel}: not a regular file")
+        os.set_blocking(fd, True)
+        return f
+
+    def opener(self, rel: str) -> Callable[[], IO[bytes]]:
+        return lambda: self.open_file(rel)
 
     # -- which files
 
-    def match(self, pattern: str) -> list[str]:
-        """Relative paths (sorted) of the sources a COPY names: a path or a glob, never
-        outside the context, never ignored."""
+    def resolve(self, path: str, *, ignoring: bool = True) -> str | None:
+        """The entry `path` names, symlinks followed inside the tree ("." for the root).
+        `ignoring=False` sees ignored paths too (the Dockerfile, as Docker sends it)."""
+        hidden = self._hidden if ignoring else (lambda rel: False)
+        rel = follow_in_scope(path, self.lstat, self.readlink, hidden=hidden)
+        return None if rel is None else rel or "."
+
+    def _hidden(self, rel: str) -> bool:
+        return bool(self.ignore.rules) and self.ignore.ignored(rel)
+
+    def match(self, pattern: str) -> list[tuple[str, str]]:
+        """(name, entry) of the sources a COPY names: a path or a glob, never outside
+        the tree, never ignored. `name` is as written (a destination's file name),
+        `entry` the resolved path to read."""
         clean = os.path.normpath(pattern.lstrip("/")) if pattern.strip("/") else "."
         if clean == ".." or clean.startswith("../"):
-            raise ValueError(f"{pattern}: outside the build context")
-        if glob.has_magic(clean):
-            found = self._glob(clean)
-        else:
-            found = [clean] if os.path.lexists(self.root / clean) else []
-        return [f for f in found if f == "." or not self.ignore.ignored(f)]
+            if not self.in_root:
+                raise ValueError(f"{pattern}: outside the build context")
+            clean = os.path.normpath("/" + clean).lstrip("/") or "."
+        names = self._glob(clean) if glob.has_magic(clean) else [clean]
+        out = []
+        for name in names:
+            rel = self.resolve(name)
+            if rel is not None:
+                out.append((name, rel))
+        return out
 
     def _glob(self, pattern: str) -> list[str]:
         # Per path element, like Go's filepath.Glob; dot files match (Docker's do).
+        # Only real directories are descended: a symlink may match, never be gone through.
         found = ["."]
         for part in pattern.split("/"):
             nxt = []
             for base in found:
-                d = self.root / base
-                if not d.is_dir():
+                st = self.lstat(base)
+                if st is None or not stat.S_ISDIR(st.st_mode):
                     continue
-                names = sorted(os.listdir(d)) if glob.has_magic(part) else [part]
+                names = self.listdir(base) if glob.has_magic(part) else [part]
                 for name in names:
-                    if fnmatch.fnmatchcase(name, part) and os.path.lexists(d / name):
-                        nxt.append(name if base == "." else f"{base}/{name}")
+                    rel = name if base == "." else f"{base}/{name}"
+                    if fnmatch.fnmatchcase(name, part) and self.lstat(rel) is not None:
+                        nxt.append(rel)
             found = nxt
-        return sorted(found)
+        # Ignored is decided on the match (a `!` rule may re-include what is below an
+        # ignored directory), never on the way to it.
+        return sorted(f for f in found if not self._hidden(f))
+
+    def listdir(self, rel: str) -> list[str]:
+        fd = self._open(rel, _DIR)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
 
     def walk(self, rel: str) -> list[str]:
         """`rel` and everything below it that is not ignored, parents first, sorted."""
@@ -145,24 +302,49 @@ class Context:
 
     def walk_stat(self, rel: str) -> list[tuple[str, os.stat_result]]:
         """walk() with each entry's lstat (one scandir per directory: a cached
-        rebuild of a big context is mostly this)."""
-        top = os.path.join(str(self.root), rel)
-        out = [(rel, os.lstat(top))]
-        if stat.S_ISDIR(out[0][1].st_mode):
-            self._scan(top, "" if rel == "." else rel + "/", out)
+        rebuild of a big context is mostly this). Directories are opened one below
+        the other with O_NOFOLLOW: a symlink is listed, never entered."""
+        st = self.lstat(rel)
+        if st is None:
+            raise FileNotFoundError(f"{rel}: no such file or directory")
+        out = [(rel, st)]
+        if stat.S_ISDIR(st.st_mode):
+            fd = self._open(rel, _DIR | os.O_NOFOLLOW)
+            try:
+                self._scan(fd, "" if rel == "." else rel + "/", out)
+            finally:
+                os.close(fd)
         return out
 
-    def _scan(self, path: str, prefix: str, out: list[tuple[str, os.stat_result]]) -> None:
-        with os.scandir(path) as it:
+    def _scan(self, fd: int, prefix: str, out: list[tuple[str, os.stat_result]]) -> None:
+        with os.scandir(fd) as it:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
             child = prefix + e.name
-            if self.ignore.rules and self.ignore.ignored(child):
+            if self._hidden(child):
                 continue
             st = e.stat(follow_symlinks=False)
             out.append((child, st))
             if stat.S_ISDIR(st.st_mode):
-                self._scan(e.path, child + "/", out)
+                sub = os.open(e.name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
+                try:
+                    self._scan(sub, child + "/", out)
+                finally:
+                    os.close(sub)
+
+
+class Context(Tree):
+    """A context directory seen through its .dockerignore."""
+
+    def __init__(self, root: str | os.PathLike[str], sums_file: Path | None = None) -> None:
+        path = Path(root).resolve()  # the user named it: a link to it is fine
+        if not path.is_dir():
+            raise FileNotFoundError(f"build context {root} is not a directory")
+        super().__init__(path)
+        self.ignore = Ignore.read(self)
+        self.sums_file = sums_file
+        self._sums: dict[str, list] | None = None
+        self._dirty = False
 
     # -- checksums
 
@@ -185,23 +367,24 @@ class Context:
         import hashlib  # OpenSSL's: fast on big files, slow to import
 
         h = hashlib.sha256()
-        with open(os.path.join(str(self.root), rel), "rb") as f:
+        with self.open_file(rel) as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         sums[rel] = [*key, h.hexdigest()]
         self._dirty = True
         return h.hexdigest()
 
-    def checksum(self, rels: list[str]) -> str:
-        """One digest for these sources and everything below them."""
+    def checksum(self, sources: list[tuple[str, str]]) -> str:
+        """One digest for these (name, entry) sources and everything below them."""
         lines: list[bytes] = []
-        for top in rels:
+        for name, top in sources:
+            lines.append(f"source\0{name}\0{top}\n".encode())
             for rel, st in self.walk_stat(top):
                 what = ""
                 if stat.S_ISREG(st.st_mode):
                     what = self.file_sum(rel, st)
                 elif stat.S_ISLNK(st.st_mode):
-                    what = os.readlink(os.path.join(str(self.root), rel))
+                    what = self.readlink(rel)
                 mode = f"{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}"
                 lines.append(f"{rel}\0{mode}\0{what}\n".encode())
         return sha256_bytes(b"".join(lines))
@@ -214,10 +397,10 @@ class Context:
             everything = json.loads(self.sums_file.read_text())
         except (FileNotFoundError, ValueError):
             everything = {}
-        live = {k: v for k, v in self._sums.items() if os.path.lexists(self.root / k)}
+        live = {k: v for k, v in self._sums.items() if self.lstat(k) is not None}
         everything[str(self.root)] = live
         files.write_atomic(self.sums_file, json.dumps(everything).encode())
         self._dirty = False
 
 
-__all__ = ["Context", "Ignore"]
+__all__ = ["Context", "Ignore", "Tree", "follow_in_scope"]

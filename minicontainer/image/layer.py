@@ -32,7 +32,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -343,8 +343,10 @@ def is_gzip(path: str | os.PathLike[str]) -> bool:
 @dataclass
 class LayerEntry:
     """One entry of a layer to write. `path` is relative ("bin/sh"); regular file
-    content comes from `data` or from the file at `source`. Owner and mtime default
-    to write_layer's arguments."""
+    content comes from `data`, from the file at `source`, or from `opener()` (a file
+    of a tree we do not trust, opened through a confined descriptor when the layer
+    is written, not by a path string). Owner and mtime default to write_layer's
+    arguments."""
 
     path: str
     type: str = "file"  # file | dir | symlink | hardlink | char | block | fifo
@@ -360,6 +362,9 @@ class LayerEntry:
     # With `source` relative: the directory it is relative to, which may be live and
     # hostile; the file is opened beneath it without following symlinks (open_regular).
     root_fd: int | None = None
+    # Or a tree that resolves its own paths (a build context, build/context.py Tree)
+    # and opens the file through a confined descriptor when the layer is written.
+    opener: Callable[[], IO[bytes]] | None = None
 
 
 def write_layer(
@@ -628,8 +633,8 @@ def _add_entry(
             tf.addfile(ti, ExactReader(fd, st.st_size))  # type: ignore[arg-type]
         finally:
             os.close(fd)
-    elif e.source is not None:
-        with open(e.source, "rb") as f:
+    elif e.source is not None or e.opener is not None:
+        with e.opener() if e.opener is not None else open(e.source, "rb") as f:  # type: ignore[arg-type]
             ti.size = os.fstat(f.fileno()).st_size
             tf.addfile(ti, f)
     else:
