@@ -27,8 +27,7 @@ from .layer import (
     OVERLAY_XATTR_PREFIXES,
     PAX_XATTR_PREFIX,
     WHITEOUT_PREFIX,
-    ExactReader,
-    open_regular,
+    add_regular,
 )
 from .save import output_file
 
@@ -136,15 +135,8 @@ def _export_names(
         if ti is None:
             continue
         if ti.isreg():
-            opened = open_regular(d, name)
-            if opened is None:
+            if not add_regular(tf, ti, d, name):
                 continue  # no longer a regular file: the container changed it, leave it out
-            fd, now = opened
-            try:
-                ti.size = now.st_size
-                tf.addfile(ti, ExactReader(fd, now.st_size))  # type: ignore[arg-type]
-            finally:
-                os.close(fd)
         else:
             tf.addfile(ti)
         if stat.S_ISDIR(st.st_mode) and not (rel == "" and name in _EMPTY_MOUNTPOINTS):

@@ -564,6 +564,21 @@ def open_regular(dir_fd: int, rel: str) -> tuple[int, os.stat_result] | None:
     return fd, st
 
 
+def add_regular(tf: tarfile.TarFile, ti: tarfile.TarInfo, dir_fd: int, rel: str) -> bool:
+    """Archive the regular file `rel` beneath `dir_fd` of a live tree as `ti`, with
+    the size it has when opened; False (nothing written) if it is no longer one."""
+    opened = open_regular(dir_fd, rel)
+    if opened is None:
+        return False
+    fd, st = opened
+    try:
+        ti.size = st.st_size
+        tf.addfile(ti, ExactReader(fd, st.st_size))  # type: ignore[arg-type]
+    finally:
+        os.close(fd)
+    return True
+
+
 class ExactReader:
     """Exactly `size` bytes of a file that may change while read (a live upper
     dir): cut at `size` if it grew, NUL-padded if it shrank, so the tar stays valid."""
@@ -623,16 +638,8 @@ def _add_entry(
         ti.size = len(e.data)
         tf.addfile(ti, io.BytesIO(e.data))
     elif e.source is not None and e.root_fd is not None:
-        opened = open_regular(e.root_fd, os.fspath(e.source))
-        if opened is None:
+        if not add_regular(tf, ti, e.root_fd, os.fspath(e.source)):
             _changed_entry(tf, ti, e)
-            return
-        fd, st = opened
-        try:
-            ti.size = st.st_size
-            tf.addfile(ti, ExactReader(fd, st.st_size))  # type: ignore[arg-type]
-        finally:
-            os.close(fd)
     elif e.source is not None or e.opener is not None:
         with e.opener() if e.opener is not None else open(e.source, "rb") as f:  # type: ignore[arg-type]
             ti.size = os.fstat(f.fileno()).st_size
