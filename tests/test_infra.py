@@ -160,12 +160,28 @@ def fake_docker(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def wait_for(what: str, check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """A bound on waiting for something that must happen, never a measurement."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"still not true after {timeout:.0f} s: {what}"
+        time.sleep(0.02)
+
+
+def _as_in_a_terminal() -> None:
+    """SIGINT at its default, as in a terminal's foreground job. Inherited ignored
+    (pytest started in the background by a non-interactive shell: `make test &`),
+    bash may not trap it and sh and sleep ignore it, so the Ctrl-C case would wait
+    out its sleep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def with_services(tmp_path: Path, *command: str) -> subprocess.Popen[str]:
     """scripts/with-services.sh with a fake dockerd that records its pid."""
     return subprocess.Popen(
         ["bash", str(REPO / "scripts" / "with-services.sh"), *command],
         env=fake_docker(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        text=True, start_new_session=True, preexec_fn=_as_in_a_terminal,
     )  # fmt: skip
 
 
@@ -183,6 +199,11 @@ def test_with_services_stops_what_it_started(tmp_path: Path, command: str, code:
     pid = int((tmp_path / "pid").read_text())
     assert procfs.alive(pid)
     if code == 130:  # Ctrl-C: the terminal signals the whole foreground group
+        # ... while the command runs, as a user's would: sent between the echo and
+        # the fork of sleep, sh (which catches SIGINT) went on to sleep the 60 s.
+        wait_for("sleep 60 running", lambda: any(
+            procfs.cmdline(p) == ["sleep", "60"] for p in procfs.descendants(proc.pid)
+        ))  # fmt: skip
         os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == code, seen + out
