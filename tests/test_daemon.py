@@ -279,6 +279,53 @@ def test_a_bug_is_a_500_without_the_traceback(
     assert call(sock, "GET", "/_ping").status == 200  # still serving
 
 
+def test_a_malformed_request_line_gets_json_too(sock: str) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(WAIT)
+        s.connect(sock)
+        s.sendall(b"GARBAGE\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert set(json.loads(body)) == {"message"}
+
+
+def stall(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(WAIT)
+    s.connect(path)
+    s.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n")  # never the empty line
+    return s
+
+
+def test_a_stalled_request_is_cut_at_its_deadline(laptop: mc.Runtime, tmp_path: Path) -> None:
+    path = str(tmp_path / "d.sock")
+    with Daemon(laptop.root, f"unix://{path}", timeout=0.5) as d:
+        s = stall(path)
+        assert s.recv(1024) == b""  # end-of-file, no answer (else it would block for WAIT)
+        s.close()
+        wait_until("the handler thread has ended", lambda: d.connections == 0)
+        assert call(path, "GET", "/_ping").body == b"OK"
+
+
+def test_connections_past_the_cap_are_closed(laptop: mc.Runtime, tmp_path: Path) -> None:
+    path = str(tmp_path / "d.sock")
+    with Daemon(laptop.root, f"unix://{path}", max_connections=3) as d:
+        stalled = [stall(path) for _ in range(3)]
+        wait_until("the daemon holds the 3 connections", lambda: d.connections == 3)
+        with socket.socket(socket.AF_UNIX) as extra:  # past the cap: closed unanswered
+            extra.settimeout(WAIT)
+            extra.connect(path)
+            extra.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert extra.recv(1024) == b""
+        for s in stalled:
+            s.close()
+        wait_until("every handler thread has ended", lambda: d.connections == 0)
+        assert call(path, "GET", "/_ping").body == b"OK"
+
+
 # --------------------------------------------------------------------------- the socket
 
 

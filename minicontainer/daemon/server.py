@@ -451,6 +451,11 @@ class Daemon:
             self._inode = None
 
     @property
+    def connections(self) -> int:
+        """Connections open now, each with a thread serving it."""
+        return len(self._server.connections) if self._server else 0
+
+    @property
     def running(self) -> bool:
         return self._server is not None
 
