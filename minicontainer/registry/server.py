@@ -51,12 +51,13 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ..errors import UserError
+from ..httpd import BoundedServer, Connections
 from ..image import oci
 from .auth import Htpasswd, is_loopback
 from .storage import MAX_UPLOADS, NAME_RE, RegistryError, Store, check_digest, check_name
@@ -607,69 +608,7 @@ def _accepts(accept: list[str], media_type: str) -> bool:
     return not types or "*/*" in types or media_type in types
 
 
-class _Connections:
-    """The open connections, and for each the moment its request line and headers
-    must be in by (None while a request is being served: then only the socket
-    timeout applies, to every recv and send)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._deadlines: dict[socket.socket, float | None] = {}
-        self.timeout = TIMEOUT
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._deadlines)
-
-    def track(self, sock: socket.socket) -> None:
-        """A new connection: its first request must be in within the timeout."""
-        with self._lock:
-            self._deadlines[sock] = time.monotonic() + self.timeout
-
-    def arm(self, sock: socket.socket) -> None:
-        """Waiting for the next request on a kept-alive connection."""
-        with self._lock:
-            if sock in self._deadlines:
-                self._deadlines[sock] = time.monotonic() + self.timeout
-
-    def disarm(self, sock: socket.socket) -> None:
-        with self._lock:
-            if sock in self._deadlines:
-                self._deadlines[sock] = None
-
-    def forget(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._deadlines.pop(sock, None)
-
-    def reap(self, now: float | None = None) -> int:
-        """Shut down the connections past their deadline: the handler's blocked
-        read returns end-of-file and its thread ends."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            late = [s for s, d in self._deadlines.items() if d is not None and d <= now]
-            for sock in late:
-                self._deadlines[sock] = None  # counted until its handler has ended
-        for sock in late:
-            _shutdown(sock)
-        return len(late)
-
-    def close_all(self) -> None:
-        with self._lock:
-            socks = list(self._deadlines)
-            self._deadlines.clear()
-        for sock in socks:
-            _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already gone
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(BoundedServer):
     request_queue_size = 1024  # listen(2) backlog: bursts of connections wait, none is dropped
     store: Store
     htpasswd: Htpasswd | None = None
@@ -680,26 +619,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int]) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.connections = _Connections()
+        self.connections = Connections(TIMEOUT)
         super().__init__(address, Handler)
-
-    def verify_request(self, request, client_address) -> bool:  # type: ignore[no-untyped-def]
-        """Past max_connections a new connection is closed at once: threads are bounded."""
-        if len(self.connections) >= self.max_connections:
-            return False
-        self.connections.timeout = self.timeout
-        self.connections.track(request)
-        return True
-
-    def shutdown_request(self, request) -> None:  # type: ignore[no-untyped-def]
-        self.connections.forget(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
-        """A client that hangs up is normal traffic, not a traceback on stderr."""
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
 
 
 class _Housekeeper(threading.Thread):

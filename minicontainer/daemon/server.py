@@ -1,0 +1,509 @@
+"""minicontainerd's HTTP side: the Docker Engine API v1.41 (docs.docker.com/engine/
+api/v1.41) over a Unix socket, as dockerd serves /var/run/docker.sock.
+
+Why the standard library's ``http.server.ThreadingHTTPServer`` (with AF_UNIX):
+the runtime has no dependencies (a rootless user's system Python runs it), the
+endpoints so far are short request/reply exchanges, a thread per connection
+means one slow client never blocks the others, and the registry already runs on
+it with the same defences (minicontainer/httpd.py: a deadline for the request
+line and headers, a cap on connections, hence on threads). Later endpoints that
+hijack the connection (attach, exec) take over the handler's socket, which
+``BaseHTTPRequestHandler`` allows.
+
+A request goes: Handler.dispatch checks the body's announced length (413 past
+`max_body`, RFC 9112 section 6 framing or 400), strips the optional version
+prefix (``/v1.41/...``; a version above ours or below the minimum is a 400, as
+dockerd says it), matches ROUTES, and the endpoint answers from engine.py. An
+unknown endpoint is a 501 that names the method and the path; an ApiError is
+Docker's ``{"message": ...}`` with its status; a bug is a 500 "internal error"
+(the traceback goes to stderr, never into the body).
+
+The socket (unix(7)): bound at a temporary name beside the final one, made 0660
+and chgrp'ed to `group` before listen(2) (so no client connects through wider
+permissions), then renamed into place, which replaces a stale socket of a killed
+daemon atomically; a path where something still answers, or that is not a
+socket, is refused. stop() removes the socket if it is still ours. TCP listens
+only on loopback and only when asked (``tcp://127.0.0.1:PORT``): it has no
+permission check at all.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .. import __version__
+from ..api import Runtime
+from ..errors import UserError
+from ..httpd import BoundedServer, Connections, Reaper
+from ..registry.auth import is_loopback
+from . import engine
+from .engine import API_VERSION, MIN_API_VERSION, ApiError
+
+SOCKET_NAME = "minicontainerd.sock"
+TIMEOUT = 60.0  # seconds for the request line and headers (slowloris), and each recv/send
+MAX_BODY = 1 << 20  # no endpoint so far reads a body; create/build will raise it per route
+MAX_CONNECTIONS = 256
+LOG_ENV = "MINICONTAINERD_LOG"  # set to 1 for one stderr line per request
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_VERSIONED = re.compile(r"/v([0-9]{1,3})\.([0-9]{1,3})(/.*)\Z")
+
+# (method, path, endpoint) in the API reference's order; paths without the version.
+ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"/_ping\Z"), "ping"),
+    ("HEAD", re.compile(r"/_ping\Z"), "ping"),
+    ("GET", re.compile(r"/version\Z"), "version"),
+    ("GET", re.compile(r"/info\Z"), "info"),
+    ("GET", re.compile(r"/images/json\Z"), "images"),
+    ("GET", re.compile(r"/images/(?P<name>.+)/json\Z"), "image_inspect"),
+    ("GET", re.compile(r"/images/(?P<name>.+)/history\Z"), "image_history"),
+    ("GET", re.compile(r"/containers/json\Z"), "containers"),
+    ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/json\Z"), "container_inspect"),
+]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every reply has a Content-Length
+    server_version = f"minicontainerd/{__version__}"
+    sys_version = ""
+    server: _Server
+
+    # -- plumbing
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        if os.environ.get(LOG_ENV):
+            super().log_message(format, *args)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def address_string(self) -> str:
+        return "unix" if isinstance(self.client_address, str) else str(self.client_address[0])
+
+    def setup(self) -> None:
+        self.timeout = self.server.timeout
+        super().setup()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, 414, 431, an unknown method)
+        in Docker's JSON shape, the standard reason only."""
+        self.close_connection = True
+        self.request_version = self.protocol_version  # never HTTP/0.9's bare body
+        reason = self.responses.get(code, ("error",))[0]
+        if code == 501:  # an unknown method: say which, like any unknown endpoint
+            reason = f"not implemented by minicontainerd: {self.command}"
+        self._replied = False
+        self._announced = 0
+        self.reply_json(code, {"message": reason})
+
+    def reply(self, status: int, body: bytes, content_type: str, extra: dict[str, str]) -> None:
+        if self._announced and not self._body_read:
+            self.close_connection = True  # an unread body would be parsed as a request
+        self._replied = True
+        self.send_response(status)
+        headers = {
+            "Api-Version": API_VERSION,
+            "Docker-Experimental": "false",
+            "Ostype": "linux",
+            "Content-Type": content_type,
+            "Content-Length": str(0 if self.command == "HEAD" else len(body)),
+            **extra,
+        }
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def reply_json(self, status: int, obj: Any, extra: dict[str, str] | None = None) -> None:
+        self.reply(status, json.dumps(obj).encode() + b"\n", "application/json", extra or {})
+
+    def dispatch(self) -> None:
+        self.server.connections.disarm(self.connection)  # the headers are in
+        self._replied = self._body_read = False
+        self._announced = 0
+        try:
+            try:
+                self._framing()
+                self._route()
+            except ApiError as e:
+                if self._replied:
+                    raise
+                self.reply_json(e.status, {"message": e.message})
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception:  # a bug: say so without details, keep serving
+            self.close_connection = True
+            sys.stderr.write(f"minicontainerd: internal error in {self.command} {self.path!r}:\n")
+            traceback.print_exc(file=sys.stderr)
+            if not self._replied:
+                try:
+                    self.reply_json(500, {"message": "internal error"})
+                except OSError:
+                    pass
+        finally:
+            if not self.close_connection:  # keep-alive: the next request, in time
+                self.server.connections.arm(self.connection)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = dispatch
+
+    def _framing(self) -> None:
+        """RFC 9112 section 6: one Content-Length of digits, or chunked, not both; a
+        body longer than max_body is refused (413) before it is read."""
+        lengths = self.headers.get_all("Content-Length") or []
+        codings = self.headers.get_all("Transfer-Encoding") or []
+        if codings:
+            self._announced = -1  # chunked: unknown length, never read so far
+            if lengths or [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
+                self.close_connection = True
+                raise ApiError(400, "only Transfer-Encoding: chunked, without Content-Length")
+        if lengths:
+            if len(lengths) > 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+                self.close_connection = True
+                raise ApiError(400, "invalid Content-Length")
+            self._announced = int(lengths[0].strip())
+            if self._announced > self.server.max_body:
+                self.close_connection = True
+                raise ApiError(413, f"request body too large (limit {self.server.max_body} bytes)")
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        path = url.path
+        m = _VERSIONED.match(path)
+        if m:
+            asked = (int(m[1]), int(m[2]))
+            shown = f"{int(m[1])}.{int(m[2])}"
+            if asked > _version_tuple(API_VERSION):
+                raise ApiError(
+                    400,
+                    f"client version {shown} is too new. "
+                    f"Maximum supported API version is {API_VERSION}",
+                )
+            if asked < _version_tuple(MIN_API_VERSION):
+                raise ApiError(
+                    400,
+                    f"client version {shown} is too old. Minimum supported API version "
+                    f"is {MIN_API_VERSION}, please upgrade your client to a newer version",
+                )
+            path = m[3]
+        try:
+            query = parse_qs(url.query, keep_blank_values=True, max_num_fields=32)
+        except ValueError:
+            raise ApiError(400, "too many query parameters") from None
+        for method, pattern, endpoint in ROUTES:
+            found = pattern.match(path)
+            if found and method == self.command:
+                args = {k: unquote(v) for k, v in found.groupdict().items()}
+                return getattr(self, f"ep_{endpoint}")(query, **args)
+        raise ApiError(501, f"not implemented by minicontainerd: {self.command} {unquote(path)}")
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.server.runtime
+
+    # -- System
+    def ep_ping(self, query: dict[str, list[str]]) -> None:
+        headers = {
+            "Builder-Version": "1",  # the classic builder (BuildKit would be "2")
+            "Cache-Control": "no-cache, no-store, must-revalidate",
+            "Pragma": "no-cache",
+        }
+        self.reply(200, b"OK", "text/plain; charset=utf-8", headers)
+
+    def ep_version(self, query: dict[str, list[str]]) -> None:
+        self.reply_json(200, engine.version())
+
+    def ep_info(self, query: dict[str, list[str]]) -> None:
+        self.reply_json(200, engine.info(self.runtime))
+
+    # -- Image
+    def ep_images(self, query: dict[str, list[str]]) -> None:
+        self.reply_json(200, engine.image_list(self.runtime))
+
+    def ep_image_inspect(self, query: dict[str, list[str]], name: str) -> None:
+        self.reply_json(200, engine.image_inspect(self.runtime, name))
+
+    def ep_image_history(self, query: dict[str, list[str]], name: str) -> None:
+        self.reply_json(200, engine.image_history(self.runtime, name))
+
+    # -- Container
+    def ep_containers(self, query: dict[str, list[str]]) -> None:
+        all_ = _flag(query, "all")
+        filters = engine.parse_filters(_last(query, "filters"))
+        self.reply_json(200, engine.container_list(self.runtime, all_, filters))
+
+    def ep_container_inspect(self, query: dict[str, list[str]], ref: str) -> None:
+        self.reply_json(200, engine.container_inspect(self.runtime, ref))
+
+
+def _version_tuple(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def _last(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[-1] if values else None
+
+
+def _flag(query: dict[str, list[str]], key: str) -> bool:
+    """Docker's boolean parameters: absent, "", "0", "false" (any case) are false."""
+    value = _last(query, key)
+    if value is None:
+        return False
+    if value.lower() in ("", "0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise ApiError(400, f"invalid value for {key}: {value!r}")
+
+
+class _Server(BoundedServer):
+    request_queue_size = 128  # listen(2) backlog
+    runtime: Runtime
+    max_body = MAX_BODY
+
+    def __init__(self, family: socket.AddressFamily, address: Any, bind: bool) -> None:
+        self.address_family = family
+        super().__init__(address, Handler, bind_and_activate=bind)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_UNIX:
+            return  # Daemon binds the Unix socket itself (a temporary name, then rename)
+        super().server_bind()
+
+
+def parse_host(host: str) -> tuple[str, Any]:
+    """``unix:///path`` -> ("unix", "/path"); ``tcp://127.0.0.1:2375`` -> ("tcp", (h, p))."""
+    scheme, sep, rest = host.partition("://")
+    if not sep:
+        raise UserError(f"invalid --host {host!r}: use unix:///PATH or tcp://127.0.0.1:PORT")
+    if scheme == "unix":
+        if not rest.startswith("/"):
+            raise UserError(f"invalid --host {host!r}: the socket path must be absolute")
+        return "unix", rest
+    if scheme == "tcp":
+        name, colon, port = rest.rstrip("/").rpartition(":")
+        name = name.strip("[]")
+        if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise UserError(f"invalid --host {host!r}: use tcp://127.0.0.1:PORT")
+        if not is_loopback(name):
+            raise UserError(
+                f"minicontainerd: refusing to listen on {name}: the API has no authentication, "
+                "anyone who reaches it is root here; use tcp://127.0.0.1:PORT or a unix socket"
+            )
+        return "tcp", (name, int(port))
+    raise UserError(f"invalid --host {host!r}: use unix:///PATH or tcp://127.0.0.1:PORT")
+
+
+def _group_id(group: str) -> int:
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UserError(f"minicontainerd: no such group {group!r}") from None
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class Daemon:
+    """minicontainerd in a background thread (notebooks, tests) or, with main(),
+    in the foreground:
+
+        with Daemon(root).start() as d:
+            ... http over d.socket_path ...
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        host: str | None = None,
+        group: str | None = None,
+        *,
+        timeout: float = TIMEOUT,
+        max_body: int = MAX_BODY,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self.runtime = Runtime(root)
+        self.host = host or f"unix://{self.runtime.root / SOCKET_NAME}"
+        self.group = group
+        self.timeout = timeout
+        self.max_body = max_body
+        self.max_connections = max_connections
+        self.socket_path: str | None = None
+        self.address: tuple[str, int] | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._reaper: Reaper | None = None
+        self._inode: tuple[int, int] | None = None
+
+    def start(self) -> Daemon:
+        kind, where = parse_host(self.host)
+        gid = _group_id(self.group) if self.group is not None else None
+        if kind == "tcp" and gid is not None:
+            raise UserError("minicontainerd: --group applies to a unix socket only")
+        if not self.timeout > 0:
+            raise UserError(f"minicontainerd: the timeout must be positive, not {self.timeout}")
+        self.runtime.state.ensure()
+        family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
+        if kind == "tcp" and ":" in where[0]:
+            family = socket.AF_INET6
+        server = _Server(family, where, kind == "tcp")
+        try:
+            if kind == "unix":
+                self._bind_unix(server, where, gid)
+                self.socket_path = where
+            else:
+                self.address = server.server_address[:2]
+        except BaseException:
+            server.server_close()
+            raise
+        server.runtime = self.runtime
+        server.max_body = self.max_body
+        server.max_connections = self.max_connections
+        server.timeout = self.timeout
+        server.connections = Connections(self.timeout)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="minicontainerd", daemon=True
+        )
+        self._thread.start()
+        self._reaper = Reaper(server.connections, "minicontainerd-reaper")
+        self._reaper.start()
+        return self
+
+    def _bind_unix(self, server: _Server, path: str, gid: int | None) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise UserError(
+                    f"minicontainerd: {path} exists and is not a socket; not replacing it"
+                )
+            if _answers(path):
+                raise UserError(f"minicontainerd: a daemon already answers on {path}")
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            raise UserError(f"minicontainerd: {directory}: no such directory")
+        # A private directory beside the socket: nobody can swap the new socket
+        # for a link before it is chmod'ed, and rename(2) then replaces a stale one.
+        private = tempfile.mkdtemp(prefix=".minicontainerd-", dir=directory)
+        temp = os.path.join(private, "sock")
+        try:
+            server.socket.bind(temp)
+            # Before listen(2): until then a connect is refused, so no client ever
+            # reaches the socket through the mode bind() left (the umask's).
+            os.chown(temp, 0 if os.geteuid() == 0 else -1, -1 if gid is None else gid)
+            os.chmod(temp, 0o660)
+            server.server_activate()
+            os.rename(temp, path)
+        finally:
+            if os.path.lexists(temp):
+                os.unlink(temp)
+            os.rmdir(private)
+        st = os.lstat(path)
+        self._inode = (st.st_dev, st.st_ino)
+
+    def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.stop()
+            self._reaper = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.connections.close_all()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.socket_path and self._inode:
+            try:
+                st = os.lstat(self.socket_path)
+                if (st.st_dev, st.st_ino) == self._inode:  # still ours, not a successor's
+                    os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass
+            self._inode = None
+
+    @property
+    def connections(self) -> int:
+        """Connections open now, each with a thread serving it."""
+        return len(self._server.connections) if self._server else 0
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def __enter__(self) -> Daemon:
+        return self if self._server else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Daemon {self.host} root={self.runtime.root} {state}>"
+
+
+USAGE = "minicontainerd [--root DIR] [--host unix:///PATH|tcp://127.0.0.1:PORT] [--group GROUP]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`minicontainerd`: foreground until SIGINT or SIGTERM (then the socket is removed)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="minicontainerd",
+        usage=USAGE,
+        description="Serve the Docker Engine API (v1.41, a subset) for a minicontainer state root.",
+    )
+    parser.add_argument("--root", help="state root (as minicontainer --root)")
+    parser.add_argument("--host", help="where to listen (default unix://ROOT/minicontainerd.sock)")
+    parser.add_argument("--group", help="the socket's group (it is 0660, owner root)")
+    args = parser.parse_args(argv)
+    daemon = Daemon(args.root, args.host, args.group)
+    try:
+        daemon.start()
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"minicontainerd: cannot listen on {daemon.host}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    # The handler only sets the event: shutdown() from inside it would wait on
+    # the very thread it interrupted.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    where = daemon.socket_path or "tcp://{}:{}".format(*daemon.address or ("", 0))
+    print(f"minicontainerd listening on {where} (root {daemon.runtime.root})", flush=True)
+    try:
+        stop.wait()
+    finally:
+        daemon.stop()
+    return 0

@@ -1,0 +1,119 @@
+"""What the registry's and the daemon's HTTP servers share (both are stdlib
+``http.server``, one thread per connection): the open connections with the moment
+each one's request line and headers must be in by, so that a client that sends
+half a request (slowloris) holds a thread only until its deadline.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from http.server import ThreadingHTTPServer
+
+
+class Connections:
+    """The open connections, and for each the moment its request line and headers
+    must be in by (None while a request is being served: then only the socket
+    timeout applies, to every recv and send)."""
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self._deadlines: dict[socket.socket, float | None] = {}
+        self.timeout = timeout
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._deadlines)
+
+    def track(self, sock: socket.socket) -> None:
+        """A new connection: its first request must be in within the timeout."""
+        with self._lock:
+            self._deadlines[sock] = time.monotonic() + self.timeout
+
+    def arm(self, sock: socket.socket) -> None:
+        """Waiting for the next request on a kept-alive connection."""
+        with self._lock:
+            if sock in self._deadlines:
+                self._deadlines[sock] = time.monotonic() + self.timeout
+
+    def disarm(self, sock: socket.socket) -> None:
+        with self._lock:
+            if sock in self._deadlines:
+                self._deadlines[sock] = None
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(sock, None)
+
+    def reap(self, now: float | None = None) -> int:
+        """Shut down the connections past their deadline: the handler's blocked
+        read returns end-of-file and its thread ends."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            late = [s for s, d in self._deadlines.items() if d is not None and d <= now]
+            for sock in late:
+                self._deadlines[sock] = None  # counted until its handler has ended
+        for sock in late:
+            shutdown_socket(sock)
+        return len(late)
+
+    def close_all(self) -> None:
+        with self._lock:
+            socks = list(self._deadlines)
+            self._deadlines.clear()
+        for sock in socks:
+            shutdown_socket(sock)
+
+
+def shutdown_socket(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
+
+
+class Reaper(threading.Thread):
+    """Calls ``connections.reap()`` a few times per timeout, until stopped."""
+
+    def __init__(self, connections: Connections, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.connections = connections
+        self.stopping = threading.Event()
+        self.tick = max(0.05, min(1.0, connections.timeout / 4))
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.tick):
+            self.connections.reap()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` of them (past that a new
+    connection is closed at once); set `connections` before serving."""
+
+    daemon_threads = True
+    max_connections = 256
+    timeout = 60.0  # socketserver's name; also used for each connection's socket
+    connections: Connections
+
+    def verify_request(self, request, client_address) -> bool:  # type: ignore[no-untyped-def]
+        if len(self.connections) >= self.max_connections:
+            return False
+        self.connections.timeout = self.timeout
+        self.connections.track(request)
+        return True
+
+    def shutdown_request(self, request) -> None:  # type: ignore[no-untyped-def]
+        self.connections.forget(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        """A client that hangs up is normal traffic, not a traceback on stderr."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
