@@ -1,7 +1,8 @@
 """What the registry's and the daemon's HTTP servers share (both are stdlib
 ``http.server``, one thread per connection): the open connections with the moment
 each one's request line and headers must be in by, so that a client that sends
-half a request (slowloris) holds a thread only until its deadline.
+half a request (slowloris) holds a thread only until its deadline; and running
+one of them in the foreground until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
+from typing import Any
+
+from .errors import UserError
 
 
 class Connections:
@@ -117,3 +122,29 @@ class BoundedServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)
+
+
+def serve_foreground(service: Any, name: str, where: str, banner: Callable[[], str]) -> int:
+    """``service.start()``, print ``banner()``, wait for SIGINT or SIGTERM, then
+    ``service.stop()``: exit status 0, or 1 with one line when it cannot start."""
+    import signal
+
+    try:
+        service.start()
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{name}: cannot listen on {where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    # The handler only sets the event: shutdown() from inside it would wait on
+    # the very thread it interrupted.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(banner(), flush=True)
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+    return 0

@@ -33,7 +33,6 @@ import grp
 import json
 import os
 import re
-import signal
 import socket
 import stat
 import sys
@@ -48,7 +47,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .. import __version__
 from ..api import Runtime
 from ..errors import UserError
-from ..httpd import BoundedServer, Connections, Reaper
+from ..httpd import BoundedServer, Connections, Reaper, serve_foreground
 from ..registry.auth import is_loopback
 from . import engine
 from .engine import API_VERSION, MIN_API_VERSION, ApiError
@@ -487,23 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", help="the socket's group (it is 0660, owner root)")
     args = parser.parse_args(argv)
     daemon = Daemon(args.root, args.host, args.group)
-    try:
-        daemon.start()
-    except UserError as e:
-        print(e, file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"minicontainerd: cannot listen on {daemon.host}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    stop = threading.Event()
-    # The handler only sets the event: shutdown() from inside it would wait on
-    # the very thread it interrupted.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    where = daemon.socket_path or "tcp://{}:{}".format(*daemon.address or ("", 0))
-    print(f"minicontainerd listening on {where} (root {daemon.runtime.root})", flush=True)
-    try:
-        stop.wait()
-    finally:
-        daemon.stop()
-    return 0
+
+    def banner() -> str:
+        where = daemon.socket_path or "tcp://{}:{}".format(*daemon.address or ("", 0))
+        return f"minicontainerd listening on {where} (root {daemon.runtime.root})"
+
+    return serve_foreground(daemon, "minicontainerd", daemon.host, banner)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import sys
 import threading
@@ -57,7 +56,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ..errors import UserError
-from ..httpd import BoundedServer, Connections
+from ..httpd import BoundedServer, Connections, serve_foreground
 from ..image import oci
 from .auth import Htpasswd, is_loopback
 from .storage import MAX_UPLOADS, NAME_RE, RegistryError, Store, check_digest, check_name
@@ -792,23 +791,8 @@ def main_serve(
         max_blob_size=max_blob_size,
         upload_expiry=upload_expiry,
     )
-    try:
-        reg.start()
-    except UserError as e:
-        print(e, file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"registry: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    stop = threading.Event()
-    # The signal handler only sets the event: shutdown() from inside it would
-    # wait on the very thread it interrupted.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     auth = f", users from {htpasswd}" if htpasswd else ""
-    print(f"registry listening on {reg.url} (root {root}{auth})", flush=True)
-    try:
-        stop.wait()
-    finally:
-        reg.stop()
-    return 0
+    return serve_foreground(
+        reg, "registry", f"{host}:{port}",
+        lambda: f"registry listening on {reg.url} (root {root}{auth})",
+    )  # fmt: skip
