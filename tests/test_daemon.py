@@ -256,7 +256,9 @@ def test_a_body_past_the_limit_is_a_413_before_it_is_read(sock: str) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(WAIT)
         s.connect(sock)
-        s.sendall(b"POST /build HTTP/1.1\r\nHost: x\r\nContent-Length: 10737418240\r\n\r\n")
+        s.sendall(
+            b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: 10737418240\r\n\r\n"
+        )
         raw = b""
         while chunk := s.recv(65536):  # the daemon closes after its answer
             raw += chunk

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -51,27 +52,35 @@ from ..httpd import BoundedServer, Connections, Reaper, serve_foreground
 from ..registry.auth import is_loopback
 from . import engine
 from .engine import API_VERSION, MIN_API_VERSION, ApiError
+from .events import FILTERS as EVENT_FILTERS
+from .events import Events
 
 SOCKET_NAME = "minicontainerd.sock"
 TIMEOUT = 60.0  # seconds for the request line and headers (slowloris), and each recv/send
-MAX_BODY = 1 << 20  # no endpoint so far reads a body; create/build will raise it per route
+MAX_BODY = 1 << 20  # a JSON body (container create, exec create): 1 MiB, as dockerd's decoder
+MAX_UPLOAD_ENV = "MINICONTAINERD_MAX_UPLOAD"  # a tar body (build context, images/load)
+MAX_UPLOAD = 16 << 30
 MAX_CONNECTIONS = 256
 LOG_ENV = "MINICONTAINERD_LOG"  # set to 1 for one stderr line per request
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _VERSIONED = re.compile(r"/v([0-9]{1,3})\.([0-9]{1,3})(/.*)\Z")
 
 # (method, path, endpoint) in the API reference's order; paths without the version.
+# An endpoint in UPLOADS takes a tar body up to max_upload, streamed to a file;
+# any other body is JSON up to max_body.
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/_ping\Z"), "ping"),
     ("HEAD", re.compile(r"/_ping\Z"), "ping"),
     ("GET", re.compile(r"/version\Z"), "version"),
     ("GET", re.compile(r"/info\Z"), "info"),
+    ("GET", re.compile(r"/events\Z"), "events"),
     ("GET", re.compile(r"/images/json\Z"), "images"),
     ("GET", re.compile(r"/images/(?P<name>.+)/json\Z"), "image_inspect"),
     ("GET", re.compile(r"/images/(?P<name>.+)/history\Z"), "image_history"),
     ("GET", re.compile(r"/containers/json\Z"), "containers"),
     ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/json\Z"), "container_inspect"),
 ]
+UPLOADS: set[str] = set()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -131,14 +140,145 @@ class Handler(BaseHTTPRequestHandler):
     def reply_json(self, status: int, obj: Any, extra: dict[str, str] | None = None) -> None:
         self.reply(status, json.dumps(obj).encode() + b"\n", "application/json", extra or {})
 
+    # -- request bodies
+    def body_chunks(self) -> Iterator[bytes]:
+        """The request body as it arrives (Content-Length or chunked), at most the
+        route's limit: past it a 413 (nothing is replied yet) and the connection closes."""
+        self._body_read = True
+        total = 0
+        if self._announced >= 0:
+            left = self._announced
+            while left:
+                data = self.rfile.read(min(left, 1 << 16))
+                if not data:
+                    raise ConnectionError("the client closed the connection mid-body")
+                left -= len(data)
+                yield data
+            return
+        while True:  # RFC 9112 section 7.1
+            line = self.rfile.readline(1026)
+            size_text = line.split(b";")[0].strip()
+            if not re.fullmatch(rb"[0-9a-fA-F]{1,16}", size_text):
+                self.close_connection = True
+                raise ApiError(400, "invalid chunked body")
+            size = int(size_text, 16)
+            if size == 0:
+                while self.rfile.readline(1026) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return
+            total += size
+            if total > self._limit:
+                self.close_connection = True
+                raise ApiError(413, f"request body too large (limit {self._limit} bytes)")
+            left = size
+            while left:
+                data = self.rfile.read(min(left, 1 << 16))
+                if not data:
+                    raise ConnectionError("the client closed the connection mid-body")
+                left -= len(data)
+                yield data
+            self.rfile.readline(3)
+
+    def read_body(self) -> bytes:
+        return b"".join(self.body_chunks())
+
+    def read_json(self) -> Any:
+        """The body as a JSON object ({} when empty); 400 naming the problem if not."""
+        body = self.read_body()
+        if not body.strip():
+            return {}
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"invalid JSON body: {e}") from None
+        if not isinstance(obj, dict):
+            raise ApiError(400, "invalid JSON body: expected an object")
+        return obj
+
+    def body_to_file(self, directory: str | Path) -> Path:
+        """A tar body into a new file under ``directory`` (the caller removes it)."""
+        fd, name = tempfile.mkstemp(prefix=".upload-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for data in self.body_chunks():
+                    f.write(data)
+        except BaseException:
+            os.unlink(name)
+            raise
+        return Path(name)
+
+    # -- streamed replies
+    def start_stream(self, content_type: str = "application/json", status: int = 200) -> None:
+        """Headers of a reply whose length is not known: chunked (RFC 9112 section 7.1),
+        as dockerd streams pull progress, build output, logs and events."""
+        if self._announced and not self._body_read:
+            self.close_connection = True
+        self._replied = True
+        self.send_response(status)
+        for key, value in {
+            "Api-Version": API_VERSION,
+            "Docker-Experimental": "false",
+            "Ostype": "linux",
+            "Content-Type": content_type,
+            "Transfer-Encoding": "chunked",
+        }.items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+
+    def send_chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+    def send_json_line(self, obj: Any) -> None:
+        self.send_chunk(json.dumps(obj).encode() + b"\r\n")
+
+    def end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    # -- hijacked connections (attach, exec start)
+    def hijack(self, content_type: str) -> socket.socket:
+        """Answer ``101 UPGRADED`` (when the client asked for ``Upgrade: tcp``) or
+        ``200 OK`` and hand back the raw socket: from here on it carries the
+        container's stdio both ways, as dockerd's attach does (no HTTP framing)."""
+        self._replied = True
+        self.close_connection = True  # nothing after this is HTTP
+        self.server.connections.forget(self.connection)  # no deadline while attached
+        upgrade = "tcp" in (self.headers.get("Upgrade") or "").lower()
+        if upgrade:
+            self.send_response(101, "UPGRADED")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Upgrade", "tcp")
+        else:
+            self.send_response(200)
+        self.send_header("Api-Version", API_VERSION)
+        self.send_header("Content-Type", content_type)
+        self.end_headers()
+        self.wfile.flush()
+        self.connection.settimeout(None)
+        return self.connection
+
     def dispatch(self) -> None:
         self.server.connections.disarm(self.connection)  # the headers are in
         self._replied = self._body_read = False
         self._announced = 0
         try:
             try:
-                self._framing()
-                self._route()
+                try:
+                    endpoint, args, query = self._route()
+                except ApiError:
+                    self._framing(
+                        self.server.max_body
+                    )  # a 413 first; never parse a body as a request
+                    raise
+                self._framing(
+                    self.server.max_upload if endpoint in UPLOADS else self.server.max_body
+                )
+                getattr(self, f"ep_{endpoint}")(query, **args)
             except ApiError as e:
                 if self._replied:
                     raise
@@ -160,9 +300,11 @@ class Handler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = dispatch
 
-    def _framing(self) -> None:
+    def _framing(self, limit: int) -> None:
         """RFC 9112 section 6: one Content-Length of digits, or chunked, not both; a
-        body longer than max_body is refused (413) before it is read."""
+        body longer than ``limit`` is refused (413) before it is read (a chunked one
+        as soon as it passes the limit)."""
+        self._limit = limit
         lengths = self.headers.get_all("Content-Length") or []
         codings = self.headers.get_all("Transfer-Encoding") or []
         if codings:
@@ -175,11 +317,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise ApiError(400, "invalid Content-Length")
             self._announced = int(lengths[0].strip())
-            if self._announced > self.server.max_body:
+            if self._announced > limit:
                 self.close_connection = True
-                raise ApiError(413, f"request body too large (limit {self.server.max_body} bytes)")
+                raise ApiError(413, f"request body too large (limit {limit} bytes)")
 
-    def _route(self) -> None:
+    def _route(self) -> tuple[str, dict[str, str], dict[str, list[str]]]:
+        """(endpoint, path arguments, query) of the request; 400 or 501 if none."""
         url = urlsplit(self.path)
         path = url.path
         m = _VERSIONED.match(path)
@@ -207,7 +350,7 @@ class Handler(BaseHTTPRequestHandler):
             found = pattern.match(path)
             if found and method == self.command:
                 args = {k: unquote(v) for k, v in found.groupdict().items()}
-                return getattr(self, f"ep_{endpoint}")(query, **args)
+                return endpoint, args, query
         raise ApiError(501, f"not implemented by minicontainerd: {self.command} {unquote(path)}")
 
     @property
@@ -228,6 +371,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def ep_info(self, query: dict[str, list[str]]) -> None:
         self.reply_json(200, engine.info(self.runtime))
+
+    def ep_events(self, query: dict[str, list[str]]) -> None:
+        """GET /events: the bus's messages as a JSON stream, one object per chunk."""
+        since, until = _time_param(query, "since"), _time_param(query, "until")
+        filters = engine.parse_filters(_last(query, "filters"))
+        for key in filters:
+            if key not in EVENT_FILTERS:
+                raise ApiError(400, f"invalid filter '{key}'")
+        stream = self.server.events.subscribe(since, until, filters)
+        self.start_stream()
+        for message in stream:
+            if message is None:  # a quiet second: is the client still there?
+                if _hung_up(self.connection):
+                    break
+                continue
+            self.send_json_line(message)
+        self.end_stream()
+
+    @property
+    def events(self) -> Events:
+        return self.server.events
 
     # -- Image
     def ep_images(self, query: dict[str, list[str]]) -> None:
@@ -259,6 +423,37 @@ def _last(query: dict[str, list[str]], key: str) -> str | None:
     return values[-1] if values else None
 
 
+def _time_param(query: dict[str, list[str]], key: str) -> float | None:
+    """``since``/``until``: seconds since the epoch, maybe with a fraction (the CLI
+    turns durations and dates into that), or an RFC 3339 time."""
+    value = _last(query, key)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    stamp = engine.unix_time(value)
+    if stamp == 0:
+        raise ApiError(400, f"invalid value for {key}: {value!r}")
+    return float(stamp)
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Has the peer closed its side? (A readable socket with nothing to read.)"""
+    import select
+
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def _flag(query: dict[str, list[str]], key: str) -> bool:
     """Docker's boolean parameters: absent, "", "0", "false" (any case) are false."""
     value = _last(query, key)
@@ -275,6 +470,8 @@ class _Server(BoundedServer):
     request_queue_size = 128  # listen(2) backlog
     runtime: Runtime
     max_body = MAX_BODY
+    max_upload = MAX_UPLOAD
+    events: Events
 
     def __init__(self, family: socket.AddressFamily, address: Any, bind: bool) -> None:
         self.address_family = family
@@ -344,9 +541,14 @@ class Daemon:
         *,
         timeout: float = TIMEOUT,
         max_body: int = MAX_BODY,
+        max_upload: int | None = None,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.runtime = Runtime(root)
+        self.events = Events()
+        if max_upload is None:
+            max_upload = int(os.environ.get(MAX_UPLOAD_ENV) or MAX_UPLOAD)
+        self.max_upload = max_upload
         self.host = host or f"unix://{self.runtime.root / SOCKET_NAME}"
         self.group = group
         self.timeout = timeout
@@ -382,6 +584,8 @@ class Daemon:
             raise
         server.runtime = self.runtime
         server.max_body = self.max_body
+        server.max_upload = self.max_upload
+        server.events = self.events
         server.max_connections = self.max_connections
         server.timeout = self.timeout
         server.connections = Connections(self.timeout)
@@ -429,6 +633,7 @@ class Daemon:
         self._inode = (st.st_dev, st.st_ino)
 
     def stop(self) -> None:
+        self.events.close()
         if self._reaper is not None:
             self._reaper.stop()
             self._reaper = None
