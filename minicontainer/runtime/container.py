@@ -169,14 +169,17 @@ class Container:
             if spec.auto_remove:
                 shim.remove_files(self.root, self.id)
 
-    def start_detached(self) -> None:
-        """Start under a shim process of its own that outlives us (``run -d``)."""
+    def start_detached(self, *, hold: bool = False, keep: bool = False) -> None:
+        """Start under a shim process of its own that outlives us (``run -d``).
+        hold: keep the output for the first client of its attach socket; keep: an
+        exited --rm container stays for its owner (the daemon) to remove."""
         ready_r, ready_w = os.pipe()
         import subprocess
 
+        flags = [*(["--hold"] if hold else []), *(["--keep"] if keep else [])]
         log = open(self.dir / "shim.log", "ab")
         subprocess.Popen(
-            [*shim.package_python("shim"), str(self.root.root), self.id, str(ready_w)],
+            [*shim.package_python("shim"), str(self.root.root), self.id, str(ready_w), *flags],
             pass_fds=(ready_w,),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -193,7 +196,7 @@ class Container:
             return
         # The shim recorded the failure (and removed an --rm container); if it
         # died before it could, the directory is ours to remove.
-        if self.spec.auto_remove and self.dir.exists():
+        if self.spec.auto_remove and not keep and self.dir.exists():
             shim.remove_files(self.root, self.id)
         code_text, _, message = report.decode(errors="replace").partition(" ")
         if not code_text.isdigit():

@@ -83,10 +83,14 @@ def _log_line(stream: str, data: bytes) -> bytes:
 def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # type: ignore[no-untyped-def]
     """Run the container to its end. ``job`` holds plain values:
     pid, outputs ({fd: "stdout"|"stderr"}), tty_master, log, state, cgroup
-    (list of dirs), oom_file. Returns the final state."""
+    (list of dirs), oom_file; for a detached container also attach_fd (the
+    listening attach socket, see attach.py), stdin_fd (the write end of its stdin
+    for ``-i``) and hold (keep the output for the first client: ``docker run``
+    attached before the start). Returns the final state."""
     pid = job["pid"]
     outputs = {int(fd): stream for fd, stream in job["outputs"].items()}
     tty_master = job.get("tty_master")
+    stdin_fd = job.get("stdin_fd")
     poller = select.poll()
     for fd in outputs:
         os.set_blocking(fd, False)
@@ -95,6 +99,8 @@ def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # 
         poller.register(stdin_relay, select.POLLIN)
     pidfd = os.pidfd_open(pid)
     poller.register(pidfd, select.POLLIN)
+    hub = _Hub(job.get("attach_fd"), poller, tty_master, stdin_fd, bool(job.get("hold")))
+    hub.path = job.get("attach_path", "")
     seen: list[int] = []
 
     def forward(sig: int, _frame: object) -> None:
@@ -122,6 +128,8 @@ def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # 
                 if fd == pidfd:
                     exited = True
                     poller.unregister(pidfd)
+                elif hub.handles(fd):
+                    continue
                 elif fd == stdin_relay:
                     data = os.read(fd, 4096)
                     if data:
@@ -144,9 +152,13 @@ def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # 
                     log.write(_log_line(outputs[fd], data))
                     if sink is not None:
                         sink(outputs[fd], data)
-    for fd in outputs:
+                    hub.publish(outputs[fd], data)
+    for fd in (*outputs, pidfd):
+        try:
+            poller.unregister(fd)
+        except KeyError:
+            pass
         os.close(fd)
-    os.close(pidfd)
     _, status = os.waitpid(pid, 0)
     for sig, handler in old.items():
         signal.signal(sig, handler)
@@ -156,12 +168,151 @@ def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # 
         code = 128 - code  # killed by signal N: 128 + N, as a shell reports it
     with open(job["state"]) as f:
         state = json.load(f)
-    state.update(status="exited", exit_code=code, finished_at=now())
+    state.update(status="exited", exit_code=code, finished_at=now(), paused=False)
     if job.get("cgroup"):
         state["oom_killed"] = oom_kills(job["oom_file"]) > 0 and code == 128 + signal.SIGKILL
         remove_cgroup(job["cgroup"])
     write_atomic(job["state"], json.dumps(state), durable=False)
+    # The recorded end first: a client that sees its stream end can trust the state.
+    hub.finish()
     return state
+
+
+class _Hub:
+    """The attach socket's clients inside the supervisor's poll loop."""
+
+    HOLD_WAIT = 5.0  # seconds an exited container's held output waits for its client
+
+    def __init__(self, listen_fd, poller, tty_master, stdin_fd, hold: bool) -> None:  # type: ignore[no-untyped-def]
+        from . import attach
+
+        self.attach = attach
+        self.poller = poller
+        self.tty_master = tty_master
+        self.stdin_fd = stdin_fd
+        self.held: list[tuple[str, bytes]] | None = [] if hold else None
+        self.held_size = 0
+        self.clients: dict[int, attach.Client] = {}
+        self.listener = None
+        self.path = ""
+        if listen_fd is not None:
+            import socket
+
+            self.listener = socket.socket(fileno=listen_fd)
+            self.listener.setblocking(False)
+            poller.register(listen_fd, select.POLLIN)
+
+    def handles(self, fd: int) -> bool:
+        if self.listener is not None and fd == self.listener.fileno():
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return True
+            os.set_inheritable(sock.fileno(), False)
+            client = self.attach.Client(sock)
+            self.clients[client.fileno()] = client
+            self.poller.register(client.fileno(), select.POLLIN)
+            return True
+        client = self.clients.get(fd)
+        if client is None:
+            return False
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(client)
+            return True
+        try:
+            frames = client.frames(data)
+        except ValueError:
+            self.drop(client)
+            return True
+        for kind, payload in frames:
+            self.command(client, kind, payload)
+        return True
+
+    def command(self, client, kind: bytes, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+        if kind == b"S":
+            client.streams = {s for s in payload.decode(errors="replace").split(",") if s}
+            if self.held is not None:  # the first client gets what came before it
+                held, self.held = self.held, None
+                for stream, data in held:
+                    self.send(client, stream, data)
+        elif kind == b"I":
+            target = self.tty_master if self.tty_master is not None else self.stdin_fd
+            if target is not None:
+                try:
+                    os.write(target, payload)
+                except OSError:
+                    pass  # the container closed its stdin
+        elif kind == b"C":
+            if self.stdin_fd is not None:
+                os.close(self.stdin_fd)
+                self.stdin_fd = None
+        elif kind == b"R" and self.tty_master is not None:
+            import fcntl
+            import struct
+            import termios
+
+            try:
+                rows, cols = (int(x) for x in payload.split())
+                fcntl.ioctl(
+                    self.tty_master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0)
+                )
+            except (ValueError, OSError):
+                pass
+
+    def publish(self, stream: str, data: bytes) -> None:
+        if self.held is not None:
+            if self.held_size < self.attach.BACKLOG:
+                self.held.append((stream, data))
+                self.held_size += len(data)
+        for client in list(self.clients.values()):
+            self.send(client, stream, data)
+
+    def send(self, client, stream: str, data: bytes) -> None:  # type: ignore[no-untyped-def]
+        if client.streams is None or stream not in client.streams:
+            return
+        if not client.send(self.attach.output(stream, data)):
+            self.drop(client)
+
+    def drop(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.clients.pop(client.fileno(), None)
+        try:
+            self.poller.unregister(client.fileno())
+        except (KeyError, ValueError):
+            pass
+        client.close()
+
+    def finish(self) -> None:
+        """The container is gone: held output to its late client, then end every stream."""
+        deadline = time.monotonic() + self.HOLD_WAIT
+        while self.held is not None and self.listener is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ in self.poller.poll(left * 1000):
+                self.handles(fd)
+        for client in list(self.clients.values()):
+            client.sock.settimeout(self.HOLD_WAIT)
+            try:
+                client.sock.sendall(client.outbox)
+                client.sock.shutdown(2)
+            except OSError:
+                pass
+            self.drop(client)
+        if self.listener is not None:
+            self.listener.close()
+            if self.path:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+        if self.stdin_fd is not None:
+            os.close(self.stdin_fd)
 
 
 def main() -> None:

@@ -479,13 +479,26 @@ def _pump_exec(launched: Launched, sink: Sink | None, tty_stdin: int | None) -> 
 
 
 def main() -> None:
-    """argv: STATE_ROOT CONTAINER_ID READY_FD. Reports "ok" or "CODE message" on READY_FD."""
+    """argv: STATE_ROOT CONTAINER_ID READY_FD [--hold] [--keep]. Reports "ok" or
+    "CODE message" on READY_FD. --hold keeps the output for the first attached
+    client (``docker run`` attaches before it starts); --keep leaves an exited
+    ``--rm`` container for the daemon to remove (it reports the exit code first)."""
     root, container_id, ready = StateRoot(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    flags = set(sys.argv[4:])
     os.set_inheritable(ready, False)  # or the container would hold it open, and `run -d` wait
     spec = Spec.from_json((root.container_dir(container_id) / "config.json").read_text())
+    from . import attach
+
+    directory = str(root.container_dir(container_id))
+    listener = attach.listen(directory)  # before the start: a client may connect at once
+    stdin_r = stdin_w = None
+    if spec.interactive and not spec.tty:
+        stdin_r, stdin_w = os.pipe()
     try:
-        launched = launch(k.real(), root, spec)
+        launched = launch(k.real(), root, spec, stdin=stdin_r)
     except UserError as e:
+        listener.close()
+        os.unlink(os.path.join(directory, attach.SOCKET_NAME))
         state = root.read_state(spec.id)
         state.status, state.exit_code, state.error = "exited", e.exit_code, str(e)
         state.finished_at = now()
@@ -494,16 +507,26 @@ def main() -> None:
         if cgroup is not None:
             cgroup.remove()
         os.write(ready, f"{e.exit_code} {e}".encode())
-        if spec.auto_remove:
+        if spec.auto_remove and "--keep" not in flags:
             remove_files(root, spec.id)
         sys.exit(e.exit_code)
+    if stdin_r is not None:
+        os.close(stdin_r)
     mark_running(root, spec, launched.pid)
     os.write(ready, b"ok")
     os.close(ready)
     # Become the small monitor: execve keeps our pid, so the container stays our
     # child, and drops everything imported to start it (see monitor.py).
     work = job(root, spec, launched)
-    for fd in launched.outputs:
+    work.update(
+        attach_fd=listener.fileno(),
+        attach_path=os.path.join(directory, attach.SOCKET_NAME),
+        stdin_fd=stdin_w,
+        hold="--hold" in flags,
+    )
+    if "--keep" in flags:
+        work["auto_remove"] = False
+    for fd in (*launched.outputs, listener.fileno(), *([stdin_w] if stdin_w is not None else [])):
         os.set_inheritable(fd, True)
     argv = package_python("monitor")
     os.execv(argv[0], [*argv, json.dumps(work)])
