@@ -51,6 +51,7 @@ from ..errors import UserError
 from ..httpd import BoundedServer, Connections, Reaper, serve_foreground
 from ..registry.auth import is_loopback
 from . import engine
+from .containers import Owner
 from .engine import API_VERSION, MIN_API_VERSION, ApiError
 from .events import FILTERS as EVENT_FILTERS
 from .events import Events
@@ -79,6 +80,16 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/images/(?P<name>.+)/history\Z"), "image_history"),
     ("GET", re.compile(r"/containers/json\Z"), "containers"),
     ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/json\Z"), "container_inspect"),
+    ("POST", re.compile(r"/containers/create\Z"), "container_create"),
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/start\Z"), "container_start"),
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/wait\Z"), "container_wait"),
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/stop\Z"), "container_stop"),
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/kill\Z"), "container_kill"),
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/restart\Z"), "container_restart"),
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/attach\Z"), "container_attach"),
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/resize\Z"), "container_resize"),
+    ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/logs\Z"), "container_logs"),
+    ("DELETE", re.compile(r"/containers/(?P<ref>[^/]+)\Z"), "container_delete"),
 ]
 UPLOADS: set[str] = set()
 
@@ -412,6 +423,55 @@ class Handler(BaseHTTPRequestHandler):
     def ep_container_inspect(self, query: dict[str, list[str]], ref: str) -> None:
         self.reply_json(200, engine.container_inspect(self.runtime, ref))
 
+    # -- Container lifecycle (containers.py)
+    @property
+    def owner(self) -> Owner:
+        return self.server.owner
+
+    def ep_container_create(self, query: dict[str, list[str]]) -> None:
+        body = self.read_json()
+        self.reply_json(201, self.owner.create(_last(query, "name") or None, body))
+
+    def ep_container_start(self, query: dict[str, list[str]], ref: str) -> None:
+        started = self.owner.start(ref)
+        self.reply(204 if started else 304, b"", "text/plain", {})
+
+    def ep_container_wait(self, query: dict[str, list[str]], ref: str) -> None:
+        condition = _last(query, "condition") or "not-running"
+        result = self.owner.wait(ref, condition, answering=self.start_stream)
+        self.send_json_line(result)
+        self.end_stream()
+
+    def ep_container_stop(self, query: dict[str, list[str]], ref: str) -> None:
+        stopped = self.owner.stop(ref, _number(query, "t"))
+        self.reply(204 if stopped else 304, b"", "text/plain", {})
+
+    def ep_container_kill(self, query: dict[str, list[str]], ref: str) -> None:
+        self.owner.kill(ref, _last(query, "signal") or "")
+        self.reply(204, b"", "text/plain", {})
+
+    def ep_container_restart(self, query: dict[str, list[str]], ref: str) -> None:
+        self.owner.restart(ref, _number(query, "t"))
+        self.reply(204, b"", "text/plain", {})
+
+    def ep_container_delete(self, query: dict[str, list[str]], ref: str) -> None:
+        self.owner.remove(ref, _flag(query, "force"))
+        self.reply(204, b"", "text/plain", {})
+
+    def ep_container_attach(self, query: dict[str, list[str]], ref: str) -> None:
+        streams = [s for s in ("stdout", "stderr") if _flag(query, s)]
+        self.owner.attach(self, ref, _flag(query, "stdin"), streams)
+
+    def ep_container_resize(self, query: dict[str, list[str]], ref: str) -> None:
+        height, width = _number(query, "h"), _number(query, "w")
+        self.owner.resize(ref, int(height or 0), int(width or 0))
+        self.reply(200, b"", "text/plain", {})
+
+    def ep_container_logs(self, query: dict[str, list[str]], ref: str) -> None:
+        params = {key: _flag(query, key) for key in ("stdout", "stderr", "follow", "timestamps")}
+        params["tail"] = _last(query, "tail")
+        self.owner.logs(self, ref, params)
+
 
 def _version_tuple(text: str) -> tuple[int, int]:
     major, minor = text.split(".")
@@ -454,6 +514,16 @@ def _hung_up(sock: socket.socket) -> bool:
         return True
 
 
+def _number(query: dict[str, list[str]], key: str) -> float | None:
+    value = _last(query, key)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ApiError(400, f"invalid value for {key}: {value!r}") from None
+
+
 def _flag(query: dict[str, list[str]], key: str) -> bool:
     """Docker's boolean parameters: absent, "", "0", "false" (any case) are false."""
     value = _last(query, key)
@@ -472,6 +542,7 @@ class _Server(BoundedServer):
     max_body = MAX_BODY
     max_upload = MAX_UPLOAD
     events: Events
+    owner: Owner
 
     def __init__(self, family: socket.AddressFamily, address: Any, bind: bool) -> None:
         self.address_family = family
@@ -546,6 +617,7 @@ class Daemon:
     ) -> None:
         self.runtime = Runtime(root)
         self.events = Events()
+        self.owner = Owner(self.runtime, self.events)
         if max_upload is None:
             max_upload = int(os.environ.get(MAX_UPLOAD_ENV) or MAX_UPLOAD)
         self.max_upload = max_upload
@@ -586,10 +658,12 @@ class Daemon:
         server.max_body = self.max_body
         server.max_upload = self.max_upload
         server.events = self.events
+        server.owner = self.owner
         server.max_connections = self.max_connections
         server.timeout = self.timeout
         server.connections = Connections(self.timeout)
         self._server = server
+        self.owner.restore()  # live-restore: watch what still runs
         self._thread = threading.Thread(
             target=server.serve_forever, name="minicontainerd", daemon=True
         )

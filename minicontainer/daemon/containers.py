@@ -1,0 +1,463 @@
+"""The daemon as the owner of its containers (Engine API v1.41, "Container"):
+create, start, wait, stop, kill, restart, remove, logs and attach.
+
+Each started container runs under a supervisor process of its own (the shim,
+runtime/shim.py), as containerd-shim does for dockerd: the daemon can stop or die
+and the container keeps running and logging. The daemon watches each running
+container (``Owner.watch``, a thread on the container's pidfd): at its end it
+announces ``die``, removes an ``--rm`` container (the shim is told ``--keep``, so
+the exit code is read first) and wakes the ``wait`` calls. A daemon started
+again finds the running containers and watches them again (dockerd's
+live-restore).
+
+Attach bridges the hijacked HTTP connection and the supervisor's attach socket
+(runtime/attach.py): frames pass through as they are for a container without a
+terminal (the API's multiplexed format), and are unwrapped for one with ``-t``,
+whose stream is raw.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from ..api import Runtime
+from ..errors import Conflict, UserError
+from ..runtime import attach
+from ..runtime.container import Container
+from .engine import ApiError, api_error
+from .events import Events
+
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+class Owner:
+    """What the daemon knows of its containers beyond the files: who waits for
+    whom, and which created containers have a client attached before the start."""
+
+    def __init__(self, rt: Runtime, events: Events) -> None:
+        self.rt = rt
+        self.events = events
+        self._changed = threading.Condition()
+        self._ends: dict[str, int] = {}  # id -> exits seen (for next-exit)
+        self._removed: set[str] = set()
+        self._pending: dict[str, list[threading.Event]] = {}  # attached before the start
+        self._watched: set[str] = set()
+        self._codes: dict[str, int] = {}  # exit codes of removed --rm containers
+
+    # -- lookup
+    def get(self, ref: str) -> Container:
+        try:
+            return self.rt.container(ref)
+        except UserError as e:
+            raise api_error(e, "container", ref) from None
+
+    def attributes(self, c: Container) -> dict[str, str]:
+        return {"name": c.name, "image": c.spec.image}
+
+    # -- live-restore: the containers already running when the daemon starts
+    def restore(self) -> None:
+        for c in self.rt.containers(all=True):
+            if c.running():
+                self.watch(c)
+
+    # -- create
+    def create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        image = body.get("Image")
+        if not isinstance(image, str) or not image:
+            raise ApiError(400, "Config cannot be empty in order to create a container")
+        host = body.get("HostConfig") or {}
+        options = _options(body, host)
+        try:
+            self.rt.image(image)
+        except UserError:
+            raise ApiError(404, f"No such image: {_with_tag(image)}") from None
+        try:
+            c = self.rt.create(image, options.pop("command"), name=name, **options)
+        except Conflict as e:
+            raise ApiError(409, f"Conflict. {e}") from None
+        except UserError as e:
+            raise ApiError(400, str(e)) from None
+        self.events.emit("container", "create", c.id, self.attributes(c))
+        return {"Id": c.id, "Warnings": []}
+
+    # -- start and the watch on each running container
+    def start(self, ref: str) -> bool:
+        """False if it was running already (dockerd's 304)."""
+        c = self.get(ref)
+        state = c.state()
+        if state.status == "running":
+            return False
+        with self._changed:
+            pending = self._pending.pop(c.id, [])
+        try:
+            c.start_detached(hold=bool(pending), keep=True)
+        except UserError as e:
+            for ready in pending:
+                ready.set()
+            self._ended(c)
+            raise ApiError(400 if e.exit_code != 125 else 500, str(e)) from None
+        for ready in pending:
+            ready.set()
+        self.events.emit("container", "start", c.id, self.attributes(c))
+        self.watch(c)
+        return True
+
+    def watch(self, c: Container) -> None:
+        with self._changed:
+            if c.id in self._watched:
+                return
+            self._watched.add(c.id)
+        threading.Thread(
+            target=self._watch, args=(c,), name=f"watch-{c.id[:12]}", daemon=True
+        ).start()
+
+    def _watch(self, c: Container) -> None:
+        try:
+            state = c.wait()
+            while state.status == "running" and c.running():
+                state = c.wait()
+        except UserError:
+            pass
+        self._ended(c)
+
+    def _ended(self, c: Container) -> None:
+        try:
+            state = c.state()
+        except UserError:
+            state = None
+        code = state.exit_code if state and state.exit_code is not None else 255
+        attrs = {**self.attributes(c), "exitCode": str(code)}
+        self.events.emit("container", "die", c.id, attrs)
+        removed = False
+        if c.spec.auto_remove:
+            try:
+                c.remove(force=True)
+                removed = True
+            except UserError:
+                pass
+        with self._changed:
+            self._watched.discard(c.id)
+            self._ends[c.id] = self._ends.get(c.id, 0) + 1
+            if removed:
+                self._removed.add(c.id)
+                self._codes[c.id] = code
+            self._changed.notify_all()
+        if removed:
+            self.events.emit("container", "destroy", c.id, self.attributes(c))
+
+    # -- wait
+    def wait(self, ref: str, condition: str, answering: Any = None) -> dict[str, Any]:
+        """The exit code once ``condition`` holds. ``answering()`` is called once
+        the request is known to be good: dockerd sends its headers at once, and the
+        docker CLI waits for them before it starts the container."""
+        if condition not in WAIT_CONDITIONS:
+            raise ApiError(400, f"invalid condition: {condition!r}")
+        c = self.get(ref)
+        cid = c.id
+        if answering is not None:
+            answering()
+        with self._changed:
+            ends = self._ends.get(cid, 0)
+        state = c.state()  # after reading the count: an end from now on is counted
+        if condition == "not-running" and state.status != "running":
+            return _status(0 if state.status == "created" else state.exit_code)
+        while True:
+            with self._changed:
+                if condition == "removed" and cid in self._removed:
+                    return _status(self._codes.get(cid, 0))
+                if condition != "removed" and self._ends.get(cid, 0) > ends:
+                    break
+                if not c.dir.exists():  # removed by someone else
+                    if condition == "removed":
+                        return _status(self._codes.get(cid, 0))
+                    return _status(None)  # gone before it ended
+                self._changed.wait(1.0)
+            if condition == "removed" and not c.dir.exists():
+                return _status(self._codes.get(cid, 0))
+        return _status(c.state().exit_code)
+
+    # -- stop, kill, restart, remove
+    def stop(self, ref: str, timeout: float | None) -> bool:
+        c = self.get(ref)
+        if not c.running():
+            return False
+        self.events.emit("container", "kill", c.id, {**self.attributes(c), "signal": "15"})
+        c.stop(10 if timeout is None else timeout)
+        self.events.emit("container", "stop", c.id, self.attributes(c))
+        return True
+
+    def kill(self, ref: str, sig: str) -> None:
+        c = self.get(ref)
+        if not c.running():
+            raise ApiError(409, f"Container {c.id} is not running")
+        try:
+            c.kill(sig or "SIGKILL")
+        except Conflict as e:
+            raise ApiError(409, str(e)) from None
+        except UserError as e:
+            raise ApiError(400, str(e)) from None
+        number = sig or "9"
+        self.events.emit("container", "kill", c.id, {**self.attributes(c), "signal": number})
+
+    def restart(self, ref: str, timeout: float | None) -> None:
+        c = self.get(ref)
+        if c.running():
+            c.stop(10 if timeout is None else timeout)
+            # the watcher records the end; start only after it has
+            with self._changed:
+                self._changed.wait_for(lambda: c.id not in self._watched, timeout=30)
+        self._reset(c)
+        self.start(c.id)
+        self.events.emit("container", "restart", c.id, self.attributes(c))
+
+    def _reset(self, c: Container) -> None:
+        state = c.state()
+        state.status, state.pid, state.exit_code = "created", 0, None
+        c.root.write_state(c.id, state)
+
+    def remove(self, ref: str, force: bool) -> None:
+        c = self.get(ref)
+        if c.running() and not force:
+            raise ApiError(
+                409,
+                f"You cannot remove a running container {c.id}. "
+                "Stop the container before attempting removal or force remove",
+            )
+        attrs = self.attributes(c)
+        try:
+            c.remove(force=True)
+        except UserError as e:
+            raise ApiError(500, str(e)) from None
+        with self._changed:
+            self._removed.add(c.id)
+            self._changed.notify_all()
+        self.events.emit("container", "destroy", c.id, attrs)
+
+    # -- attach
+    def attach(self, handler: Any, ref: str, stdin: bool, streams: list[str]) -> None:
+        c = self.get(ref)
+        tty = c.spec.tty
+        ready = None
+        state = c.state()
+        if state.status == "created":
+            ready = threading.Event()
+            with self._changed:
+                self._pending.setdefault(c.id, []).append(ready)
+        elif not c.running():
+            raise ApiError(409, "You cannot attach to a stopped container, start it first")
+        media = (
+            "application/vnd.docker.raw-stream"
+            if tty
+            else "application/vnd.docker.multiplexed-stream"
+        )
+        client = handler.hijack(media)
+        self.events.emit("container", "attach", c.id, self.attributes(c))
+        if ready is not None:
+            while not ready.wait(1.0):
+                if not c.dir.exists() or _hung_up(client):
+                    with self._changed:
+                        waiting = self._pending.get(c.id, [])
+                        if ready in waiting:
+                            waiting.remove(ready)
+                    return
+        try:
+            shim = attach.connect(str(c.dir))
+        except OSError:
+            return  # it ended before we could connect (and held nothing for us)
+        bridge(client, shim, tty=tty, stdin=stdin, streams=streams, close_stdin=c.spec.interactive)
+
+    def resize(self, ref: str, height: int, width: int) -> None:
+        c = self.get(ref)
+        if not c.running():
+            raise ApiError(409, f"Container {c.id} is not running")
+        try:
+            with attach.connect(str(c.dir)) as s:
+                s.sendall(attach.frame(b"R", f"{height} {width}".encode()))
+        except OSError as e:
+            raise ApiError(500, f"cannot resize: {e.strerror or e}") from None
+
+    # -- logs
+    def logs(self, handler: Any, ref: str, query: dict[str, Any]) -> None:
+        c = self.get(ref)
+        wanted = {s for s in ("stdout", "stderr") if query.get(s)}
+        if not wanted:
+            raise ApiError(400, "Bad parameters: you must choose at least one stream")
+        tail = query.get("tail")
+        entries = _log_entries(c, follow=False)
+        if tail not in (None, "", "all"):
+            try:
+                n = int(tail)
+            except ValueError:
+                raise ApiError(400, f"invalid value for tail: {tail!r}") from None
+            entries = list(entries)[-n:] if n > 0 else []
+        media = (
+            "application/vnd.docker.raw-stream"
+            if c.spec.tty
+            else "application/vnd.docker.multiplexed-stream"
+        )
+        handler.start_stream(media)
+        position = 0
+        for stream, text, stamp, position in entries:  # noqa: B007 - follow starts there
+            _send_log(handler, c.spec.tty, wanted, stream, text, stamp, query.get("timestamps"))
+        if query.get("follow"):
+            for item in _log_entries(c, follow=True, start=position):
+                if item is None:
+                    if _hung_up(handler.connection):
+                        break
+                    continue
+                stream, text, stamp, _ = item
+                _send_log(handler, c.spec.tty, wanted, stream, text, stamp, query.get("timestamps"))
+        handler.end_stream()
+
+
+def _send_log(
+    handler: Any, tty: bool, wanted: set[str], stream: str, text: str, stamp: str, ts: Any
+) -> None:
+    if stream not in wanted:
+        return
+    data = ((stamp + " ") if ts else "").encode() + text.encode()
+    handler.send_chunk(data if tty else attach.output(stream, data))
+
+
+def _log_entries(c: Container, *, follow: bool, start: int = 0):  # type: ignore[no-untyped-def]
+    """(stream, text, time, offset after) from log.json; following, None when quiet."""
+    path = c.dir / "log.json"
+    position = start
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(position)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break
+                    position += len(line)
+                    entry = json.loads(line)
+                    yield entry["stream"], entry["log"], entry.get("time", ""), position
+        except FileNotFoundError:
+            return
+        if not follow:
+            return
+        if not c.running():
+            follow = False
+            continue  # one last read after the end
+        time.sleep(0.1)
+        yield None
+
+
+def bridge(
+    client: socket.socket,
+    shim: socket.socket,
+    *,
+    tty: bool,
+    stdin: bool,
+    streams: list[str],
+    close_stdin: bool,
+) -> None:
+    """Copy the container's output to the client until the supervisor ends the
+    stream, and (if asked) the client's bytes to its stdin; the client's EOF
+    closes the container's stdin (``docker run -i`` with a pipe)."""
+    shim.sendall(attach.frame(b"S", ",".join(streams).encode()))
+
+    def upstream() -> None:
+        try:
+            while data := client.recv(65536):
+                shim.sendall(attach.frame(b"I", data))
+            if close_stdin:
+                shim.sendall(attach.frame(b"C"))
+        except OSError:
+            pass
+
+    if stdin:
+        threading.Thread(target=upstream, name="attach-stdin", daemon=True).start()
+    try:
+        while (got := attach.read_output(shim)) is not None:
+            number, data = got
+            client.sendall(data if tty else attach.HEADER.pack(number, len(data)) + data)
+    except OSError:
+        pass
+    finally:
+        shim.close()
+        try:
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _status(code: int | None) -> dict[str, Any]:
+    return {"StatusCode": 255 if code is None else code, "Error": None}
+
+
+def _with_tag(image: str) -> str:
+    last = image.rsplit("/", 1)[-1]
+    return image if ":" in last or "@" in image else image + ":latest"
+
+
+def _options(body: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
+    """ContainerConfig + HostConfig -> Runtime.create's keywords; what we cannot
+    do is a 400 that names it, never silently ignored."""
+    if host.get("Privileged"):
+        raise ApiError(400, "privileged containers are not supported by minicontainerd")
+    network = host.get("NetworkMode") or "default"
+    if network == "default":
+        network = "none"
+    entry = body.get("Entrypoint")
+    cmd = list(body.get("Cmd") or [])
+    entrypoint = None
+    if isinstance(entry, str):
+        entry = [entry]
+    if entry:
+        entrypoint, cmd = entry[0], [*entry[1:], *cmd]
+    cpus = host.get("NanoCpus") or 0
+    devices = [
+        ":".join(
+            x
+            for x in (d.get("PathOnHost"), d.get("PathInContainer"), d.get("CgroupPermissions"))
+            if x
+        )
+        for d in host.get("Devices") or []
+    ]
+    options: dict[str, Any] = {
+        "command": cmd or None,
+        "hostname": body.get("Hostname") or None,
+        "env": list(body.get("Env") or []),
+        "workdir": body.get("WorkingDir") or None,
+        "user": body.get("User") or None,
+        "volumes": list(host.get("Binds") or []),
+        "memory": host.get("Memory") or None,
+        "cpus": cpus / 1e9 if cpus else None,
+        "pids_limit": host.get("PidsLimit") or None,
+        "network": network,
+        "entrypoint": entrypoint,
+        "tty": bool(body.get("Tty")),
+        "interactive": bool(body.get("OpenStdin")),
+        "init": bool(host.get("Init")),
+        "remove": bool(host.get("AutoRemove")),
+        "detach": True,
+        "device": devices,
+        "security_opt": list(host.get("SecurityOpt") or []),
+    }
+    return options
+
+
+def parse_signal_param(value: str | None) -> str:
+    if not value:
+        return ""
+    return value if not value.isdigit() else signal.Signals(int(value)).name
