@@ -243,9 +243,9 @@ def test_container_inspect(sock: str, laptop: mc.Runtime) -> None:
 
 def test_anything_else_is_a_501_naming_the_endpoint(sock: str) -> None:
     for method, target, named in (
-        ("GET", "/v1.41/containers/x/logs?follow=1", "GET /containers/x/logs"),
-        ("POST", "/containers/create", "POST /containers/create"),
-        ("DELETE", "/v1.40/images/busybox", "DELETE /images/busybox"),
+        ("GET", "/v1.41/volumes?filters=x", "GET /volumes"),
+        ("POST", "/swarm/init", "POST /swarm/init"),
+        ("GET", "/v1.40/plugins", "GET /plugins"),
     ):
         got = call(sock, method, target)
         assert got.status == 501
@@ -501,6 +501,4 @@ def test_docker_ps_inspect_and_logs(docker, laptop: mc.Runtime) -> None:  # type
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)[0]["Id"] == laptop.container("sleeper").id
     logs = docker("logs", "sleeper")
-    assert logs.returncode != 0
-    sid = laptop.container("sleeper").id
-    assert f"not implemented by minicontainerd: GET /containers/{sid}/logs" in logs.stderr
+    assert (logs.returncode, logs.stdout, logs.stderr) == (0, "", "")  # it printed nothing
