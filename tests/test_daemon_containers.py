@@ -207,3 +207,47 @@ def test_events_while_a_container_runs(daemon: Daemon, ours) -> None:  # type: i
     actions = got.stdout.split()
     assert actions[:1] == ["create"] and "start" in actions and "die" in actions
     assert actions[-1] == "destroy"
+
+
+def _settle(docker, name: str, count: int) -> str:  # type: ignore[no-untyped-def]
+    """Poll inspect until the container exited after ``count`` restarts."""
+    fmt = "{{.RestartCount}} {{.State.Status}} {{.State.ExitCode}}"
+    deadline = time.monotonic() + WAIT
+    while True:
+        got = docker("inspect", "-f", fmt, name).stdout.strip()
+        if got.startswith(f"{count} exited"):
+            return got
+        assert time.monotonic() < deadline, f"{name}: {got}"
+        time.sleep(0.1)
+
+
+def test_restart_on_failure_n_matches_dockerd(ours, real) -> None:  # type: ignore[no-untyped-def]
+    argv = ["run", "-d", "--name", "mcd-onfail", "--restart", "on-failure:2", "IMAGE"]
+    mine, theirs = both(ours, real, *argv, "sh", "-c", "echo try; exit 3")
+    assert mine.returncode == theirs.returncode == 0, mine.stderr
+    assert _settle(ours, "mcd-onfail", 2) == _settle(real, "mcd-onfail", 2) == "2 exited 3"
+    assert ours("logs", "mcd-onfail").stdout == real("logs", "mcd-onfail").stdout == "try\n" * 3
+    policy = "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}"
+    assert ours("inspect", "-f", policy, "mcd-onfail").stdout == "on-failure:2\n"
+    for docker in (ours, real):
+        docker("rm", "-f", "mcd-onfail")
+
+
+def test_restart_always_until_stopped_by_hand(ours, rt: mc.Runtime) -> None:  # type: ignore[no-untyped-def]
+    started = ours(
+        "run", "-d", "--name", "mcd-always", "--restart", "always", "busybox", "sleep", "600"
+    )
+    assert started.returncode == 0, started.stderr
+    c = rt.container("mcd-always")
+    first = c.state().pid
+    os.kill(first, 9)  # the container dies on its own: the policy starts it again
+    deadline = time.monotonic() + WAIT
+    while not (c.running() and c.state().pid != first):
+        assert time.monotonic() < deadline, c.state()
+        time.sleep(0.05)
+    assert c.state().restart_count == 1
+    assert ours("stop", "-t", "1", "mcd-always").returncode == 0
+    time.sleep(0.5)  # longer than the first back-off: a restart would have happened
+    assert not c.running() and c.state().manually_stopped
+    assert ours("run", "--rm", "--restart", "always", "busybox", "true").returncode == 125
+    assert ours("rm", "-f", "mcd-always").returncode == 0

@@ -30,6 +30,7 @@ from ..api import Runtime
 from ..errors import Conflict, UserError
 from ..runtime import attach
 from ..runtime.container import Container
+from ..runtime.spec import parse_restart
 from .engine import ApiError, api_error
 from .events import Events
 
@@ -62,9 +63,13 @@ class Owner:
 
     # -- live-restore: the containers already running when the daemon starts
     def restore(self) -> None:
+        """Watch what still runs; start what its restart policy says to (dockerd
+        does the same when it starts)."""
         for c in self.rt.containers(all=True):
             if c.running():
                 self.watch(c)
+            elif should_restart(c, daemon_start=True):
+                threading.Thread(target=self._restart_by_policy, args=(c, 0.0), daemon=True).start()
 
     # -- create
     def create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +98,8 @@ class Owner:
         state = c.state()
         if state.status == "running":
             return False
+        if state.status == "exited":
+            self._reset(c)  # docker start of a stopped container: it runs again
         with self._changed:
             pending = self._pending.pop(c.id, [])
         try:
@@ -134,6 +141,14 @@ class Owner:
         code = state.exit_code if state and state.exit_code is not None else 255
         attrs = {**self.attributes(c), "exitCode": str(code)}
         self.events.emit("container", "die", c.id, attrs)
+        if state is not None and should_restart(c):
+            with self._changed:
+                self._watched.discard(c.id)
+                self._ends[c.id] = self._ends.get(c.id, 0) + 1
+                self._changed.notify_all()
+            # dockerd's back-off: 100 ms, doubled each time, at most a minute
+            self._restart_by_policy(c, min(60.0, 0.1 * 2**state.restart_count))
+            return
         removed = False
         if c.spec.auto_remove:
             try:
@@ -187,10 +202,18 @@ class Owner:
         c = self.get(ref)
         if not c.running():
             return False
+        self._mark_stopped(c)
         self.events.emit("container", "kill", c.id, {**self.attributes(c), "signal": "15"})
         c.stop(10 if timeout is None else timeout)
         self.events.emit("container", "stop", c.id, self.attributes(c))
         return True
+
+    def _mark_stopped(self, c: Container) -> None:
+        """Before the signal: the supervisor reads the state at the end and keeps it."""
+        with c.root.lock():
+            state = c.state()
+            state.manually_stopped = True
+            c.root.write_state(c.id, state)
 
     def kill(self, ref: str, sig: str) -> None:
         c = self.get(ref)
@@ -208,6 +231,7 @@ class Owner:
     def restart(self, ref: str, timeout: float | None) -> None:
         c = self.get(ref)
         if c.running():
+            self._mark_stopped(c)
             c.stop(10 if timeout is None else timeout)
             # the watcher records the end; start only after it has
             with self._changed:
@@ -216,9 +240,23 @@ class Owner:
         self.start(c.id)
         self.events.emit("container", "restart", c.id, self.attributes(c))
 
-    def _reset(self, c: Container) -> None:
+    def _restart_by_policy(self, c: Container, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            if not should_restart(c, daemon_start=delay == 0.0):
+                return
+            count = c.state().restart_count + 1
+            self._reset(c, restart_count=count)
+            self.start(c.id)
+        except (UserError, ApiError) as e:  # it cannot start again: say so, once
+            self.events.emit("container", "die", c.id, {**self.attributes(c), "error": str(e)})
+
+    def _reset(self, c: Container, *, restart_count: int | None = None) -> None:
         state = c.state()
         state.status, state.pid, state.exit_code = "created", 0, None
+        state.manually_stopped = False
+        if restart_count is not None:
+            state.restart_count = restart_count
         c.root.write_state(c.id, state)
 
     def remove(self, ref: str, force: bool) -> None:
@@ -450,11 +488,33 @@ def _options(body: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
         "interactive": bool(body.get("OpenStdin")),
         "init": bool(host.get("Init")),
         "remove": bool(host.get("AutoRemove")),
+        "restart": _restart_text(host.get("RestartPolicy") or {}),
         "detach": True,
         "device": devices,
         "security_opt": list(host.get("SecurityOpt") or []),
     }
     return options
+
+
+def _restart_text(policy: dict[str, Any]) -> str:
+    name = policy.get("Name") or "no"
+    count = policy.get("MaximumRetryCount") or 0
+    return f"{name}:{count}" if name == "on-failure" and count else name
+
+
+def should_restart(c: Container, *, daemon_start: bool = False) -> bool:
+    """Docker's restart manager: always; unless-stopped unless stopped by hand;
+    on-failure[:N] after a non-zero exit, at most N times. A stop by hand keeps
+    every policy from restarting it, until the daemon starts again (always only)."""
+    policy, limit = parse_restart(c.spec.restart_policy)
+    state = c.state()
+    if policy == "no" or state.status != "exited":
+        return False
+    if state.manually_stopped and not (daemon_start and policy == "always"):
+        return False
+    if policy == "on-failure":
+        return (state.exit_code or 0) != 0 and (limit == 0 or state.restart_count < limit)
+    return True
 
 
 def parse_signal_param(value: str | None) -> str:

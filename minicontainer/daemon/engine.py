@@ -402,7 +402,7 @@ def container_inspect(rt: Runtime, ref: str) -> dict[str, Any]:
             "ResolvConfPath": "",
             "HostnamePath": "",
             "HostsPath": "",
-            "RestartCount": 0,
+            "RestartCount": c.state().restart_count,
             "Driver": "overlay",
             "Platform": "linux",
             "MountLabel": "",

@@ -25,6 +25,7 @@ from .spec import (
     NETWORK_MODES,
     Spec,
     parse_env,
+    parse_restart,
     parse_security_opts,
     parse_signal,
     parse_user,
@@ -359,6 +360,10 @@ class Container:
                 "PidsLimit": spec.pids_limit,
                 "NetworkMode": spec.network,
                 "AutoRemove": spec.auto_remove,
+                "RestartPolicy": {
+                    "Name": parse_restart(spec.restart_policy)[0],
+                    "MaximumRetryCount": parse_restart(spec.restart_policy)[1],
+                },
                 "Binds": [
                     f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts
                 ],
@@ -439,6 +444,7 @@ def create(
     interactive: bool = False,
     init: bool = False,
     auto_remove: bool = False,
+    restart: str = "no",
     detach: bool = False,
     device: list[str] = (),
     security_opt: list[str] = (),
@@ -455,6 +461,9 @@ def create(
             f"network {network} not found: use none or host (bridge networks come later)"
         )
     mounts = [parse_volume(v) for v in volumes]
+    policy, _ = parse_restart(restart)
+    if policy != "no" and auto_remove:
+        raise UserError("Conflicting options: --restart and --rm")
     extra_devices = [devices.parse_device(d) for d in device]
     seccomp_profile = parse_security_opts(list(security_opt))
     if name is not None and not NAME_RE.fullmatch(name):
@@ -554,6 +563,7 @@ def create(
             init=init,
             rootless=rootless,
             auto_remove=auto_remove,
+            restart_policy=restart or "no",
             detach=detach,
             stop_signal=config.get("StopSignal") or "SIGTERM",
             lowerdirs=lowerdirs,

@@ -54,6 +54,7 @@ class Spec(Record):
     init: bool = False
     rootless: bool = False
     auto_remove: bool = False
+    restart_policy: str = "no"  # no | always | unless-stopped | on-failure[:N]; the daemon keeps it
     detach: bool = False
     stop_signal: str = "SIGTERM"
     lowerdirs: list[str] = []  # image layers, top first
@@ -72,6 +73,19 @@ class Spec(Record):
 
 
 # --- parsers for the command line
+
+
+RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
+
+
+def parse_restart(text: str) -> tuple[str, int]:
+    """``--restart``: (policy, maximum retries; 0 is no limit)."""
+    name, _, count = (text or "no").partition(":")
+    if name not in RESTART_POLICIES or (count and (name != "on-failure" or not count.isdigit())):
+        raise UserError(
+            f"invalid restart policy '{text}': use no, always, unless-stopped or on-failure[:N]"
+        )
+    return name, int(count or 0)
 
 
 def parse_volume(text: str) -> Mount:

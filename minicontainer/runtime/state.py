@@ -52,6 +52,8 @@ class State(Record):
     error: str = ""
     started_at: str = ""
     finished_at: str = ""
+    restart_count: int = 0  # restarts by the daemon's restart policy
+    manually_stopped: bool = False  # by stop: no restart policy applies (unless-stopped)
 
     def alive(self) -> bool:
         """Is the container's PID 1 still the process we started?"""
