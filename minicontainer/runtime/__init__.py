@@ -8,6 +8,7 @@ order ``run`` uses them:
     spec        what to run: roughly an OCI runtime-spec config.json (config.md)
     state       the state root on disk, and liveness checked against /proc
     container   the lifecycle (create, start, exec, stop, kill, logs, stats, rm)
+    attach      the attach socket a detached container's supervisor serves (its frames)
     shim        clone(2) into new namespaces, the child's setup, execve(2), exec
                 via setns(2); stays the container's parent (containerd-shim's job)
     namespaces  which namespaces, uid/gid maps (user_namespaces(7), newuidmap(1))
