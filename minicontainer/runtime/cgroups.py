@@ -24,6 +24,11 @@ There are two versions of the interface and real machines have either:
 Which devices a group's processes may open is the devices controller's job on v1
 and an eBPF program attached to the group on v2 (runtime/devices.py).
 
+Freezing a group (``pause``) is the freezer hierarchy on v1
+(cgroup-v1/freezer-subsystem.rst: write FROZEN to freezer.state, read it until
+it no longer says FREEZING) and the core file cgroup.freeze on v2 (cgroup-v2.rst
+"Core Interface Files": write 1, wait for "frozen 1" in cgroup.events).
+
 This module hides the difference behind one class, `Cgroup`. Every path it
 touches is built from `CgroupSetup.fs_root` and `proc_root`, so the tests can
 point it at a fake tree in a temporary directory.
@@ -47,8 +52,9 @@ from . import kernel as k
 from .devices import DeviceRule
 
 # The controllers a container uses. cpuacct only exists on v1 (v2's cpu.stat
-# has the usage); v2 has no separate accounting controller.
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "devices")
+# has the usage); v2 has no separate accounting controller. The v1 freezer is
+# what `pause` writes to (v2 has cgroup.freeze in every group, no controller).
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "devices", "freezer")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 
 PARENT = "minicontainer"  # every container's group lives under this directory
@@ -670,6 +676,74 @@ class Cgroup:
                 return
             time.sleep(0.01)
 
+    # ---- freezing --------------------------------------------------------
+
+    def _freeze_file(self) -> Path | None:
+        """v1: the group's freezer.state; v2: its cgroup.freeze (Linux 5.2);
+        None when this group cannot be frozen."""
+        if self.version == 1:
+            path = self.dirs.get("freezer")
+            return path / "freezer.state" if path is not None else None
+        if self.version == 2 and self.paths and (self.paths[0] / "cgroup.freeze").exists():
+            return self.paths[0] / "cgroup.freeze"
+        return None
+
+    def can_freeze(self) -> bool:
+        return self._freeze_file() is not None
+
+    def frozen(self) -> bool:
+        """Is the group frozen (v1: FROZEN, not FREEZING; v2: "frozen 1")?"""
+        path = self._freeze_file()
+        if path is None:
+            return False
+        if self.version == 1:
+            try:
+                return _read(path).strip() == "FROZEN"
+            except OSError:
+                return False
+        try:
+            events = _read(path.parent / "cgroup.events").splitlines()
+        except OSError:
+            return False
+        return "frozen 1" in (line.strip() for line in events)
+
+    def freeze(self, timeout: float = 10.0) -> None:
+        """Stop every process of the group where it is, until thaw(). Returns once
+        the kernel says all are frozen; if that takes past `timeout` (a process
+        stuck in an uninterruptible wait), thaws again and raises UserError."""
+        path = self._freeze_file()
+        if path is None:
+            raise NotSupported(f"cgroup {self.name} has no freezer")
+        value = "FROZEN" if self.version == 1 else "1"
+        deadline = time.monotonic() + timeout
+        try:
+            _write(path, value)
+            while not self.frozen():
+                if time.monotonic() > deadline:
+                    self.thaw()
+                    raise UserError(
+                        f"cannot freeze cgroup {self.name}: its processes did not stop "
+                        f"within {timeout:g} s"
+                    )
+                time.sleep(0.01)
+                if self.version == 1:
+                    # freezer-subsystem.rst: FREEZING means "retry": writing FROZEN
+                    # again takes the tasks that forked or woke up meanwhile.
+                    _write(path, value)
+        except OSError as e:
+            raise UserError(f"cannot freeze cgroup {self.name}: {e.strerror or e}") from e
+
+    def thaw(self) -> None:
+        path = self._freeze_file()
+        if path is None:
+            return
+        try:
+            _write(path, "THAWED" if self.version == 1 else "0")
+        except FileNotFoundError:
+            return  # the group is gone: nothing left to thaw
+        except OSError as e:
+            raise UserError(f"cannot thaw cgroup {self.name}: {e.strerror or e}") from e
+
     # ---- numbers ---------------------------------------------------------
 
     def _value(self, controller: str, filename: str) -> int | None:
@@ -753,6 +827,8 @@ class Cgroup:
         """Kill what is left, then remove the group in every hierarchy. The
         shared `minicontainer` parent stays. Safe to call twice."""
         if self.procs():
+            # A frozen v1 task takes SIGKILL only once thawed (freezer-subsystem.rst).
+            self.thaw()
             self.kill_all()
         self._rmdirs(self.paths)
 

@@ -57,6 +57,18 @@ def remove_cgroup(paths: list[str], timeout: float = 2.0) -> None:
     A group just emptied can still say EBUSY for a moment: retry."""
     deadline = time.monotonic() + timeout
     for path in paths:
+        # A paused group's leftovers take SIGKILL only once thawed (cgroup v1 freezer).
+        for name, thawed in (("freezer.state", b"THAWED"), ("cgroup.freeze", b"0")):
+            try:
+                fd = os.open(os.path.join(path, name), os.O_WRONLY)
+            except OSError:
+                continue
+            try:
+                os.write(fd, thawed)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         while True:
             try:
                 os.rmdir(path)
@@ -156,7 +168,7 @@ def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # 
         code = 128 - code  # killed by signal N: 128 + N, as a shell reports it
     with open(job["state"]) as f:
         state = json.load(f)
-    state.update(status="exited", exit_code=code, finished_at=now())
+    state.update(status="exited", exit_code=code, finished_at=now(), paused=False)
     if job.get("cgroup"):
         state["oom_killed"] = oom_kills(job["oom_file"]) > 0 and code == 128 + signal.SIGKILL
         remove_cgroup(job["cgroup"])
