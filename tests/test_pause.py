@@ -19,6 +19,7 @@ from probe import cgroup_dirs, mc, ok, one_line_error, seed
 import minicontainer as mc_api
 from minicontainer.runtime import cgroups
 
+pytestmark = pytest.mark.root
 WAIT = 30.0  # a bound on what must happen, never a measurement
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /count; sleep 0.02; done"
 
@@ -63,9 +64,6 @@ def _read_count(root: Path, cid: str) -> int:
 
 def inspect(cid: str) -> dict:
     return json.loads(ok(mc("inspect", cid)))[0]
-
-
-pytestmark = pytest.mark.root
 
 
 def test_pause_freezes_the_container_and_unpause_lets_it_go_on(root: Path, counting: str) -> None:

@@ -392,6 +392,18 @@ class Stats(Record):
     oom_kills: int
 
 
+class CpuDetail(Record):
+    """What ``docker stats``'s cpu_stats carries, from cpuacct (v1) or cpu.stat (v2)."""
+
+    total_ns: int | None  # CPU time used by all processes, ever
+    user_ns: int | None
+    system_ns: int | None
+    percpu_ns: list[int] | None  # v1 only (cpuacct.usage_percpu); v2 has no per-CPU split
+    periods: int = 0  # CFS bandwidth periods that had runnable tasks (sched-bwc.rst)
+    throttled_periods: int = 0
+    throttled_ns: int = 0
+
+
 def _check_name(name: str) -> None:
     parts = name.split("/")
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -803,6 +815,47 @@ class Cgroup:
             pids_limit=self._value("pids", "pids.max"),
             oom_kills=self.oom_kill_count(),
         )
+
+    def cpu_detail(self) -> CpuDetail:
+        if self.version == 2:
+            stat_ = self._keyed("cpu", "cpu.stat")
+
+            def us(key: str) -> int | None:
+                return None if key not in stat_ else stat_[key] * 1000
+
+            return CpuDetail(
+                total_ns=us("usage_usec"),
+                user_ns=us("user_usec"),
+                system_ns=us("system_usec"),
+                percpu_ns=None,
+                periods=stat_.get("nr_periods", 0),
+                throttled_periods=stat_.get("nr_throttled", 0),
+                throttled_ns=(us("throttled_usec") or 0),
+            )
+        # cpuacct.stat counts USER_HZ ticks (cgroup-v1/cpuacct.rst).
+        ticks = self._keyed("cpuacct", "cpuacct.stat")
+        tick_ns = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
+        percpu = None
+        if (path := self.dirs.get("cpuacct")) is not None:
+            try:
+                percpu = [int(x) for x in _read(path / "cpuacct.usage_percpu").split()]
+            except (OSError, ValueError):
+                percpu = None
+        throttling = self._keyed("cpu", "cpu.stat")
+        return CpuDetail(
+            total_ns=self._value("cpuacct", "cpuacct.usage"),
+            user_ns=ticks["user"] * tick_ns if "user" in ticks else None,
+            system_ns=ticks["system"] * tick_ns if "system" in ticks else None,
+            percpu_ns=percpu,
+            periods=throttling.get("nr_periods", 0),
+            throttled_periods=throttling.get("nr_throttled", 0),
+            throttled_ns=throttling.get("throttled_time", 0),
+        )
+
+    def memory_stat(self) -> dict[str, int]:
+        """memory.stat as numbers (v1 cache, rss, total_inactive_file, ...; v2 anon,
+        file, inactive_file, ...): the breakdown ``docker stats`` subtracts the cache with."""
+        return self._keyed("memory", "memory.stat")
 
     # ---- removal ---------------------------------------------------------
 
