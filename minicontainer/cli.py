@@ -159,6 +159,14 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return _each(args, lambda c: c.kill(args.signal))
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _each(args, lambda c: c.pause())
+
+
+def cmd_unpause(args: argparse.Namespace) -> int:
+    return _each(args, lambda c: c.unpause())
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     return _each(args, lambda c: c.remove(force=args.force))
 
@@ -571,6 +579,10 @@ def args_kill(s: argparse.ArgumentParser) -> None:
     s.add_argument("containers", nargs="+")
 
 
+def args_containers(s: argparse.ArgumentParser) -> None:
+    s.add_argument("containers", nargs="+")
+
+
 def args_rm(s: argparse.ArgumentParser) -> None:
     s.add_argument("-f", "--force", action="store_true")
     s.add_argument("containers", nargs="+")
@@ -742,6 +754,8 @@ VERBS = {
     "exec": ("Run a command in a running container", args_exec, cmd_exec),
     "stop": ("Stop running containers (stop signal, then SIGKILL)", args_stop, cmd_stop),
     "kill": ("Send a signal to running containers", args_kill, cmd_kill),
+    "pause": ("Freeze all processes of containers (cgroup freezer)", args_containers, cmd_pause),
+    "unpause": ("Let paused containers run again", args_containers, cmd_unpause),
     "rm": ("Remove containers", args_rm, cmd_rm),
     "inspect": ("Low-level information on containers or images", args_inspect, cmd_inspect),
     "stats": ("Memory, CPU and pids of running containers (from cgroups)", args_stats, cmd_stats),

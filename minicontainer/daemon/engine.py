@@ -25,6 +25,7 @@ from .. import __version__
 from ..api import Runtime
 from ..errors import Conflict, ContainerNotFound, ImageNotFound, UserError
 from ..runtime.container import Container, status_text
+from ..runtime.state import State
 
 API_VERSION = "1.41"  # what Debian's docker 20.10 CLI speaks
 MIN_API_VERSION = "1.12"  # dockerd 20.10's minimum too
@@ -100,7 +101,7 @@ def _arch() -> str:
 def info(rt: Runtime) -> dict[str, Any]:
     """GET /info (types.Info): every field `docker info` prints, in its type."""
     containers = rt.containers(all=True)
-    states = [c.state().status for c in containers]
+    states = [_status(c.state()) for c in containers]
     os_release = _os_release()
     cgroup_v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
     return {
@@ -338,6 +339,11 @@ def _has_label(labels: dict[str, str], wanted: str) -> bool:
     return key in labels and (not sep or labels[key] == value)
 
 
+def _status(state: State) -> str:
+    """Docker's one-word state: a paused container is "paused", not "running"."""
+    return "paused" if state.paused and state.status == "running" else state.status
+
+
 def container_summary(c: Container) -> dict[str, Any]:
     spec, state = c.spec, c.state()
     return {
@@ -349,7 +355,7 @@ def container_summary(c: Container) -> dict[str, Any]:
         "Created": unix_time(spec.created),
         "Ports": [],
         "Labels": {},
-        "State": state.status,
+        "State": _status(state),
         "Status": status_text(state),
         "HostConfig": {"NetworkMode": spec.network},
         "NetworkSettings": {"Networks": {}},

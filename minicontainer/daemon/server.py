@@ -50,7 +50,7 @@ from ..api import Runtime
 from ..errors import UserError
 from ..httpd import BoundedServer, Connections, Reaper, serve_foreground
 from ..registry.auth import is_loopback
-from . import engine
+from . import containers_ops, engine, networks
 from .containers import Owner
 from .engine import API_VERSION, MIN_API_VERSION, ApiError
 from .events import FILTERS as EVENT_FILTERS
@@ -90,6 +90,15 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/resize\Z"), "container_resize"),
     ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/logs\Z"), "container_logs"),
     ("DELETE", re.compile(r"/containers/(?P<ref>[^/]+)\Z"), "container_delete"),
+    # pause, stats, top, changes, export (containers_ops.py); networks (networks.py)
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/pause\Z"), "container_pause"),
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/unpause\Z"), "container_unpause"),
+    ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/stats\Z"), "container_stats"),
+    ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/top\Z"), "container_top"),
+    ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/changes\Z"), "container_changes"),
+    ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/export\Z"), "container_export"),
+    ("GET", re.compile(r"/networks\Z"), "networks"),
+    ("GET", re.compile(r"/networks/(?P<ref>[^/]+)\Z"), "network_inspect"),
 ]
 UPLOADS: set[str] = set()
 
@@ -471,6 +480,69 @@ class Handler(BaseHTTPRequestHandler):
         params = {key: _flag(query, key) for key in ("stdout", "stderr", "follow", "timestamps")}
         params["tail"] = _last(query, "tail")
         self.owner.logs(self, ref, params)
+
+    # -- Container: pause, stats, top, changes, export (containers_ops.py)
+    def ep_container_pause(self, query: dict[str, list[str]], ref: str) -> None:
+        c = containers_ops.pause(self.runtime, ref)
+        self.events.emit("container", "pause", c.id, containers_ops.event_attributes(c))
+        self.reply(204, b"", "text/plain", {})
+
+    def ep_container_unpause(self, query: dict[str, list[str]], ref: str) -> None:
+        c = containers_ops.unpause(self.runtime, ref)
+        self.events.emit("container", "unpause", c.id, containers_ops.event_attributes(c))
+        self.reply(204, b"", "text/plain", {})
+
+    def ep_container_stats(self, query: dict[str, list[str]], ref: str) -> None:
+        stream = _flag(query, "stream") if "stream" in query else True  # dockerd's default
+        one_shot = _flag(query, "one-shot")
+        if one_shot and stream:
+            raise ApiError(400, "cannot have stream=true and one-shot=true")
+        started = False
+
+        def send(obj: dict[str, Any]) -> bool:
+            nonlocal started
+            if not stream:
+                self.reply_json(200, obj)
+                return False
+            if not started:
+                self.start_stream()
+                started = True
+            elif _hung_up(self.connection):
+                return False
+            self.send_json_line(obj)
+            return True
+
+        containers_ops.stats(self.runtime, ref, stream=stream, one_shot=one_shot, send=send)
+        if started:
+            self.end_stream()
+
+    def ep_container_top(self, query: dict[str, list[str]], ref: str) -> None:
+        self.reply_json(200, containers_ops.top(self.runtime, ref, _last(query, "ps_args")))
+
+    def ep_container_changes(self, query: dict[str, list[str]], ref: str) -> None:
+        self.reply_json(200, containers_ops.changes(self.runtime, ref))
+
+    def ep_container_export(self, query: dict[str, list[str]], ref: str) -> None:
+        try:
+            containers_ops.export(
+                self.runtime, ref, lambda: self.start_stream("application/x-tar"), self.send_chunk
+            )
+        except UserError as e:
+            if not self._replied:
+                raise engine.api_error(e, "container", ref) from None
+            # Past the headers: cut the stream, so the client sees a truncated tar.
+            sys.stderr.write(f"minicontainerd: export of {ref}: {e}\n")
+            self.close_connection = True
+            return
+        self.end_stream()
+
+    # -- Network (networks.py)
+    def ep_networks(self, query: dict[str, list[str]]) -> None:
+        filters = engine.parse_filters(_last(query, "filters"))
+        self.reply_json(200, networks.network_list(self.runtime, filters))
+
+    def ep_network_inspect(self, query: dict[str, list[str]], ref: str) -> None:
+        self.reply_json(200, networks.network_inspect(self.runtime, ref))
 
 
 def _version_tuple(text: str) -> tuple[int, int]:

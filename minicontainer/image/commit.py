@@ -25,7 +25,6 @@ import json
 import os
 import shlex
 import stat
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +41,6 @@ RUNTIME_PATHS = ("proc", "dev", "sys", "etc/hostname", "etc/hosts", "etc/resolv.
 # overlayfs features that leave an upper entry incomplete (a renamed directory that
 # points at its lower origin, a copy-up of metadata only): not a layer as is.
 _INCOMPLETE_XATTRS = ("trusted.overlay.redirect", "trusted.overlay.metacopy")
-_FREEZER = Path("/sys/fs/cgroup/freezer")  # cgroup v1 freezer hierarchy
 
 
 def _now() -> str:
@@ -251,68 +249,33 @@ def _paused(container) -> Iterator[bool]:  # type: ignore[no-untyped-def]
     """Freeze a running container while its upperdir is read, as ``docker commit``
     pauses it: a file half-written during the walk would enter the layer half-written.
 
-    Our cgroups do not include the freezer controller, so its processes move into a
-    freezer group of their own (cgroup-v1/freezer-subsystem.rst) for the duration
-    and back to where they were after. Yields whether it froze: without root, a v1
-    freezer or a cgroup listing the processes, the walk reads a live container."""
+    The container's own cgroup is frozen (cgroups.Cgroup.freeze: the v1 freezer
+    or v2's cgroup.freeze) and thawed after, unless the user had paused it: then it
+    stays paused, as with Docker. Yields whether it is frozen: without a cgroup
+    that can freeze (rootless, a container from before the freezer joined its
+    cgroup), the walk reads a live container."""
     state = container.state()
-    spec = container.spec
     if not (state.status == "running" and state.alive()):
         yield False
         return
+    if state.paused:
+        yield True
+        return
     from ..runtime import cgroups
 
+    spec = container.spec
     cg = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
-    if cg is None or os.geteuid() != 0 or not (_FREEZER / "cgroup.procs").exists():
+    if cg is None or not cg.can_freeze():
         yield False
         return
-    parent = _FREEZER / cgroups.PARENT
-    group = parent / f"commit-{container.id[:12]}-{os.getpid()}"
-    parent.mkdir(exist_ok=True)
-    group.mkdir()
-    origin: dict[int, str] = {}
-
-    def move_in() -> None:
-        for pid in cg.procs():
-            if pid not in origin:
-                origin[pid] = _freezer_path(pid)
-                with contextlib.suppress(ProcessLookupError, OSError):
-                    (group / "cgroup.procs").write_text(str(pid))
-
     try:
-        for _ in range(3):  # a process forked while we moved its parent is caught next round
-            move_in()
-        (group / "freezer.state").write_text("FROZEN")
-        deadline = time.monotonic() + 5
-        while (group / "freezer.state").read_text().strip() != "FROZEN":
-            if time.monotonic() > deadline:
-                raise UserError(f"could not pause container {container.id[:12]} to commit it")
-            time.sleep(0.01)
-        move_in()  # entering a frozen group freezes
+        cg.freeze()
+    except UserError as e:
+        raise UserError(f"could not pause container {container.id[:12]} to commit it: {e}") from e
+    try:
         yield True
     finally:
-        with contextlib.suppress(OSError):
-            (group / "freezer.state").write_text("THAWED")
-        for pid_text in (group / "cgroup.procs").read_text().split():
-            pid = int(pid_text)
-            back = _FREEZER / origin.get(pid, "/").lstrip("/")
-            with contextlib.suppress(OSError):
-                (back / "cgroup.procs").write_text(pid_text)
-        with contextlib.suppress(OSError):
-            group.rmdir()
-        with contextlib.suppress(OSError):
-            parent.rmdir()  # only when no other commit uses it
-
-
-def _freezer_path(pid: int) -> str:
-    try:
-        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if "freezer" in controllers.split(","):
-                return path
-    except OSError:
-        pass
-    return "/"
+        cg.thaw()
 
 
 # ---------------------------------------------------------------- --change
@@ -470,8 +433,8 @@ def commit(
     """``docker commit``: the container's changes become a new top layer over its
     image; the config is the container's (command, env, workdir, user) with
     `changes` applied. With `pause` (Docker's default, ``--pause=true``) a running
-    container is frozen while its layer is read, where a cgroup v1 freezer exists;
-    otherwise (``--pause=false``, cgroup v2, rootless) the layer is read live, which
+    container is frozen while its layer is read, where its cgroup can be frozen;
+    otherwise (``--pause=false``, rootless without a cgroup) the layer is read live, which
     is safe (descriptors, no symlink followed) but may catch a file half-written."""
     _refuse_rootless(container, "commit")
     store: ImageStore = rt.store

@@ -24,6 +24,11 @@ There are two versions of the interface and real machines have either:
 Which devices a group's processes may open is the devices controller's job on v1
 and an eBPF program attached to the group on v2 (runtime/devices.py).
 
+Freezing a group (``pause``) is the freezer hierarchy on v1
+(cgroup-v1/freezer-subsystem.rst: write FROZEN to freezer.state, read it until
+it no longer says FREEZING) and the core file cgroup.freeze on v2 (cgroup-v2.rst
+"Core Interface Files": write 1, wait for "frozen 1" in cgroup.events).
+
 This module hides the difference behind one class, `Cgroup`. Every path it
 touches is built from `CgroupSetup.fs_root` and `proc_root`, so the tests can
 point it at a fake tree in a temporary directory.
@@ -47,8 +52,9 @@ from . import kernel as k
 from .devices import DeviceRule
 
 # The controllers a container uses. cpuacct only exists on v1 (v2's cpu.stat
-# has the usage); v2 has no separate accounting controller.
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "devices")
+# has the usage); v2 has no separate accounting controller. The v1 freezer is
+# what `pause` writes to (v2 has cgroup.freeze in every group, no controller).
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "devices", "freezer")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 
 PARENT = "minicontainer"  # every container's group lives under this directory
@@ -386,6 +392,18 @@ class Stats(Record):
     oom_kills: int
 
 
+class CpuDetail(Record):
+    """What ``docker stats``'s cpu_stats carries, from cpuacct (v1) or cpu.stat (v2)."""
+
+    total_ns: int | None  # CPU time used by all processes, ever
+    user_ns: int | None
+    system_ns: int | None
+    percpu_ns: list[int] | None  # v1 only (cpuacct.usage_percpu); v2 has no per-CPU split
+    periods: int = 0  # CFS bandwidth periods that had runnable tasks (sched-bwc.rst)
+    throttled_periods: int = 0
+    throttled_ns: int = 0
+
+
 def _check_name(name: str) -> None:
     parts = name.split("/")
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -670,6 +688,74 @@ class Cgroup:
                 return
             time.sleep(0.01)
 
+    # ---- freezing --------------------------------------------------------
+
+    def _freeze_file(self) -> Path | None:
+        """v1: the group's freezer.state; v2: its cgroup.freeze (Linux 5.2);
+        None when this group cannot be frozen."""
+        if self.version == 1:
+            path = self.dirs.get("freezer")
+            return path / "freezer.state" if path is not None else None
+        if self.version == 2 and self.paths and (self.paths[0] / "cgroup.freeze").exists():
+            return self.paths[0] / "cgroup.freeze"
+        return None
+
+    def can_freeze(self) -> bool:
+        return self._freeze_file() is not None
+
+    def frozen(self) -> bool:
+        """Is the group frozen (v1: FROZEN, not FREEZING; v2: "frozen 1")?"""
+        path = self._freeze_file()
+        if path is None:
+            return False
+        if self.version == 1:
+            try:
+                return _read(path).strip() == "FROZEN"
+            except OSError:
+                return False
+        try:
+            events = _read(path.parent / "cgroup.events").splitlines()
+        except OSError:
+            return False
+        return "frozen 1" in (line.strip() for line in events)
+
+    def freeze(self, timeout: float = 10.0) -> None:
+        """Stop every process of the group where it is, until thaw(). Returns once
+        the kernel says all are frozen; if that takes past `timeout` (a process
+        stuck in an uninterruptible wait), thaws again and raises UserError."""
+        path = self._freeze_file()
+        if path is None:
+            raise NotSupported(f"cgroup {self.name} has no freezer")
+        value = "FROZEN" if self.version == 1 else "1"
+        deadline = time.monotonic() + timeout
+        try:
+            _write(path, value)
+            while not self.frozen():
+                if time.monotonic() > deadline:
+                    self.thaw()
+                    raise UserError(
+                        f"cannot freeze cgroup {self.name}: its processes did not stop "
+                        f"within {timeout:g} s"
+                    )
+                time.sleep(0.01)
+                if self.version == 1:
+                    # freezer-subsystem.rst: FREEZING means "retry": writing FROZEN
+                    # again takes the tasks that forked or woke up meanwhile.
+                    _write(path, value)
+        except OSError as e:
+            raise UserError(f"cannot freeze cgroup {self.name}: {e.strerror or e}") from e
+
+    def thaw(self) -> None:
+        path = self._freeze_file()
+        if path is None:
+            return
+        try:
+            _write(path, "THAWED" if self.version == 1 else "0")
+        except FileNotFoundError:
+            return  # the group is gone: nothing left to thaw
+        except OSError as e:
+            raise UserError(f"cannot thaw cgroup {self.name}: {e.strerror or e}") from e
+
     # ---- numbers ---------------------------------------------------------
 
     def _value(self, controller: str, filename: str) -> int | None:
@@ -730,6 +816,47 @@ class Cgroup:
             oom_kills=self.oom_kill_count(),
         )
 
+    def cpu_detail(self) -> CpuDetail:
+        if self.version == 2:
+            stat_ = self._keyed("cpu", "cpu.stat")
+
+            def us(key: str) -> int | None:
+                return None if key not in stat_ else stat_[key] * 1000
+
+            return CpuDetail(
+                total_ns=us("usage_usec"),
+                user_ns=us("user_usec"),
+                system_ns=us("system_usec"),
+                percpu_ns=None,
+                periods=stat_.get("nr_periods", 0),
+                throttled_periods=stat_.get("nr_throttled", 0),
+                throttled_ns=(us("throttled_usec") or 0),
+            )
+        # cpuacct.stat counts USER_HZ ticks (cgroup-v1/cpuacct.rst).
+        ticks = self._keyed("cpuacct", "cpuacct.stat")
+        tick_ns = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
+        percpu = None
+        if (path := self.dirs.get("cpuacct")) is not None:
+            try:
+                percpu = [int(x) for x in _read(path / "cpuacct.usage_percpu").split()]
+            except (OSError, ValueError):
+                percpu = None
+        throttling = self._keyed("cpu", "cpu.stat")
+        return CpuDetail(
+            total_ns=self._value("cpuacct", "cpuacct.usage"),
+            user_ns=ticks["user"] * tick_ns if "user" in ticks else None,
+            system_ns=ticks["system"] * tick_ns if "system" in ticks else None,
+            percpu_ns=percpu,
+            periods=throttling.get("nr_periods", 0),
+            throttled_periods=throttling.get("nr_throttled", 0),
+            throttled_ns=throttling.get("throttled_time", 0),
+        )
+
+    def memory_stat(self) -> dict[str, int]:
+        """memory.stat as numbers (v1 cache, rss, total_inactive_file, ...; v2 anon,
+        file, inactive_file, ...): the breakdown ``docker stats`` subtracts the cache with."""
+        return self._keyed("memory", "memory.stat")
+
     # ---- removal ---------------------------------------------------------
 
     @staticmethod
@@ -753,6 +880,8 @@ class Cgroup:
         """Kill what is left, then remove the group in every hierarchy. The
         shared `minicontainer` parent stays. Safe to call twice."""
         if self.procs():
+            # A frozen v1 task takes SIGKILL only once thawed (freezer-subsystem.rst).
+            self.thaw()
             self.kill_all()
         self._rmdirs(self.paths)
 

@@ -1,5 +1,6 @@
-"""A container's life: create, start (attached or detached), exec, stop, kill,
-logs, stats, inspect, remove. The same verbs as ``docker container ...``.
+"""A container's life: create, start (attached or detached), exec, pause,
+unpause, stop, kill, logs, stats, inspect, remove. The same verbs as ``docker
+container ...``; pause freezes the container's cgroup (cgroups.Cgroup.freeze).
 
 ``create`` checks everything the user gave before touching the disk, then
 makes the container's directory and cgroup; ``start`` hands over to the shim
@@ -130,7 +131,7 @@ class Container:
         if state.status == "running" and not state.alive() and not state.supervised():
             # Its supervisor died before it could record the end: say so, and
             # free the cgroup (everything else is for `rm`).
-            state.status = "exited"
+            state.status, state.paused = "exited", False
             state.error = state.error or "the container's supervisor died; exit code unknown"
             state.finished_at = state.finished_at or now()
             self.root.write_state(self.id, state)
@@ -247,6 +248,51 @@ class Container:
             os.kill(state.pid, number)
         except ProcessLookupError:
             pass
+        if state.paused and number in (signal.SIGKILL, parse_signal(shim.stop_signal(self.spec))):
+            # As dockerd: the signal that ends it is queued, then the container
+            # thaws so its processes can take it (a frozen v1 task cannot).
+            self._set_paused(False)
+            self._freezer("unpause").thaw()
+
+    # -- pause, unpause (docker pause: the cgroup freezer)
+
+    def _freezer(self, verb: str) -> cgroups.Cgroup:
+        cg = cgroups.Cgroup.open(self.spec.cgroup) if self.spec.cgroup else None
+        if cg is None:
+            raise NotSupported(
+                f"cannot {verb} container {self.id[:12]}: it has no cgroup to freeze "
+                "(rootless without a delegated cgroup v2 subtree)"
+            )
+        if not cg.can_freeze():
+            where = "cgroup.freeze (Linux 5.2)" if cg.version == 2 else "cgroup v1 freezer"
+            raise NotSupported(f"cannot {verb} container {self.id[:12]}: its cgroup has no {where}")
+        return cg
+
+    def _set_paused(self, paused: bool) -> None:
+        state = self.root.read_state(self.id)
+        state.paused = paused
+        self.root.write_state(self.id, state)
+
+    def pause(self) -> None:
+        """Freeze every process of the container (``docker pause``)."""
+        state = self.state()
+        if not (state.status == "running" and state.alive()):
+            raise Conflict(f"Container {self.id} is not running")
+        if state.paused:
+            raise Conflict(f"Container {self.id} is already paused")
+        self._freezer("pause").freeze()
+        # Recorded once frozen: a frozen container cannot exit meanwhile, so the
+        # monitor's final state cannot be overwritten by this one.
+        self._set_paused(True)
+
+    def unpause(self) -> None:
+        """Let a paused container run again (``docker unpause``)."""
+        state = self.state()
+        if not (state.status == "running" and state.alive() and state.paused):
+            raise Conflict(f"Container {self.id} is not paused")
+        cg = self._freezer("unpause")
+        self._set_paused(False)  # before the thaw, for the same reason as in pause
+        cg.thaw()
 
     def stop(self, timeout: float = 10) -> State:
         """The stop signal (SIGTERM unless the image says otherwise), then SIGKILL."""
@@ -334,8 +380,9 @@ class Container:
             "Args": spec.args[1:],
             "Image": spec.image_id,
             "State": {
-                "Status": state.status,
+                "Status": "paused" if state.paused else state.status,
                 "Running": state.status == "running",
+                "Paused": state.paused,
                 "Pid": state.pid if state.status == "running" else 0,
                 "ExitCode": state.exit_code if state.exit_code is not None else 0,
                 "OOMKilled": state.oom_killed,
@@ -404,6 +451,8 @@ class Container:
         state = self.state()
         if not (state.status == "running" and state.alive()):
             raise Conflict(f"container {self.id[:12]} is not running")
+        if state.paused:  # the new process would join a frozen group and hang
+            raise Conflict(f"Container {self.id} is paused, unpause the container before exec")
         spec = self.spec
         exec_spec = Spec.from_json(spec.to_json())
         exec_spec.args = list(argv)
@@ -645,7 +694,7 @@ def list_containers(root: StateRoot, all_: bool = False) -> list[Container]:
 def status_text(state: State) -> str:
     """``Up 3 seconds`` / ``Exited (0) 5 seconds ago``, as ``docker ps`` prints it."""
     if state.status == "running":
-        return f"Up {_ago(state.started_at)}"
+        return f"Up {_ago(state.started_at)}" + (" (Paused)" if state.paused else "")
     if state.status == "created":
         return "Created"
     code = "?" if state.exit_code is None else state.exit_code

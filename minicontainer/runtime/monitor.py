@@ -57,6 +57,18 @@ def remove_cgroup(paths: list[str], timeout: float = 2.0) -> None:
     A group just emptied can still say EBUSY for a moment: retry."""
     deadline = time.monotonic() + timeout
     for path in paths:
+        # A paused group's leftovers take SIGKILL only once thawed (cgroup v1 freezer).
+        for name, thawed in (("freezer.state", b"THAWED"), ("cgroup.freeze", b"0")):
+            try:
+                fd = os.open(os.path.join(path, name), os.O_WRONLY)
+            except OSError:
+                continue
+            try:
+                os.write(fd, thawed)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         while True:
             try:
                 os.rmdir(path)

@@ -43,6 +43,9 @@ def default_root() -> Path:
 
 class State(Record):
     status: str = "created"  # created | running | exited
+    # Frozen by `pause` (the status stays "running", as Docker's State has Running
+    # and Paused both true).
+    paused: bool = False
     pid: int = 0  # the container's PID 1, as the host sees it
     pid_start: int = 0
     shim_pid: int = 0  # the supervising process (the CLI in the foreground)
