@@ -223,6 +223,8 @@ def container_pids(c: Container) -> set[int]:
         return set(cg.procs())
     try:
         ns = os.readlink(f"/proc/{state.pid}/ns/pid")
+        if ns == os.readlink("/proc/self/ns/pid"):
+            return {state.pid}  # the host's namespace: everything else is not the container's
     except OSError:
         return set()
     found = set()
