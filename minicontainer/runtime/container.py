@@ -242,16 +242,19 @@ class Container:
         state = self.state()
         if not (state.status == "running" and state.alive()):
             raise Conflict(f"container {self.id[:12]} is not running")
+        if state.paused and number in (signal.SIGKILL, parse_signal(shim.stop_signal(self.spec))):
+            # The signal that ends it needs a thawed container (a frozen v1 task
+            # takes even SIGKILL only once thawed). Recorded first, while nothing
+            # can exit yet, so the monitor's final state is never overwritten.
+            with self._pause_lock():
+                self._set_paused(False)
+                cg = cgroups.Cgroup.open(self.spec.cgroup) if self.spec.cgroup else None
+                if cg is not None:
+                    cg.thaw()
         try:
             os.kill(state.pid, number)
         except ProcessLookupError:
             pass
-        if state.paused and number in (signal.SIGKILL, parse_signal(shim.stop_signal(self.spec))):
-            # As dockerd: the signal that ends it is queued, then the container
-            # thaws so its processes can take it (a frozen v1 task cannot).
-            with self._pause_lock():
-                self._set_paused(False)
-                self._freezer("unpause").thaw()
 
     # -- pause, unpause (docker pause: the cgroup freezer)
 
@@ -396,7 +399,7 @@ class Container:
             "Args": spec.args[1:],
             "Image": spec.image_id,
             "State": {
-                "Status": "paused" if state.paused else state.status,
+                "Status": "paused" if state.paused and state.status == "running" else state.status,
                 "Running": state.status == "running",
                 "Paused": state.paused,
                 "Pid": state.pid if state.status == "running" else 0,
