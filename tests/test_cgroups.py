@@ -39,6 +39,7 @@ V1_FILES = {
     "cpu": {"cpu.cfs_period_us": "100000\n", "cpu.cfs_quota_us": "-1\n", "cpu.shares": "1024\n"},
     "cpuacct": {"cpuacct.usage": "0\n"},
     "pids": {"pids.max": "max\n", "pids.current": "0\n"},
+    "freezer": {"freezer.state": "THAWED\n"},
 }
 
 V2_FILES = {
@@ -610,6 +611,137 @@ def test_remove_kills_remaining_processes(fake_v2, monkeypatch):
     monkeypatch.setattr(cgroups, "_write", fake_kill_file)
     group.remove()
     assert not procs.parent.exists()
+
+
+# ---------------------------------------------------------------------------
+# Freezing (pause)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_v1_freezer(tmp_path, monkeypatch):
+    """v1 with a freezer hierarchy."""
+    root, proc = tmp_path / "cgroup", tmp_path / "proc"
+    for h in ("memory", "cpu", "cpuacct", "pids", "freezer"):
+        write_tree(root / h, {"cgroup.procs": "1\n"})
+    kernel = FakeKernel(root, 1)
+    monkeypatch.setattr(cgroups, "_mkdir", kernel.mkdir)
+    monkeypatch.setattr(cgroups, "_rmdir", kernel.rmdir)
+    return detect(proc, root, euid=0), kernel
+
+
+def test_v1_freezer_joins_the_group_and_freeze_retries_while_freezing(fake_v1_freezer, monkeypatch):
+    setup, kernel = fake_v1_freezer
+    assert "freezer" in setup.mounts
+    group = Cgroup.create("minicontainer/f", Limits(), setup=setup)
+    assert group is not None and group.can_freeze() and not group.frozen()
+    state = kernel.root / "freezer/minicontainer/f/freezer.state"
+    writes: list[str] = []
+    real_write = cgroups._write
+
+    def kernel_write(path: Path, value: str) -> None:
+        if path == state:
+            writes.append(value)
+            # The kernel: FREEZING until a retry finds every task stopped.
+            value = "FROZEN" if value == "FROZEN" and len(writes) >= 3 else value
+            value = "FREEZING" if value == "FROZEN" and len(writes) < 3 else value
+        real_write(path, value)
+
+    monkeypatch.setattr(cgroups, "_write", kernel_write)
+    group.freeze()
+    assert group.frozen() and writes == ["FROZEN", "FROZEN", "FROZEN"]
+    group.thaw()
+    assert read(state) == "THAWED" and not group.frozen()
+
+
+def test_v1_freeze_that_never_completes_thaws_and_says_so(fake_v1_freezer, monkeypatch):
+    setup, kernel = fake_v1_freezer
+    group = Cgroup.create("minicontainer/g", Limits(), setup=setup)
+    assert group is not None
+    state = kernel.root / "freezer/minicontainer/g/freezer.state"
+    real_write = cgroups._write
+
+    def stuck(path: Path, value: str) -> None:
+        real_write(path, "FREEZING" if value == "FROZEN" else value)
+
+    monkeypatch.setattr(cgroups, "_write", stuck)
+    with pytest.raises(UserError, match="did not stop"):
+        group.freeze(timeout=0.05)
+    assert read(state) == "THAWED"
+
+
+def test_v1_without_a_freezer_cannot_freeze(fake_v1):
+    setup, _ = fake_v1
+    group = Cgroup.create("minicontainer/n", Limits(), setup=setup)
+    assert group is not None and not group.can_freeze()
+    with pytest.raises(NotSupported):
+        group.freeze()
+
+
+def test_v2_freeze_writes_cgroup_freeze_and_waits_for_frozen(fake_v2, monkeypatch):
+    setup, kernel = fake_v2
+    group = Cgroup.create("minicontainer/v", Limits(), setup=setup)
+    assert group is not None
+    leaf = kernel.root / "minicontainer/v"
+    assert not group.can_freeze()  # a kernel before 5.2: no cgroup.freeze
+    (leaf / "cgroup.freeze").write_text("0\n")
+    (leaf / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    real_write = cgroups._write
+
+    def kernel_write(path: Path, value: str) -> None:
+        real_write(path, value)
+        if path.name == "cgroup.freeze":
+            (leaf / "cgroup.events").write_text(f"populated 1\nfrozen {value}\n")
+
+    monkeypatch.setattr(cgroups, "_write", kernel_write)
+    assert group.can_freeze() and not group.frozen()
+    group.freeze()
+    assert read(leaf / "cgroup.freeze") == "1" and group.frozen()
+    group.thaw()
+    assert read(leaf / "cgroup.freeze") == "0" and not group.frozen()
+
+
+def test_cpu_detail_and_memory_stat_v1(fake_v1):
+    setup1, kernel1 = fake_v1
+    g1 = Cgroup.create("minicontainer/c", Limits(), setup=setup1)
+    assert g1 is not None
+    cpuacct = kernel1.root / "cpuacct/minicontainer/c"
+    (cpuacct / "cpuacct.usage").write_text("3000\n")
+    (cpuacct / "cpuacct.usage_percpu").write_text("1000 2000 \n")
+    (cpuacct / "cpuacct.stat").write_text("user 2\nsystem 1\n")
+    (kernel1.root / "cpu/minicontainer/c/cpu.stat").write_text(
+        "nr_periods 5\nnr_throttled 2\nthrottled_time 700\n"
+    )
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    assert g1.cpu_detail() == cgroups.CpuDetail(
+        total_ns=3000,
+        user_ns=2 * tick,
+        system_ns=tick,
+        percpu_ns=[1000, 2000],
+        periods=5,
+        throttled_periods=2,
+        throttled_ns=700,
+    )
+    (kernel1.root / "memory/minicontainer/c/memory.stat").write_text("cache 4096\nrss 8192\n")
+    assert g1.memory_stat() == {"cache": 4096, "rss": 8192}
+
+
+def test_cpu_detail_v2(fake_v2):
+    setup2, kernel2 = fake_v2
+    g2 = Cgroup.create("minicontainer/c", Limits(), setup=setup2)
+    assert g2 is not None
+    (kernel2.root / "minicontainer/c/cpu.stat").write_text(
+        "usage_usec 3\nuser_usec 2\nsystem_usec 1\nnr_periods 4\nnr_throttled 1\nthrottled_usec 9\n"
+    )
+    assert g2.cpu_detail() == cgroups.CpuDetail(
+        total_ns=3000,
+        user_ns=2000,
+        system_ns=1000,
+        percpu_ns=None,
+        periods=4,
+        throttled_periods=1,
+        throttled_ns=9000,
+    )
 
 
 # ---------------------------------------------------------------------------

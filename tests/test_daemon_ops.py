@@ -137,7 +137,8 @@ def real(laptop: mc.Runtime) -> Iterator[Docker]:
         names = run("ps", "-aq", "--filter", f"name={PREFIX}-").stdout.split()
         if names:
             run("rm", "-f", *names)
-        run("rmi", "-f", image)
+        # Not -f: the same bytes (the same image id) may be in use by others meanwhile.
+        run("rmi", image)
 
 
 def same_error(ours: subprocess.CompletedProcess, theirs: subprocess.CompletedProcess) -> None:

@@ -110,6 +110,28 @@ def test_docker_s_refusals(root: Path, counting: str) -> None:
     assert proc.returncode == 1 and "No such container: nosuch" in one_line_error(proc)
 
 
+def test_concurrent_pauses_one_wins(root: Path, counting: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from minicontainer.errors import Conflict
+
+    rt = mc_api.Runtime(root)
+
+    def attempt(verb: str) -> str:
+        try:
+            getattr(rt.container(counting), verb)()
+            return "ok"
+        except Conflict as e:
+            return str(e)
+
+    for verb, refusal in (("pause", "is already paused"), ("unpause", "is not paused")):
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(attempt, [verb] * 8))
+        assert results.count("ok") == 1, results
+        assert all(r == "ok" or r.endswith(refusal) for r in results), results
+    assert advances(root, counting)
+
+
 @pytest.mark.parametrize("verb", ["stop", "kill", "rm"])
 def test_a_paused_container_can_be_stopped_killed_and_removed(
     root: Path, counting: str, verb: str

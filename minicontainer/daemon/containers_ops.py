@@ -223,6 +223,8 @@ def container_pids(c: Container) -> set[int]:
         return set(cg.procs())
     try:
         ns = os.readlink(f"/proc/{state.pid}/ns/pid")
+        if ns == os.readlink("/proc/self/ns/pid"):
+            return {state.pid}  # the host's namespace: everything else is not the container's
     except OSError:
         return set()
     found = set()
@@ -295,12 +297,17 @@ def changes(rt: Runtime, ref: str) -> list[dict[str, Any]] | None:
 
 
 class _ChunkWriter:
-    """A file object for export: each write goes out as an HTTP chunk."""
+    """A file object for export: each write goes out as an HTTP chunk, the reply's
+    headers just before the first (so an error before any byte is still an answer)."""
 
-    def __init__(self, send: Callable[[bytes], None]) -> None:
-        self.send = send
+    def __init__(self, start: Callable[[], None], send: Callable[[bytes], None]) -> None:
+        self.start, self.send = start, send
+        self.started = False
 
     def write(self, data: bytes) -> int:
+        if not self.started:
+            self.start()
+            self.started = True
         self.send(bytes(data))
         return len(data)
 
@@ -309,9 +316,11 @@ class _ChunkWriter:
 
 
 def export(rt: Runtime, ref: str, start: Callable[[], None], send: Callable[[bytes], None]) -> None:
-    """GET /containers/{id}/export: the merged filesystem as a tar stream. The
-    container is found (404) before the reply starts; an error past that point
-    can only cut the stream, which the client sees as a truncated tar."""
+    """GET /containers/{id}/export: the merged filesystem as a tar stream. An
+    error before the first byte is an answer (404, 400); past it, it can only cut
+    the stream, which the client sees as a truncated tar."""
     c = find(rt, ref)
-    start()
-    rt.export(c.id, _ChunkWriter(send))
+    writer = _ChunkWriter(start, send)
+    rt.export(c.id, writer)
+    if not writer.started:
+        start()

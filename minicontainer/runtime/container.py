@@ -10,12 +10,14 @@ its own for ``-d``; ``remove`` leaves no directory, cgroup or process behind.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import Conflict, ContainerNotFound, NotSupported, UserError
@@ -244,15 +246,19 @@ class Container:
         state = self.state()
         if not (state.status == "running" and state.alive()):
             raise Conflict(f"container {self.id[:12]} is not running")
+        if state.paused and number in (signal.SIGKILL, parse_signal(shim.stop_signal(self.spec))):
+            # The signal that ends it needs a thawed container (a frozen v1 task
+            # takes even SIGKILL only once thawed). Recorded first, while nothing
+            # can exit yet, so the monitor's final state is never overwritten.
+            with self._pause_lock():
+                self._set_paused(False)
+                cg = cgroups.Cgroup.open(self.spec.cgroup) if self.spec.cgroup else None
+                if cg is not None:
+                    cg.thaw()
         try:
             os.kill(state.pid, number)
         except ProcessLookupError:
             pass
-        if state.paused and number in (signal.SIGKILL, parse_signal(shim.stop_signal(self.spec))):
-            # As dockerd: the signal that ends it is queued, then the container
-            # thaws so its processes can take it (a frozen v1 task cannot).
-            self._set_paused(False)
-            self._freezer("unpause").thaw()
 
     # -- pause, unpause (docker pause: the cgroup freezer)
 
@@ -268,6 +274,21 @@ class Container:
             raise NotSupported(f"cannot {verb} container {self.id[:12]}: its cgroup has no {where}")
         return cg
 
+    @contextmanager
+    def _pause_lock(self) -> Iterator[None]:
+        """One pause or unpause of this container at a time (two clients of the
+        daemon at once: one pauses, the other hears "already paused"). flock(2) on
+        the container's directory: it goes with the directory, nothing to clean up."""
+        try:
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ContainerNotFound(f"No such container: {self.id[:12]}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _set_paused(self, paused: bool) -> None:
         state = self.root.read_state(self.id)
         state.paused = paused
@@ -275,24 +296,26 @@ class Container:
 
     def pause(self) -> None:
         """Freeze every process of the container (``docker pause``)."""
-        state = self.state()
-        if not (state.status == "running" and state.alive()):
-            raise Conflict(f"Container {self.id} is not running")
-        if state.paused:
-            raise Conflict(f"Container {self.id} is already paused")
-        self._freezer("pause").freeze()
-        # Recorded once frozen: a frozen container cannot exit meanwhile, so the
-        # monitor's final state cannot be overwritten by this one.
-        self._set_paused(True)
+        with self._pause_lock():
+            state = self.state()
+            if not (state.status == "running" and state.alive()):
+                raise Conflict(f"Container {self.id} is not running")
+            if state.paused:
+                raise Conflict(f"Container {self.id} is already paused")
+            self._freezer("pause").freeze()
+            # Recorded once frozen: a frozen container cannot exit meanwhile, so the
+            # monitor's final state cannot be overwritten by this one.
+            self._set_paused(True)
 
     def unpause(self) -> None:
         """Let a paused container run again (``docker unpause``)."""
-        state = self.state()
-        if not (state.status == "running" and state.alive() and state.paused):
-            raise Conflict(f"Container {self.id} is not paused")
-        cg = self._freezer("unpause")
-        self._set_paused(False)  # before the thaw, for the same reason as in pause
-        cg.thaw()
+        with self._pause_lock():
+            state = self.state()
+            if not (state.status == "running" and state.alive() and state.paused):
+                raise Conflict(f"Container {self.id} is not paused")
+            cg = self._freezer("unpause")
+            self._set_paused(False)  # before the thaw, for the same reason as in pause
+            cg.thaw()
 
     def stop(self, timeout: float = 10) -> State:
         """The stop signal (SIGTERM unless the image says otherwise), then SIGKILL."""
@@ -380,7 +403,7 @@ class Container:
             "Args": spec.args[1:],
             "Image": spec.image_id,
             "State": {
-                "Status": "paused" if state.paused else state.status,
+                "Status": "paused" if state.paused and state.status == "running" else state.status,
                 "Running": state.status == "running",
                 "Paused": state.paused,
                 "Pid": state.pid if state.status == "running" else 0,
