@@ -245,7 +245,7 @@ def test_anything_else_is_a_501_naming_the_endpoint(sock: str) -> None:
     for method, target, named in (
         ("GET", "/v1.41/containers/x/logs?follow=1", "GET /containers/x/logs"),
         ("POST", "/containers/create", "POST /containers/create"),
-        ("DELETE", "/v1.40/images/busybox", "DELETE /images/busybox"),
+        ("POST", "/v1.40/images/prune", "POST /images/prune"),
     ):
         got = call(sock, method, target)
         assert got.status == 501
