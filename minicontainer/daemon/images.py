@@ -79,9 +79,12 @@ class JsonStream:
         self.handler.end_stream()
 
 
-def _streamed(stream: JsonStream, work: Callable[[], None], status: Callable[[UserError], int]):  # type: ignore[no-untyped-def]
+def _streamed(
+    stream: JsonStream, work: Callable[[], None], status: Callable[[UserError], int]
+) -> None:
     """Run `work`; a UserError is an HTTP error (``status(e)``) before the first
-    message, an error message in the stream after it. The stream is ended either way."""
+    message, an error message in the stream after it. The caller ends the stream
+    (after removing its scratch files: the client may look once it has the end)."""
     try:
         work()
     except ApiError as e:
@@ -94,7 +97,6 @@ def _streamed(stream: JsonStream, work: Callable[[], None], status: Callable[[Us
             raise ApiError(status(e), message) from None
         match = _NON_ZERO.search(message)
         stream.error(message, int(match[1]) if match else None)
-    stream.end()
 
 
 @contextlib.contextmanager
@@ -230,6 +232,7 @@ def pull(rt: Runtime, handler: Any, query: Query, auth_header: str | None) -> No
         handler.events.emit("image", "pull", shown, {"name": shown})
 
     _streamed(stream, work, lambda e: 404 if isinstance(e, ImageNotFound) else 500)
+    stream.end()
 
 
 # --------------------------------------------------------------------------- push
@@ -275,6 +278,7 @@ def push(rt: Runtime, handler: Any, query: Query, name: str, auth_header: str | 
             handler.events.emit("image", "push", ref, {"name": ref})
 
     _streamed(stream, work, lambda e: 404 if isinstance(e, ImageNotFound) else 500)
+    stream.end()
 
 
 def _has_tag(name: str) -> bool:
@@ -363,7 +367,48 @@ def _conflict_message(rt: Runtime, message: str, name: str) -> str:
 
 
 def build(rt: Runtime, handler: Any, query: Query) -> None:
-    """POST /build: the tar context on the body, the classic builder's stream back."""
+    """POST /build: the tar context on the body, the classic builder's stream back.
+    The body is spooled before the parameters are checked: a refusal sent while the
+    client still writes its context would reach it as a broken pipe, not the reply."""
+    stream = JsonStream(handler)
+    with scratch(rt) as tmp:
+        upload = handler.body_to_file(tmp)
+        options = _build_options(query)
+        quiet, tags = options.pop("quiet"), options.pop("tags")
+
+        def say(text: str) -> None:
+            if not quiet:
+                stream.send({"stream": text})
+
+        def work() -> None:
+            context = tmp / "context"
+            _unpack_context(upload, context)
+            upload.unlink()
+            result = rt.build(
+                context,
+                tags[0] if tags else None,
+                dockerfile_in_context=True,
+                progress=False,
+                output=say,
+                **options,
+            )
+            image = result.image
+            for t in tags[1:]:
+                rt.tag(image.id, t)
+            stream.send({"aux": {"ID": image.id}})
+            if quiet:
+                stream.send({"stream": image.id + "\n"})
+            say(f"Successfully built {image.short_id}\n")
+            for t in tags:
+                say(f"Successfully tagged {_familiar(t)}\n")
+                handler.events.emit("image", "tag", image.id, {"name": _familiar(t)})
+
+        _streamed(stream, work, lambda e: 404 if isinstance(e, ImageNotFound) else 400)
+    stream.end()
+
+
+def _build_options(query: Query) -> dict[str, Any]:
+    """The build's query parameters, checked (400 naming the bad one)."""
     if _last(query, "remote"):
         raise ApiError(501, "not implemented by minicontainerd: POST /build?remote (a URL context)")
     tags = [t for t in query.get("t", []) if t]
@@ -374,53 +419,17 @@ def build(rt: Runtime, handler: Any, query: Query) -> None:
             raise ApiError(400, f"invalid tag {t!r}: {e}") from None
         if "@" in t:
             raise ApiError(400, f"invalid tag {t!r}: a build is tagged NAME[:TAG]")
-    build_args = {k: v for k, v in _json_map(query, "buildargs").items() if v is not None}
-    labels = {k: v for k, v in _json_map(query, "labels").items() if v is not None}
-    quiet = _flag(query, "q")
-    no_cache = _flag(query, "nocache")
     for key in ("rm", "forcerm", "pull"):  # accepted: RUN containers always go
         _flag(query, key)
-    dockerfile = _last(query, "dockerfile") or "Dockerfile"
-    target = _last(query, "target") or None
-    stream = JsonStream(handler)
-
-    def say(text: str) -> None:
-        if not quiet:
-            stream.send({"stream": text})
-
-    with scratch(rt) as tmp:
-        upload = handler.body_to_file(tmp)
-        context = tmp / "context"
-
-        def work() -> None:
-            _unpack_context(upload, context)
-            upload.unlink()
-            result = rt.build(
-                context,
-                tags[0] if tags else None,
-                dockerfile=dockerfile,
-                dockerfile_in_context=True,
-                build_args=build_args,
-                no_cache=no_cache,
-                progress=False,
-                target=target,
-                labels=labels,
-                output=say,
-            )
-            image = result.image
-            for t in tags[1:]:
-                rt.tag(image.id, t)
-            stream.send({"aux": {"ID": image.id}})
-            if quiet:
-                stream.send({"stream": image.id + "\n"})
-                return
-            say(f"Successfully built {image.short_id}\n")
-            for t in tags:
-                say(f"Successfully tagged {_familiar(t)}\n")
-            for t in tags:
-                handler.events.emit("image", "tag", image.id, {"name": _familiar(t)})
-
-        _streamed(stream, work, lambda e: 404 if isinstance(e, ImageNotFound) else 400)
+    return {
+        "tags": tags,
+        "quiet": _flag(query, "q"),
+        "no_cache": _flag(query, "nocache"),
+        "build_args": {k: v for k, v in _json_map(query, "buildargs").items() if v is not None},
+        "labels": {k: v for k, v in _json_map(query, "labels").items() if v is not None},
+        "dockerfile": _last(query, "dockerfile") or "Dockerfile",
+        "target": _last(query, "target") or None,
+    }
 
 
 def _unpack_context(upload: Path, dest: Path) -> None:
@@ -514,13 +523,16 @@ def load(rt: Runtime, handler: Any, query: Query) -> None:
             images = rt.load(upload)
             upload.unlink()
             for image in images:
-                if image.ref:
+                tagged = bool(image.ref) and not image.ref.startswith("sha256:")
+                if tagged:
                     stream.send({"stream": f"Loaded image: {image.ref}\n"})
-                else:
+                else:  # an archive saved by ID names no tag
                     stream.send({"stream": f"Loaded image ID: {image.id}\n"})
-                handler.events.emit("image", "load", image.id, {"name": image.ref or image.id})
+                name = image.ref if tagged else image.id
+                handler.events.emit("image", "load", image.id, {"name": name})
 
         _streamed(stream, work, lambda e: 400)
+    stream.end()
 
 
 # --------------------------------------------------------------------------- system df
