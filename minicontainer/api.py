@@ -217,8 +217,12 @@ class Runtime:
         build_args: dict[str, str] | None = None,
         no_cache: bool = False,
         progress: bool = True,
+        **options,
     ):  # type: ignore[no-untyped-def]
-        """``docker build``: a Dockerfile, step by step, with a layer cache."""
+        """``docker build``: a Dockerfile, step by step, with a layer cache. Options
+        (builder.build's): target, labels, output (a callable getting each line
+        instead of stdout), dockerfile_in_context (the Dockerfile named inside the
+        context, read confined to it, as the daemon must)."""
         from .build import builder
 
         return builder.build(
@@ -229,19 +233,21 @@ class Runtime:
             build_args=build_args or {},
             no_cache=no_cache,
             progress=progress,
+            **options,
         )
 
-    def push(self, ref: str, *, progress: bool = True):  # type: ignore[no-untyped-def]
-        """Upload an image (``HOST[:PORT]/REPO:TAG``) with the blobs the registry lacks."""
+    def push(self, ref: str, *, progress: bool = True, **options):  # type: ignore[no-untyped-def]
+        """Upload an image (``HOST[:PORT]/REPO:TAG``) with the blobs the registry lacks.
+        Options: credentials=(user, password), on_layer (registry/client.py)."""
         from .registry import client
 
-        return client.push(self.store, ref, progress=progress)
+        return client.push(self.store, ref, progress=progress, **options)
 
-    def pull(self, ref: str, *, progress: bool = True):  # type: ignore[no-untyped-def]
-        """Download an image, only the blobs this store lacks."""
+    def pull(self, ref: str, *, progress: bool = True, **options):  # type: ignore[no-untyped-def]
+        """Download an image, only the blobs this store lacks. Options as push's."""
         from .registry import client
 
-        return client.pull(self.store, ref, progress=progress)
+        return client.pull(self.store, ref, progress=progress, **options)
 
     def bootstrap(self, force: bool = False):  # type: ignore[no-untyped-def]
         """Build the local base images (busybox, hello-world) from this machine, and

@@ -30,6 +30,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -149,8 +150,19 @@ def build(
     build_args: dict[str, str] | None = None,
     no_cache: bool = False,
     progress: bool = True,
+    target: str | None = None,
+    labels: dict[str, str] | None = None,
+    output: Callable[[str], None] | None = None,
+    dockerfile_in_context: bool = False,
 ) -> BuildResult:
-    """Build the Dockerfile (default CONTEXT/Dockerfile) into an image tagged `tag`."""
+    """Build the Dockerfile (default CONTEXT/Dockerfile) into an image tagged `tag`.
+
+    `target` stops after that stage (`docker build --target`); `labels` are set on
+    the image by one more LABEL step at the end, as the classic builder adds them;
+    `output` gets each line the build prints (then no bar and nothing on stdout:
+    minicontainerd streams them); with `dockerfile_in_context` the `dockerfile` is a
+    path inside the context, read through it like a COPY source (a daemon must
+    not read a file its client names on the host)."""
     if tag:
         normalize_ref(tag)  # a bad tag fails before any step runs
         if "@" in tag:
@@ -160,12 +172,14 @@ def build(
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     with ctx:
-        path = Path(dockerfile) if dockerfile else ctx.root / "Dockerfile"
+        inside = dockerfile_in_context or not dockerfile
+        name = dockerfile or "Dockerfile"
+        path = ctx.root / name if inside else Path(name)
         try:
-            if dockerfile:  # the user's own choice of file
+            if not inside:  # the user's own choice of file
                 text = path.read_text()
             else:  # the context's: a symlink in it is followed inside it only
-                rel = ctx.resolve("Dockerfile", ignoring=False)
+                rel = ctx.resolve(name, ignoring=False)
                 if rel is None:
                     raise FileNotFoundError(2, "No such file or directory")
                 with ctx.open_file(rel) as f:
@@ -173,9 +187,34 @@ def build(
         except (OSError, UnicodeDecodeError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else e
             raise UserError(f"cannot read Dockerfile {path}: {why}") from None
-        instructions = parse(text, str(path))
-        b = _Builder(rt, ctx, str(path), dict(build_args or {}), no_cache, progress)
+        shown = name if dockerfile_in_context else str(path)
+        instructions = parse(text, shown)
+        if target:
+            instructions = _up_to_stage(instructions, target, shown)
+        if labels:
+            quoted = " ".join(f"{_single_quoted(k)}={_single_quoted(v)}" for k, v in labels.items())
+            instructions.append(Instruction("LABEL", quoted, 0, f"LABEL {quoted}"))
+        b = _Builder(rt, ctx, shown, dict(build_args or {}), no_cache, progress, output)
         return b.run(instructions, tag)
+
+
+def _up_to_stage(instructions: list[Instruction], target: str, path: str) -> list[Instruction]:
+    """The instructions up to the end of stage `target` (FROM ... AS target)."""
+    wanted = target.lower()
+    for i, ins in enumerate(instructions):
+        parts = ins.rest.split() if ins.keyword == "FROM" else []
+        if len(parts) == 3 and parts[1].lower() == "as" and parts[2].lower() == wanted:
+            end = next(
+                (j for j in range(i + 1, len(instructions)) if instructions[j].keyword == "FROM"),
+                len(instructions),
+            )
+            return instructions[:end]
+    raise UserError(f"failed to reach build target {target} in {path}")
+
+
+def _single_quoted(text: str) -> str:
+    """A word the Dockerfile lexer reads back as `text`, nothing expanded ($ stays)."""
+    return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
 class _Builder:
@@ -187,8 +226,10 @@ class _Builder:
         build_args: dict[str, str],
         no_cache: bool,
         progress: bool,
+        output: Callable[[str], None] | None = None,
     ) -> None:
         self.rt = rt
+        self.output = output
         self.store = rt.store
         self.ctx = ctx
         self.path = path
@@ -207,6 +248,9 @@ class _Builder:
     # ------------------------------------------------------------ output
 
     def say(self, text: str) -> None:
+        if self.output is not None:
+            self.output(text if text.endswith("\n") else text + "\n")
+            return
         if not self.progress:
             return
         if self.bar is not None:
@@ -250,7 +294,8 @@ class _Builder:
         global_args: dict[str, str] = {}
         stage: Stage | None = None
         # A bar of steps in a terminal or a notebook (the step lines print above it).
-        self.bar = _progress.bar(_progress.wanted(self.progress), "build", total=total, unit="step")
+        wanted = _progress.wanted(self.progress) and self.output is None
+        self.bar = _progress.bar(wanted, "build", total=total, unit="step")
         try:
             for n, ins in enumerate(instructions, 1):
                 if self.bar is not None and n > 1:
@@ -488,10 +533,10 @@ class _Builder:
             result = self.rt.run(
                 image.id, argv, env=run_env, remove=False, network=RUN_NETWORK, entrypoint=None
             )
-            if self.progress and (result.stdout or result.stderr):
+            if (self.progress or self.output) and (result.stdout or result.stderr):
                 self.say(result.stdout + result.stderr)
             if result.exit_code != 0:
-                if not self.progress:
+                if not self.progress and self.output is None:
                     sys.stderr.write(result.stdout + result.stderr)
                     sys.stderr.flush()
                 raise UserError(

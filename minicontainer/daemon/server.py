@@ -50,7 +50,7 @@ from ..api import Runtime
 from ..errors import UserError
 from ..httpd import BoundedServer, Connections, Reaper, serve_foreground
 from ..registry.auth import is_loopback
-from . import containers_ops, engine, networks
+from . import containers_ops, engine, images, networks
 from .containers import Owner
 from .engine import API_VERSION, MIN_API_VERSION, ApiError
 from .events import FILTERS as EVENT_FILTERS
@@ -78,6 +78,16 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/images/json\Z"), "images"),
     ("GET", re.compile(r"/images/(?P<name>.+)/json\Z"), "image_inspect"),
     ("GET", re.compile(r"/images/(?P<name>.+)/history\Z"), "image_history"),
+    ("POST", re.compile(r"/images/create\Z"), "image_create"),
+    ("GET", re.compile(r"/images/get\Z"), "images_get"),
+    ("POST", re.compile(r"/images/load\Z"), "images_load"),
+    ("GET", re.compile(r"/images/(?P<name>.+)/get\Z"), "image_get"),
+    ("POST", re.compile(r"/images/(?P<name>.+)/push\Z"), "image_push"),
+    ("POST", re.compile(r"/images/(?P<name>.+)/tag\Z"), "image_tag"),
+    ("DELETE", re.compile(r"/images/(?P<name>.+)\Z"), "image_delete"),
+    # build and system df (daemon/images.py)
+    ("POST", re.compile(r"/build\Z"), "build"),
+    ("GET", re.compile(r"/system/df\Z"), "system_df"),
     ("GET", re.compile(r"/containers/json\Z"), "containers"),
     ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/json\Z"), "container_inspect"),
     ("POST", re.compile(r"/containers/create\Z"), "container_create"),
@@ -100,7 +110,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/networks\Z"), "networks"),
     ("GET", re.compile(r"/networks/(?P<ref>[^/]+)\Z"), "network_inspect"),
 ]
-UPLOADS: set[str] = set()
+UPLOADS: set[str] = {"build", "images_load"}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -422,6 +432,35 @@ class Handler(BaseHTTPRequestHandler):
 
     def ep_image_history(self, query: dict[str, list[str]], name: str) -> None:
         self.reply_json(200, engine.image_history(self.runtime, name))
+
+    # -- Image: pull, push, tag, remove, save, load (daemon/images.py)
+    def ep_image_create(self, query: dict[str, list[str]]) -> None:
+        images.pull(self.runtime, self, query, self.headers.get("X-Registry-Auth"))
+
+    def ep_image_push(self, query: dict[str, list[str]], name: str) -> None:
+        images.push(self.runtime, self, query, name, self.headers.get("X-Registry-Auth"))
+
+    def ep_image_tag(self, query: dict[str, list[str]], name: str) -> None:
+        images.tag(self.runtime, self, query, name)
+
+    def ep_image_delete(self, query: dict[str, list[str]], name: str) -> None:
+        images.remove(self.runtime, self, query, name)
+
+    def ep_image_get(self, query: dict[str, list[str]], name: str) -> None:
+        images.save(self.runtime, self, [name])
+
+    def ep_images_get(self, query: dict[str, list[str]]) -> None:
+        images.save(self.runtime, self, query.get("names", []))
+
+    def ep_images_load(self, query: dict[str, list[str]]) -> None:
+        images.load(self.runtime, self, query)
+
+    # -- Build, system df (daemon/images.py)
+    def ep_build(self, query: dict[str, list[str]]) -> None:
+        images.build(self.runtime, self, query)
+
+    def ep_system_df(self, query: dict[str, list[str]]) -> None:
+        self.reply_json(200, images.disk_usage(self.runtime))
 
     # -- Container
     def ep_containers(self, query: dict[str, list[str]]) -> None:

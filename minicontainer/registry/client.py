@@ -20,6 +20,15 @@ push gzips them (deterministically, as Docker does at push time) and remembers
 diff_id -> gzip blob so the next push does not compress again. Every downloaded blob
 goes to a temp file, is checked (size, then digest) and only then renamed into place:
 a transfer killed halfway leaves no corrupt blob, and a re-run starts that blob over.
+
+Progress: the CLI's tqdm bar counts all bytes; a caller that wants per-layer news
+(minicontainerd's JSON progress stream, the shape dockerd sends) passes `on_layer`,
+called as on_layer(layer_id, status, current, total) with Docker's status words:
+pull "Already exists", "Pulling fs layer", "Downloading", "Download complete",
+"Pull complete" (layer_id: the blob digest); push "Preparing", "Layer already
+exists", "Mounted from REPO", "Pushing", "Pushed" (layer_id: the diff_id, as
+dockerd names a pushed layer). It runs in the transfer's thread: an exception it
+raises (a client gone) stops the transfer, leaving only whole blobs behind.
 """
 
 from __future__ import annotations
@@ -64,6 +73,8 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from ..image.store import Image, ImageStore
+
+    LayerCallback = Callable[[str, str, int, int], None]
 
 DOCKER_HUB = auth.DOCKER_HUB
 # No longer read: its user:pass went to every registry and every token realm. Only
@@ -142,6 +153,7 @@ class TransferReport:
     action: str  # "pushed" or "pulled"
     ref: str
     manifest_digest: str = ""
+    manifest_size: int = 0
     bytes_transferred: int = 0
     layers_transferred: int = 0
     layers_skipped: int = 0
@@ -564,12 +576,21 @@ def _update_record(store: ImageStore, name: str, update: Callable[[dict[str, Any
 # ---------------------------------------------------------------- pull
 
 
-def pull(store: ImageStore, ref: str, *, progress: bool = True) -> TransferReport:
+def pull(
+    store: ImageStore,
+    ref: str,
+    *,
+    progress: bool = True,
+    credentials: tuple[str, str] | None | object = _FROM_CONFIG,
+    on_layer: LayerCallback | None = None,
+) -> TransferReport:
     """Fetch `ref`'s manifest (the host platform's one, from an index), then only the
-    blobs the store lacks; register the raw manifest under `ref`."""
+    blobs the store lacks; register the raw manifest under `ref`. `credentials`
+    default to the ones stored for the host (a daemon passes its client's)."""
     remote = parse_remote(ref)
     report = TransferReport("pulled", str(remote))
-    session = Session(remote.host, remote.scheme)
+    session = Session(remote.host, remote.scheme, credentials)
+    news = on_layer or _quiet
     bar = _Progress(_progress.wanted(progress), f"pull {remote.repo}")
     try:
         raw, media_type = _get_manifest(session, remote, remote.reference, report)
@@ -596,22 +617,55 @@ def pull(store: ImageStore, ref: str, *, progress: bool = True) -> TransferRepor
             raise UserError(f"{remote}: unsupported manifest type {media_type!r}")
         manifest = Manifest.parse(raw)
         report.manifest_digest = manifest.digest
+        report.manifest_size = len(raw)
         missing = [d for d in (manifest.config, *manifest.layers) if not store.has_blob(d.digest)]
         report.layers_skipped = sum(1 for d in manifest.layers if d not in missing)
+        for d in manifest.layers:
+            news(d.digest, "Pulling fs layer" if d in missing else "Already exists", 0, 0)
         bar.add_total(sum(d.size for d in missing))
         for desc in missing:
             if store.has_blob(desc.digest):  # a layer listed twice
                 continue
-            _download_blob(session, store, remote, desc, bar.update)
+            is_layer = desc is not manifest.config
+            tick = bar.update
+            if is_layer and on_layer is not None:
+                tick = _layer_ticker(bar.update, on_layer, desc.digest, "Downloading", desc.size)
+            _download_blob(session, store, remote, desc, tick)
             report.bytes_transferred += desc.size
             report.blobs_transferred.append(desc.digest)
-            if desc is not manifest.config:
+            if is_layer:
                 report.layers_transferred += 1
+                news(desc.digest, "Download complete", desc.size, desc.size)
+                news(desc.digest, "Pull complete", desc.size, desc.size)
         report.image = store.add_manifest(raw, _local_name(ref))
         return report
     finally:
         bar.close()
         session.close()
+
+
+def _quiet(layer_id: str, status: str, current: int, total: int) -> None:
+    pass
+
+
+def _layer_ticker(
+    bar_update: Callable[[int], None],
+    on_layer: LayerCallback,
+    layer_id: str,
+    status: str,
+    total: int,
+) -> Callable[[int], None]:
+    """A byte tick for the bar that also tells `on_layer` how far this layer is."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        bar_update(n)
+        if n:
+            done += n
+            on_layer(layer_id, status, done, total)
+
+    return tick
 
 
 def _local_name(ref: str) -> str:
@@ -696,7 +750,14 @@ def _download_blob(
 # ---------------------------------------------------------------- push
 
 
-def push(store: ImageStore, ref: str, *, progress: bool = True) -> TransferReport:
+def push(
+    store: ImageStore,
+    ref: str,
+    *,
+    progress: bool = True,
+    credentials: tuple[str, str] | None | object = _FROM_CONFIG,
+    on_layer: LayerCallback | None = None,
+) -> TransferReport:
     """Upload the blobs the registry lacks (HEAD first, mount when we can), then the
     manifest. Uncompressed layers are gzipped first, once (remembered by diff_id)."""
     remote = parse_remote(ref)
@@ -706,27 +767,45 @@ def push(store: ImageStore, ref: str, *, progress: bool = True) -> TransferRepor
     report = TransferReport("pushed", str(remote))
     raw, manifest = _push_manifest(store, image)
     report.manifest_digest = manifest.digest
-    session = Session(remote.host, remote.scheme)
+    report.manifest_size = len(raw)
+    session = Session(remote.host, remote.scheme, credentials)
     bar = _Progress(_progress.wanted(progress), f"push {remote.repo}")
+    news = on_layer or _quiet
+    layer_ids = {
+        d.digest: diff_id for d, diff_id in zip(manifest.layers, image.diff_ids, strict=False)
+    }
     known = _read_record(store, PUSHED_RECORD).get(remote.host) or {}
     pushed: dict[str, str] = {}
     try:
         done: set[str] = set()
+        for desc in manifest.layers:
+            news(layer_ids[desc.digest], "Preparing", 0, 0)
         for desc in (*manifest.layers, manifest.config):  # docker's order: layers first
             is_layer = desc is not manifest.config
             if desc.digest in done:
                 continue
             done.add(desc.digest)
-            how = _push_blob(session, store, remote, desc, known.get(desc.digest), bar)
+            layer_id = layer_ids.get(desc.digest, desc.digest)
+            tick = bar.update
+            if is_layer and on_layer is not None:
+                tick = _layer_ticker(bar.update, on_layer, layer_id, "Pushing", desc.size)
+            from_repo = known.get(desc.digest)
+            how = _push_blob(session, store, remote, desc, from_repo, bar, tick)
             pushed[desc.digest] = remote.repo
             if how == "uploaded":
                 report.bytes_transferred += desc.size
                 report.blobs_transferred.append(desc.digest)
                 report.layers_transferred += is_layer
+                if is_layer:
+                    news(layer_id, "Pushed", desc.size, desc.size)
             elif how == "mounted":
                 report.layers_mounted += is_layer
+                if is_layer:
+                    news(layer_id, f"Mounted from {from_repo}", 0, 0)
             else:
                 report.layers_skipped += is_layer
+                if is_layer:
+                    news(layer_id, "Layer already exists", 0, 0)
         resp = session.request(
             "PUT",
             session.url(f"/v2/{remote.repo}/manifests/{remote.reference}"),
@@ -801,6 +880,7 @@ def _push_blob(
     desc: Descriptor,
     from_repo: str | None,
     bar: _Progress,
+    tick: Callable[[int], None] | None = None,
 ) -> str:
     """ "skipped" (HEAD says it is there), "mounted" or "uploaded"."""
     base = f"/v2/{remote.repo}/blobs/"
@@ -837,7 +917,7 @@ def _push_blob(
                     "Content-Length": str(desc.size),
                     "Content-Range": f"0-{desc.size - 1}",
                 },
-                _CountingReader(f, bar.update),  # type: ignore[arg-type]
+                _CountingReader(f, tick or bar.update),  # type: ignore[arg-type]
                 ok=(202, 204),
             )
             session.drain(resp)
