@@ -249,6 +249,16 @@ def test_push_streams_progress_and_the_digest(
     assert got.json()["message"].startswith("An image does not exist locally with the tag")
 
 
+def test_push_without_a_tag_pushes_every_tag_of_the_repository(
+    sock: str, laptop: mc.Runtime, registry: str
+) -> None:
+    for t in ("a", "b"):
+        laptop.tag("busybox", f"{registry}/raw/all:{t}")
+    stream = messages(request(sock, "POST", f"/images/{registry}/raw/all/push"))
+    assert [m["aux"]["Tag"] for m in stream if "aux" in m] == ["a", "b"]
+    assert not any("error" in m for m in stream)
+
+
 def test_push_to_a_dead_registry_fails_inside_the_stream(sock: str, laptop: mc.Runtime) -> None:
     with socket.socket() as s:  # a port nobody listens on (bound, never listening)
         s.bind(("127.0.0.1", 0))
@@ -332,6 +342,7 @@ def test_pull_passes_the_client_s_credentials_only(
 def test_a_pull_waiting_on_its_registry_does_not_block_other_clients(sock: str) -> None:
     """A registry that accepts and never answers: the pull waits, _ping answers."""
     stall = socket.socket()
+    stall.settimeout(WAIT)  # a daemon that never connects fails the test, not hangs it
     stall.bind(("127.0.0.1", 0))
     stall.listen(1)
     port = stall.getsockname()[1]
@@ -343,13 +354,15 @@ def test_a_pull_waiting_on_its_registry_does_not_block_other_clients(sock: str) 
         daemon=True,
     )
     puller.start()
-    held, _ = stall.accept()  # the daemon is now inside its pull
     try:
-        got = request(sock, "GET", "/_ping")
-        assert (got.status, got.body) == (200, b"OK")
-        assert not done
+        held, _ = stall.accept()  # the daemon is now inside its pull
+        try:
+            got = request(sock, "GET", "/_ping")
+            assert (got.status, got.body) == (200, b"OK")
+            assert not done
+        finally:
+            held.close()  # the registry hangs up: the pull fails and answers
     finally:
-        held.close()  # the registry hangs up: the pull fails and answers
         stall.close()
     puller.join(WAIT)
     assert done and done[0].status == 500
