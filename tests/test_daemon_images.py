@@ -476,6 +476,32 @@ def test_an_interrupted_upload_leaves_nothing_behind(sock: str, laptop: mc.Runti
     assert request(sock, "GET", "/_ping").status == 200
 
 
+def test_a_client_gone_mid_build_leaves_no_half_image(
+    sock: str, laptop: mc.Runtime, daemon: Daemon
+) -> None:
+    """The client hangs up once the build's stream has started: whether the daemon
+    notices at its next message or the build got to its end, nothing is left half
+    made (scratch dir, RUN containers, the intermediate images' index entries)."""
+    dockerfile = b"FROM busybox\nRUN echo one > /one\nRUN echo two > /two\nLABEL done=1\n"
+    body = context_tar({"Dockerfile": dockerfile, "pad": os.urandom(1 << 16)})
+    before_ids = {i.id for i in laptop.images()}
+    before_containers = {c.id for c in laptop.containers(all=True)}
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(WAIT)
+        s.connect(sock)
+        head = f"POST /build?t=raw/abandoned HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+        s.sendall(head.encode() + b"\r\n\r\n" + body)
+        assert s.recv(12) == b"HTTP/1.1 200"  # the stream has started: the build runs
+    wait_until("the daemon is done with it", lambda: daemon.connections == 0)
+    assert leftovers(laptop) == []
+    after_ids = {i.id for i in laptop.images()}
+    assert after_ids - before_ids <= (
+        {laptop.image("raw/abandoned").id} if laptop.store.exists("raw/abandoned") else set()
+    )
+    assert {c.id for c in laptop.containers(all=True)} == before_containers
+    assert request(sock, "GET", "/_ping").status == 200
+
+
 # --------------------------------------------------------------------------- save, load, df
 
 
