@@ -672,7 +672,9 @@ def test_docker_build_multi_stage_matches_dockerd(
     (ctx / "sub").mkdir(parents=True)
     (ctx / "sub" / "f.txt").write_text("hello\n")
     (ctx / "Dockerfile").write_text(MULTI_STAGE)
-    (ctx / "Dockerfile.bad").write_text(f"FROM {base}\nRUN exit 3\n")
+    # Outside the context: the CLI adds it to the tar it sends (its own way, see
+    # daemon/images.py _unpack_context)
+    (tmp_path / "Dockerfile.bad").write_text(f"FROM {base}\nRUN exit 3\n")
     built = f"{prefix}/built:1"
     try:
         load = docker("load", "-i", str(saved), real=True)
@@ -691,7 +693,7 @@ def test_docker_build_multi_stage_matches_dockerd(
             results[real] = {
                 k: config.get(k) for k in ("Cmd", "Env", "WorkingDir", "Entrypoint", "Labels")
             }
-            bad = docker("build", "-f", str(ctx / "Dockerfile.bad"), str(ctx), real=real)
+            bad = docker("build", "-f", str(tmp_path / "Dockerfile.bad"), str(ctx), real=real)
             assert bad.returncode == 3, bad.stdout + bad.stderr
         assert results[False] == results[True]
         ran = docker("run", "--rm", built, real=True)
