@@ -13,6 +13,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -656,6 +657,29 @@ def dockerd(docker) -> str:  # type: ignore[no-untyped-def]
     if not answers:
         skip_or_fail("dockerd is not answering: `make test` starts it (or: sudo dockerd &)")
     return "dockerd"
+
+
+def test_docker_pull_says_what_dockerd_says(
+    docker, dockerd: str, laptop: mc.Runtime, registry: str
+) -> None:  # type: ignore[no-untyped-def]
+    """The same pull from the embedded registry through both daemons: the same lines,
+    but for the per-layer ones (what each store already has differs)."""
+    ref = f"{registry}/parity{os.getpid()}/bb:v1"
+    laptop.push(laptop.tag("busybox", ref).ref, progress=False)
+    laptop.remove_image(ref)
+
+    def said(real: bool) -> list[str]:
+        got = docker("pull", ref, real=real)
+        assert got.returncode == 0, got.stderr
+        return [line for line in got.stdout.splitlines() if not re.match(r"[0-9a-f]{12}: ", line)]
+
+    try:
+        for _ in ("Downloaded newer image", "Image is up to date"):
+            theirs, ours = said(True), said(False)
+            assert ours == theirs
+        assert ours[-2] == f"Status: Image is up to date for {ref}"
+    finally:
+        docker("rmi", ref, real=True)
 
 
 def test_docker_build_multi_stage_matches_dockerd(
