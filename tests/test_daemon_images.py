@@ -292,7 +292,7 @@ def test_pull_streams_docker_s_progress_messages(
     assert set(by_layer) == layers
     for statuses in by_layer.values():
         assert statuses[0] == "Pulling fs layer" and "Downloading" in statuses
-        assert statuses[-2:] == ["Download complete", "Pull complete"]
+        assert statuses[-3:] == ["Verifying Checksum", "Download complete", "Pull complete"]
     digest = rt.image(ref).manifest_digest
     assert stream[-2:] == [
         {"status": f"Digest: {digest}"},
