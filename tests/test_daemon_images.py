@@ -13,6 +13,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -249,6 +250,16 @@ def test_push_streams_progress_and_the_digest(
     assert got.json()["message"].startswith("An image does not exist locally with the tag")
 
 
+def test_push_without_a_tag_pushes_every_tag_of_the_repository(
+    sock: str, laptop: mc.Runtime, registry: str
+) -> None:
+    for t in ("a", "b"):
+        laptop.tag("busybox", f"{registry}/raw/all:{t}")
+    stream = messages(request(sock, "POST", f"/images/{registry}/raw/all/push"))
+    assert [m["aux"]["Tag"] for m in stream if "aux" in m] == ["a", "b"]
+    assert not any("error" in m for m in stream)
+
+
 def test_push_to_a_dead_registry_fails_inside_the_stream(sock: str, laptop: mc.Runtime) -> None:
     with socket.socket() as s:  # a port nobody listens on (bound, never listening)
         s.bind(("127.0.0.1", 0))
@@ -281,7 +292,7 @@ def test_pull_streams_docker_s_progress_messages(
     assert set(by_layer) == layers
     for statuses in by_layer.values():
         assert statuses[0] == "Pulling fs layer" and "Downloading" in statuses
-        assert statuses[-2:] == ["Download complete", "Pull complete"]
+        assert statuses[-3:] == ["Verifying Checksum", "Download complete", "Pull complete"]
     digest = rt.image(ref).manifest_digest
     assert stream[-2:] == [
         {"status": f"Digest: {digest}"},
@@ -332,6 +343,7 @@ def test_pull_passes_the_client_s_credentials_only(
 def test_a_pull_waiting_on_its_registry_does_not_block_other_clients(sock: str) -> None:
     """A registry that accepts and never answers: the pull waits, _ping answers."""
     stall = socket.socket()
+    stall.settimeout(WAIT)  # a daemon that never connects fails the test, not hangs it
     stall.bind(("127.0.0.1", 0))
     stall.listen(1)
     port = stall.getsockname()[1]
@@ -343,13 +355,15 @@ def test_a_pull_waiting_on_its_registry_does_not_block_other_clients(sock: str) 
         daemon=True,
     )
     puller.start()
-    held, _ = stall.accept()  # the daemon is now inside its pull
     try:
-        got = request(sock, "GET", "/_ping")
-        assert (got.status, got.body) == (200, b"OK")
-        assert not done
+        held, _ = stall.accept()  # the daemon is now inside its pull
+        try:
+            got = request(sock, "GET", "/_ping")
+            assert (got.status, got.body) == (200, b"OK")
+            assert not done
+        finally:
+            held.close()  # the registry hangs up: the pull fails and answers
     finally:
-        held.close()  # the registry hangs up: the pull fails and answers
         stall.close()
     puller.join(WAIT)
     assert done and done[0].status == 500
@@ -460,6 +474,32 @@ def test_an_interrupted_upload_leaves_nothing_behind(sock: str, laptop: mc.Runti
             wait_until("the upload is being spooled", lambda: leftovers(laptop) != [])
         wait_until("the scratch dir is gone", lambda: leftovers(laptop) == [])
     assert not laptop.store.exists("raw/cut")
+    assert request(sock, "GET", "/_ping").status == 200
+
+
+def test_a_client_gone_mid_build_leaves_no_half_image(
+    sock: str, laptop: mc.Runtime, daemon: Daemon
+) -> None:
+    """The client hangs up once the build's stream has started: whether the daemon
+    notices at its next message or the build got to its end, nothing is left half
+    made (scratch dir, RUN containers, the intermediate images' index entries)."""
+    dockerfile = b"FROM busybox\nRUN echo one > /one\nRUN echo two > /two\nLABEL done=1\n"
+    body = context_tar({"Dockerfile": dockerfile, "pad": os.urandom(1 << 16)})
+    before_ids = {i.id for i in laptop.images()}
+    before_containers = {c.id for c in laptop.containers(all=True)}
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(WAIT)
+        s.connect(sock)
+        head = f"POST /build?t=raw/abandoned HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+        s.sendall(head.encode() + b"\r\n\r\n" + body)
+        assert s.recv(12) == b"HTTP/1.1 200"  # the stream has started: the build runs
+    wait_until("the daemon is done with it", lambda: daemon.connections == 0)
+    assert leftovers(laptop) == []
+    after_ids = {i.id for i in laptop.images()}
+    assert after_ids - before_ids <= (
+        {laptop.image("raw/abandoned").id} if laptop.store.exists("raw/abandoned") else set()
+    )
+    assert {c.id for c in laptop.containers(all=True)} == before_containers
     assert request(sock, "GET", "/_ping").status == 200
 
 
@@ -619,6 +659,29 @@ def dockerd(docker) -> str:  # type: ignore[no-untyped-def]
     return "dockerd"
 
 
+def test_docker_pull_says_what_dockerd_says(
+    docker, dockerd: str, laptop: mc.Runtime, registry: str
+) -> None:  # type: ignore[no-untyped-def]
+    """The same pull from the embedded registry through both daemons: the same lines,
+    but for the per-layer ones (what each store already has differs)."""
+    ref = f"{registry}/parity{os.getpid()}/bb:v1"
+    laptop.push(laptop.tag("busybox", ref).ref, progress=False)
+    laptop.remove_image(ref)
+
+    def said(real: bool) -> list[str]:
+        got = docker("pull", ref, real=real)
+        assert got.returncode == 0, got.stderr
+        return [line for line in got.stdout.splitlines() if not re.match(r"[0-9a-f]{12}: ", line)]
+
+    try:
+        for _ in ("Downloaded newer image", "Image is up to date"):
+            theirs, ours = said(True), said(False)
+            assert ours == theirs
+        assert ours[-2] == f"Status: Image is up to date for {ref}"
+    finally:
+        docker("rmi", ref, real=True)
+
+
 def test_docker_build_multi_stage_matches_dockerd(
     docker, dockerd: str, laptop: mc.Runtime, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -633,7 +696,9 @@ def test_docker_build_multi_stage_matches_dockerd(
     (ctx / "sub").mkdir(parents=True)
     (ctx / "sub" / "f.txt").write_text("hello\n")
     (ctx / "Dockerfile").write_text(MULTI_STAGE)
-    (ctx / "Dockerfile.bad").write_text(f"FROM {base}\nRUN exit 3\n")
+    # Outside the context: the CLI adds it to the tar it sends (its own way, see
+    # daemon/images.py _unpack_context)
+    (tmp_path / "Dockerfile.bad").write_text(f"FROM {base}\nRUN exit 3\n")
     built = f"{prefix}/built:1"
     try:
         load = docker("load", "-i", str(saved), real=True)
@@ -652,7 +717,7 @@ def test_docker_build_multi_stage_matches_dockerd(
             results[real] = {
                 k: config.get(k) for k in ("Cmd", "Env", "WorkingDir", "Entrypoint", "Labels")
             }
-            bad = docker("build", "-f", str(ctx / "Dockerfile.bad"), str(ctx), real=real)
+            bad = docker("build", "-f", str(tmp_path / "Dockerfile.bad"), str(ctx), real=real)
             assert bad.returncode == 3, bad.stdout + bad.stderr
         assert results[False] == results[True]
         ran = docker("run", "--rm", built, real=True)

@@ -436,6 +436,15 @@ def _unpack_context(upload: Path, dest: Path) -> None:
     """The uploaded tar (plain or gzip) into `dest`, with the layer extractor's checks."""
     from ..image.extract import apply_layer
 
+    # When -f names a Dockerfile outside the context, the docker CLI adds it to the
+    # tar (and a .dockerignore) through a rewriting wrapper whose output ends right
+    # after the last file's data: no padding to the 512-byte record, no end-of-archive
+    # blocks. dockerd's Go tar reader takes that; we complete it with zeros (a plain
+    # tar only: zeros after a gzip stream would be trailing garbage).
+    with open(upload, "r+b") as f:
+        if f.read(2) != b"\x1f\x8b":
+            size = f.seek(0, os.SEEK_END)
+            f.write(b"\0" * (-size % 512 + 1024))
     try:
         apply_layer(upload, dest, rootless=os.geteuid() != 0, whiteouts="apply")
     except UserError as e:

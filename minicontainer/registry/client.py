@@ -24,8 +24,8 @@ a transfer killed halfway leaves no corrupt blob, and a re-run starts that blob 
 Progress: the CLI's tqdm bar counts all bytes; a caller that wants per-layer news
 (minicontainerd's JSON progress stream, the shape dockerd sends) passes `on_layer`,
 called as on_layer(layer_id, status, current, total) with Docker's status words:
-pull "Already exists", "Pulling fs layer", "Downloading", "Download complete",
-"Pull complete" (layer_id: the blob digest); push "Preparing", "Layer already
+pull "Already exists", "Pulling fs layer", "Downloading", "Verifying Checksum",
+"Download complete", "Pull complete" (layer_id: the blob digest); push "Preparing", "Layer already
 exists", "Mounted from REPO", "Pushing", "Pushed" (layer_id: the diff_id, as
 dockerd names a pushed layer). It runs in the transfer's thread: an exception it
 raises (a client gone) stops the transfer, leaving only whole blobs behind.
@@ -635,6 +635,9 @@ def pull(
             report.blobs_transferred.append(desc.digest)
             if is_layer:
                 report.layers_transferred += 1
+                # _download_blob checked size and digest before the rename, as dockerd
+                # says "Verifying Checksum" before "Download complete"
+                news(desc.digest, "Verifying Checksum", desc.size, desc.size)
                 news(desc.digest, "Download complete", desc.size, desc.size)
                 news(desc.digest, "Pull complete", desc.size, desc.size)
         report.image = store.add_manifest(raw, _local_name(ref))
