@@ -79,6 +79,22 @@ def shutdown_socket(sock: socket.socket) -> None:
         pass  # already gone
 
 
+def hung_up(sock: socket.socket) -> bool:
+    """Has the peer closed its side? (Readable, with nothing to read.) A streaming
+    reply asks this when it has nothing to send, to stop for a client gone."""
+    import select
+
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 class Reaper(threading.Thread):
     """Calls ``connections.reap()`` a few times per timeout, until stopped."""
 

@@ -19,7 +19,6 @@ whose stream is raw.
 from __future__ import annotations
 
 import json
-import select
 import signal
 import socket
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 from ..api import Runtime
 from ..errors import Conflict, UserError
+from ..httpd import hung_up
 from ..runtime import attach
 from ..runtime.container import Container
 from ..runtime.spec import parse_restart
@@ -298,7 +298,7 @@ class Owner:
         self.events.emit("container", "attach", c.id, self.attributes(c))
         if ready is not None:
             while not ready.wait(1.0):
-                if not c.dir.exists() or _hung_up(client):
+                if not c.dir.exists() or hung_up(client):
                     with self._changed:
                         waiting = self._pending.get(c.id, [])
                         if ready in waiting:
@@ -346,7 +346,7 @@ class Owner:
         if query.get("follow"):
             for item in _log_entries(c, follow=True, start=position):
                 if item is None:
-                    if _hung_up(handler.connection):
+                    if hung_up(handler.connection):
                         break
                     continue
                 stream, text, stamp, _ = item
@@ -425,18 +425,6 @@ def bridge(
             client.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-
-def _hung_up(sock: socket.socket) -> bool:
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def _status(code: int | None) -> dict[str, Any]:

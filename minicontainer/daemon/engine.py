@@ -53,6 +53,24 @@ def api_error(e: UserError, kind: str, ref: str) -> ApiError:
     return ApiError(400, str(e))
 
 
+def last(query: dict[str, list[str]], key: str) -> str | None:
+    """A query parameter's last value (Docker's handlers read the last one)."""
+    values = query.get(key)
+    return values[-1] if values else None
+
+
+def flag(query: dict[str, list[str]], key: str) -> bool:
+    """Docker's boolean parameters: absent, "", "0", "false" (any case) are false."""
+    value = last(query, key)
+    if value is None:
+        return False
+    if value.lower() in ("", "0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise ApiError(400, f"invalid value for {key}: {value!r}")
+
+
 def unix_time(stamp: str) -> int:
     """RFC 3339 (``2026-12-02T07:37:55.901044173Z``) -> seconds since the epoch, UTC;
     0 for an empty or unreadable stamp (Docker's zero time)."""

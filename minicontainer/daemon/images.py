@@ -45,6 +45,8 @@ from ..api import Runtime
 from ..errors import Conflict, ImageNotFound, UserError
 from ..image.store import normalize_ref, split_ref
 from .engine import ApiError, api_error, container_summary, image_list
+from .engine import flag as _flag
+from .engine import last as _last
 
 Query = dict[str, list[str]]
 _NON_ZERO = re.compile(r"returned a non-zero code: (-?[0-9]+)")
@@ -584,14 +586,3 @@ def disk_usage(rt: Runtime) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _last(query: Query, key: str) -> str | None:
-    values = query.get(key)
-    return values[-1] if values else None
-
-
-def _flag(query: Query, key: str) -> bool:
-    from .server import _flag as flag
-
-    return flag(query, key)

@@ -48,11 +48,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .. import __version__
 from ..api import Runtime
 from ..errors import UserError
-from ..httpd import BoundedServer, Connections, Reaper, serve_foreground
+from ..httpd import BoundedServer, Connections, Reaper, hung_up, serve_foreground
 from ..registry.auth import is_loopback
 from . import containers_ops, engine, images, networks
 from .containers import Owner
 from .engine import API_VERSION, MIN_API_VERSION, ApiError
+from .engine import flag as _flag
+from .engine import last as _last
 from .events import FILTERS as EVENT_FILTERS
 from .events import Events
 
@@ -413,7 +415,7 @@ class Handler(BaseHTTPRequestHandler):
         self.start_stream()
         for message in stream:
             if message is None:  # a quiet second: is the client still there?
-                if _hung_up(self.connection):
+                if hung_up(self.connection):
                     break
                 continue
             self.send_json_line(message)
@@ -546,7 +548,7 @@ class Handler(BaseHTTPRequestHandler):
             if not started:
                 self.start_stream()
                 started = True
-            elif _hung_up(self.connection):
+            elif hung_up(self.connection):
                 return False
             self.send_json_line(obj)
             return True
@@ -589,11 +591,6 @@ def _version_tuple(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def _last(query: dict[str, list[str]], key: str) -> str | None:
-    values = query.get(key)
-    return values[-1] if values else None
-
-
 def _time_param(query: dict[str, list[str]], key: str) -> float | None:
     """``since``/``until``: seconds since the epoch, maybe with a fraction (the CLI
     turns durations and dates into that), or an RFC 3339 time."""
@@ -610,21 +607,6 @@ def _time_param(query: dict[str, list[str]], key: str) -> float | None:
     return float(stamp)
 
 
-def _hung_up(sock: socket.socket) -> bool:
-    """Has the peer closed its side? (A readable socket with nothing to read.)"""
-    import select
-
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
 def _number(query: dict[str, list[str]], key: str) -> float | None:
     value = _last(query, key)
     if value in (None, ""):
@@ -633,18 +615,6 @@ def _number(query: dict[str, list[str]], key: str) -> float | None:
         return float(value)
     except ValueError:
         raise ApiError(400, f"invalid value for {key}: {value!r}") from None
-
-
-def _flag(query: dict[str, list[str]], key: str) -> bool:
-    """Docker's boolean parameters: absent, "", "0", "false" (any case) are false."""
-    value = _last(query, key)
-    if value is None:
-        return False
-    if value.lower() in ("", "0", "false", "no"):
-        return False
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    raise ApiError(400, f"invalid value for {key}: {value!r}")
 
 
 class _Server(BoundedServer):
