@@ -311,6 +311,14 @@ JS_RUN_FINISHED = """(n) => {
     return failed || (prompts.length === n && done === n);
 }"""
 
+JS_RUN_STARTED = """() => {
+    const prompts = document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt');
+    return [...prompts].some(p => /^\\[(\\*|\\d+)\\]:$/.test(p.textContent.trim()));
+}"""
+
+JS_PROMPTS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+    .map(p => p.textContent.trim().replace(/:$/, '') || '[ ]')"""
+
 # Every widget output has its view: the widget manager found the model and drew it.
 # (JupyterLab marks each rendered output with data-mime-type, except widget views.)
 JS_WIDGETS_DRAWN = """() => {
@@ -353,15 +361,27 @@ class NotebookPage:
         )
         page = self.page
         page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=timeout * 1000)
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel").filter(
-            has_text=_exact("Run All Cells")
-        ).click()
+        for _attempt in range(2):  # a click lost while the page is still settling: once more
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel").filter(
+                has_text=_exact("Run All Cells")
+            ).click()
+            try:  # Run All marks every cell queued ([*]) at once, before the kernel runs any
+                page.wait_for_function(JS_RUN_STARTED, timeout=20_000, polling=250)
+                return
+            except Exception:  # noqa: BLE001 - retried once, then wait_finished reports
+                if self.lab.kernel_ready(self.path) is None:  # busy: the click did land
+                    return
 
     def wait_finished(self, timeout: float) -> None:
-        self.page.wait_for_function(
-            JS_RUN_FINISHED, arg=self.code_cells, timeout=timeout * 1000, polling=250
-        )
+        try:
+            self.page.wait_for_function(
+                JS_RUN_FINISHED, arg=self.code_cells, timeout=timeout * 1000, polling=250
+            )
+        except Exception as e:  # noqa: BLE001 - a timeout says where the run stands
+            raise AssertionError(
+                f"{self.path}: Run All not finished after {timeout:.0f} s: {self.progress()}"
+            ) from e
         if not self.problems():
             try:
                 self.page.wait_for_function(JS_WIDGETS_DRAWN, timeout=60_000, polling=250)
@@ -372,6 +392,17 @@ class NotebookPage:
 
     def problems(self) -> list[str]:
         return self.page.evaluate(JS_PROBLEMS)
+
+    def progress(self) -> str:
+        """Each code cell's prompt ("[3]:", "[*]:" running, "[ ]:" not run), the kernel's
+        state: enough to tell a slow cell from a Run All that never started."""
+        prompts = self.page.evaluate(JS_PROMPTS)
+        sessions = self.lab.api("/api/sessions")
+        kernel = next((s.get("kernel") or {} for s in sessions if s.get("path") == self.path), {})
+        return (
+            f"{len(prompts)}/{self.code_cells} cells in the page, prompts {' '.join(prompts)}; "
+            f"kernel {kernel.get('execution_state')}, {kernel.get('connections')} connection(s)"
+        )
 
     def widget(self, css_class: str) -> Any:
         loc = self.page.locator(f".jp-OutputArea-output .{css_class}")
