@@ -378,7 +378,13 @@ def _log_entries(c: Container, *, follow: bool, start: int = 0):  # type: ignore
                     entry = json.loads(line)
                     yield entry["stream"], entry["log"], entry.get("time", ""), position
         except FileNotFoundError:
-            return
+            # Not written yet: the SDK's run() follows the logs right after the
+            # start, before the supervisor has written a line.
+            if not (follow and c.running()):
+                return
+            time.sleep(0.1)
+            yield None
+            continue
         if not follow:
             return
         if not c.running():
