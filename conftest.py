@@ -4,7 +4,10 @@
   the absolute path of tests/nbval-sanitize.cfg, and make a relative path that only
   exists from the repo root work from anywhere.
 - Notebook cells tagged ``needs-root`` are skipped when not root, and fail in CI
-  (CI runs as root: a skip there would hide a failure).
+  (CI runs as root: a skip there would hide a failure). Cells tagged
+  ``needs-docker`` (the docker CLI) or ``needs-dockerd`` (a Docker daemon that
+  answers) are skipped without them, and fail in CI (a missing setup step): their
+  output when Docker is there is what the notebook stores.
 - The skip policy, for tests and notebooks alike: a skip is allowed only for what
   the user chose or what the machine cannot do, and its reason then starts with
   one of SKIP_CATEGORIES. Any other skip (a tool or package not installed, a
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,8 @@ import pytest
 REPO = Path(__file__).resolve().parent
 SANITIZE_FILE = REPO / "tests" / "nbval-sanitize.cfg"
 NEEDS_ROOT_TAG = "needs-root"
+NEEDS_DOCKER_TAG = "needs-docker"
+NEEDS_DOCKERD_TAG = "needs-dockerd"
 
 # "<category>: <detail>" is how an allowed skip's reason starts.
 SKIP_CATEGORIES = (
@@ -58,12 +64,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if cell is None:
         return
     tags = cell.get("metadata", {}).get("tags", []) or []
-    if NEEDS_ROOT_TAG not in tags or os.geteuid() == 0:
-        return
-    reason = f"not root: cell tagged {NEEDS_ROOT_TAG!r} needs root (run `sudo make test`)"
-    if in_ci():
-        pytest.fail(f"CI must run as root: {reason}", pytrace=False)
-    pytest.skip(reason)
+    if NEEDS_ROOT_TAG in tags and os.geteuid() != 0:
+        reason = f"not root: cell tagged {NEEDS_ROOT_TAG!r} needs root (run `sudo make test`)"
+        if in_ci():
+            pytest.fail(f"CI must run as root: {reason}", pytrace=False)
+        pytest.skip(reason)
+    if NEEDS_DOCKER_TAG in tags or NEEDS_DOCKERD_TAG in tags:
+        from minicontainer.lessons.layers import docker_available
+
+        why = "docker is not installed" if shutil.which("docker") is None else None
+        if why is None and NEEDS_DOCKERD_TAG in tags:
+            why = docker_available()
+        if why:  # not an allowed category: _fail_in_ci makes it a failure in CI
+            pytest.skip(f"{why} (`make test` sets it up): a cell tagged needs-docker(d)")
 
 
 # --------------------------------------------------------------------------- skips

@@ -102,6 +102,10 @@ class Owner:
             self._reset(c)  # docker start of a stopped container: it runs again
         with self._changed:
             pending = self._pending.pop(c.id, [])
+        # The log exists from the start (the shim appends to it): a client that
+        # follows it right after the start (the docker SDK's run()) holds it open
+        # even when the container ends and is removed before the shim's first line.
+        (c.dir / "log.json").touch()
         try:
             c.start_detached(hold=bool(pending), keep=True)
         except UserError as e:
@@ -327,30 +331,35 @@ class Owner:
         if not wanted:
             raise ApiError(400, "Bad parameters: you must choose at least one stream")
         tail = query.get("tail")
-        entries = _log_entries(c, follow=False)
-        if tail not in (None, "", "all"):
-            try:
-                n = int(tail)
-            except ValueError:
-                raise ApiError(400, f"invalid value for tail: {tail!r}") from None
-            entries = list(entries)[-n:] if n > 0 else []
-        media = (
-            "application/vnd.docker.raw-stream"
-            if c.spec.tty
-            else "application/vnd.docker.multiplexed-stream"
-        )
-        handler.start_stream(media)
-        position = 0
-        for stream, text, stamp, position in entries:  # noqa: B007 - follow starts there
-            _send_log(handler, c.spec.tty, wanted, stream, text, stamp, query.get("timestamps"))
-        if query.get("follow"):
-            for item in _log_entries(c, follow=True, start=position):
-                if item is None:
-                    if hung_up(handler.connection):
-                        break
-                    continue
-                stream, text, stamp, _ = item
-                _send_log(handler, c.spec.tty, wanted, stream, text, stamp, query.get("timestamps"))
+        log = _LogFile(c)
+        try:
+            entries = _log_entries(c, log, follow=False)
+            if tail not in (None, "", "all"):
+                try:
+                    n = int(tail)
+                except ValueError:
+                    raise ApiError(400, f"invalid value for tail: {tail!r}") from None
+                entries = list(entries)[-n:] if n > 0 else []
+            media = (
+                "application/vnd.docker.raw-stream"
+                if c.spec.tty
+                else "application/vnd.docker.multiplexed-stream"
+            )
+            handler.start_stream(media)
+            position = 0
+            ts = query.get("timestamps")
+            for stream, text, stamp, position in entries:  # noqa: B007 - follow starts there
+                _send_log(handler, c.spec.tty, wanted, stream, text, stamp, ts)
+            if query.get("follow"):
+                for item in _log_entries(c, log, follow=True, start=position):
+                    if item is None:
+                        if hung_up(handler.connection):
+                            break
+                        continue
+                    stream, text, stamp, _ = item
+                    _send_log(handler, c.spec.tty, wanted, stream, text, stamp, ts)
+        finally:
+            log.close()
         handler.end_stream()
 
 
@@ -363,29 +372,63 @@ def _send_log(
     handler.send_chunk(data if tty else attach.output(stream, data))
 
 
-def _log_entries(c: Container, *, follow: bool, start: int = 0):  # type: ignore[no-untyped-def]
+class _LogFile:
+    """log.json, held open from the first time it is found: what the container
+    wrote stays readable after it is removed (the docker SDK's run(remove=True)
+    removes it before it reads the followed stream)."""
+
+    def __init__(self, c: Container) -> None:
+        self.path = c.dir / "log.json"
+        self.file: Any = None
+
+    def ready(self) -> bool:
+        if self.file is None:
+            try:
+                self.file = open(self.path, "rb")  # closed by close()
+            except FileNotFoundError:
+                return False
+        return True
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _log_entries(c: Container, log: _LogFile, *, follow: bool, start: int = 0):  # type: ignore[no-untyped-def]
     """(stream, text, time, offset after) from log.json; following, None when quiet."""
-    path = c.dir / "log.json"
     position = start
     while True:
-        try:
-            with open(path, "rb") as f:
-                f.seek(position)
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        break
-                    position += len(line)
-                    entry = json.loads(line)
-                    yield entry["stream"], entry["log"], entry.get("time", ""), position
-        except FileNotFoundError:
+        if log.ready():
+            f = log.file
+            f.seek(position)
+            while (line := f.readline()).endswith(b"\n"):  # a partial line: next time
+                position += len(line)
+                entry = json.loads(line)
+                yield entry["stream"], entry["log"], entry.get("time", ""), position
+        elif not (follow and _still_logging(c)):
+            # Not written yet and nothing will come; following, the SDK's run()
+            # asks right after the start, before the supervisor has written a line.
             return
         if not follow:
             return
-        if not c.running():
+        if not _still_logging(c):
             follow = False
             continue  # one last read after the end
         time.sleep(0.1)
         yield None
+
+
+def _still_logging(c: Container) -> bool:
+    """Can more lines come? The container's process may be gone while its shim
+    still drains the pipes into log.json: the shim records the end only after
+    that (a follow that stopped at the process's death lost a fast container's
+    output: the docker SDK's run() follows from the start)."""
+    try:
+        state = c.state()
+    except UserError:
+        return False
+    return state.status == "running" and (state.alive() or state.supervised())
 
 
 def bridge(

@@ -5,6 +5,8 @@ setup check, and the pictures and widgets that show the results.
     experiments namespaces and cgroups seen from inside and outside (notebooks 01, 02)
     layers      images, layers, overlayfs and copy-on-write (notebooks 03, 04)
     workflow    build, push, pull between two stores and a registry (notebooks 05, 06)
+    architecture  minicontainerd driven by raw HTTP, the SDK and the CLI; its events;
+                the process trees under it and under dockerd (notebook 08)
     security    capabilities, no_new_privs, seccomp, the device cgroup, the sealed
                 init, each tried from inside a container (notebook 09)
     viz         graphviz drawings and ipywidgets, thin views over the above and
