@@ -18,7 +18,6 @@ whose stream is raw.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import threading
@@ -29,7 +28,7 @@ from ..api import Runtime
 from ..errors import Conflict, UserError
 from ..httpd import hung_up
 from ..runtime import attach
-from ..runtime.container import Container
+from ..runtime.container import Container, LogEntry, LogReader
 from ..runtime.spec import parse_restart
 from .engine import ApiError, api_error
 from .events import Events
@@ -331,9 +330,8 @@ class Owner:
         if not wanted:
             raise ApiError(400, "Bad parameters: you must choose at least one stream")
         tail = query.get("tail")
-        log = _LogFile(c)
-        try:
-            entries = _log_entries(c, log, follow=False)
+        with LogReader(c) as log:
+            entries: Any = log.entries()
             if tail not in (None, "", "all"):
                 try:
                     n = int(tail)
@@ -348,87 +346,24 @@ class Owner:
             handler.start_stream(media)
             position = 0
             ts = query.get("timestamps")
-            for stream, text, stamp, position in entries:  # noqa: B007 - follow starts there
-                _send_log(handler, c.spec.tty, wanted, stream, text, stamp, ts)
+            for entry in entries:
+                _send_log(handler, c.spec.tty, wanted, entry, ts)
+                position = entry.offset  # follow starts there
             if query.get("follow"):
-                for item in _log_entries(c, log, follow=True, start=position):
-                    if item is None:
+                for entry in log.entries(follow=True, start=position):
+                    if entry is None:
                         if hung_up(handler.connection):
                             break
                         continue
-                    stream, text, stamp, _ = item
-                    _send_log(handler, c.spec.tty, wanted, stream, text, stamp, ts)
-        finally:
-            log.close()
+                    _send_log(handler, c.spec.tty, wanted, entry, ts)
         handler.end_stream()
 
 
-def _send_log(
-    handler: Any, tty: bool, wanted: set[str], stream: str, text: str, stamp: str, ts: Any
-) -> None:
-    if stream not in wanted:
+def _send_log(handler: Any, tty: bool, wanted: set[str], entry: LogEntry, ts: Any) -> None:
+    if entry.stream not in wanted:
         return
-    data = ((stamp + " ") if ts else "").encode() + text.encode()
-    handler.send_chunk(data if tty else attach.output(stream, data))
-
-
-class _LogFile:
-    """log.json, held open from the first time it is found: what the container
-    wrote stays readable after it is removed (the docker SDK's run(remove=True)
-    removes it before it reads the followed stream)."""
-
-    def __init__(self, c: Container) -> None:
-        self.path = c.dir / "log.json"
-        self.file: Any = None
-
-    def ready(self) -> bool:
-        if self.file is None:
-            try:
-                self.file = open(self.path, "rb")  # closed by close()
-            except FileNotFoundError:
-                return False
-        return True
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-def _log_entries(c: Container, log: _LogFile, *, follow: bool, start: int = 0):  # type: ignore[no-untyped-def]
-    """(stream, text, time, offset after) from log.json; following, None when quiet."""
-    position = start
-    while True:
-        if log.ready():
-            f = log.file
-            f.seek(position)
-            while (line := f.readline()).endswith(b"\n"):  # a partial line: next time
-                position += len(line)
-                entry = json.loads(line)
-                yield entry["stream"], entry["log"], entry.get("time", ""), position
-        elif not (follow and _still_logging(c)):
-            # Not written yet and nothing will come; following, the SDK's run()
-            # asks right after the start, before the supervisor has written a line.
-            return
-        if not follow:
-            return
-        if not _still_logging(c):
-            follow = False
-            continue  # one last read after the end
-        time.sleep(0.1)
-        yield None
-
-
-def _still_logging(c: Container) -> bool:
-    """Can more lines come? The container's process may be gone while its shim
-    still drains the pipes into log.json: the shim records the end only after
-    that (a follow that stopped at the process's death lost a fast container's
-    output: the docker SDK's run() follows from the start)."""
-    try:
-        state = c.state()
-    except UserError:
-        return False
-    return state.status == "running" and (state.alive() or state.supervised())
+    data = ((entry.time + " ") if ts else "").encode() + entry.text.encode()
+    handler.send_chunk(data if tty else attach.output(entry.stream, data))
 
 
 def bridge(

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..errors import Conflict, ContainerNotFound, NotSupported, UserError
 from ..record import Record
@@ -346,26 +347,19 @@ class Container:
 
     def logs(self, follow: bool = False) -> Iterator[tuple[str, str]]:
         """(stream, text) pairs from the log; with follow, until the container exits."""
-        path = self.dir / "log.json"
-        position = 0
-        while True:
-            try:
-                with open(path, "rb") as f:
-                    f.seek(position)
-                    for line in f:
-                        if not line.endswith(b"\n"):
-                            break
-                        position += len(line)
-                        entry = json.loads(line)
-                        yield entry["stream"], entry["log"]
-            except FileNotFoundError:
-                pass
-            if not follow or self.state().status != "running":
-                if follow:
-                    follow = False
-                    continue  # one last read after the exit
-                return
-            time.sleep(0.1)
+        with LogReader(self) as log:
+            for entry in log.entries(follow=follow):
+                if entry is not None:
+                    yield entry.stream, entry.text
+
+    def still_logging(self) -> bool:
+        """Can more log lines come? The process may be gone while its shim still
+        drains the pipes into log.json: the shim records the end only after that."""
+        try:
+            state = self.state()
+        except UserError:
+            return False
+        return state.status == "running" and (state.alive() or state.supervised())
 
     def stats(self) -> dict:
         """Memory, CPU and pids from the container's cgroup (like ``docker stats``)."""
@@ -489,6 +483,63 @@ class Container:
         return shim.enter(
             self.root, exec_spec, state.pid, stdin=stdin, sink=sink, tty_stdin=tty_stdin
         )
+
+
+class LogEntry(Record):
+    """One line of log.json (Docker's json-file format): what, from which stream, when;
+    ``offset`` is where the next line starts (a follow resumes there)."""
+
+    stream: str
+    text: str
+    time: str
+    offset: int
+
+
+class LogReader:
+    """log.json, held open from the first time it is found, so that what the
+    container wrote stays readable after it is removed (the docker SDK's
+    run(remove=True) removes it before it reads the followed stream)."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.file: Any = None
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def _ready(self) -> bool:
+        if self.file is None:
+            try:
+                self.file = open(self.container.dir / "log.json", "rb")  # closed by __exit__
+            except FileNotFoundError:
+                return False
+        return True
+
+    def entries(self, *, follow: bool = False, start: int = 0) -> Iterator[LogEntry | None]:
+        """The lines from ``start``; following, None on each quiet tick (0.1 s) so a
+        caller can check its client is still there, until the container has ended."""
+        position = start
+        while True:
+            if self._ready():
+                self.file.seek(position)
+                while (line := self.file.readline()).endswith(b"\n"):  # partial: next time
+                    position += len(line)
+                    entry = json.loads(line)
+                    yield LogEntry(entry["stream"], entry["log"], entry.get("time", ""), position)
+            elif not (follow and self.container.still_logging()):
+                return  # not written yet and nothing will come
+            if not follow:
+                return
+            if not self.container.still_logging():
+                follow = False
+                continue  # one last read after the end
+            time.sleep(0.1)
+            yield None
 
 
 # --- create
