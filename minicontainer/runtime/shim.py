@@ -339,11 +339,19 @@ def enter(
     sink: Sink | None,
     tty_stdin: int | None,
 ) -> int:
-    """setns(2) into each namespace of ``target``, user namespace first, then run.
+    """setns(2) into each namespace of ``target``, user namespace first, run the
+    command and copy its output to ``sink`` until it exits; its exit code."""
+    launched = spawn(root, spec, target, stdin=stdin)
+    return _pump_exec(launched, sink, tty_stdin)
 
-    Joining a PID namespace only affects children, so the joining process
-    forks once more; the grandchild is the command, seen inside with a low pid.
-    """
+
+def spawn(root: StateRoot, spec: Spec, target: int, *, stdin: int | None) -> Launched:
+    """Start ``spec``'s command in the namespaces of ``target``; returns once it
+    was exec'd (UserError with its exit code if not). ``Launched.pid`` is the
+    process that joined the namespaces and waits for the command (its exit code
+    is the command's): joining a PID namespace only affects children, so the
+    joining process forks once more; the grandchild is the command, seen inside
+    with a low pid."""
     kernel = k.real()
     fds = {
         name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
@@ -399,10 +407,10 @@ def enter(
                     kernel.set_seccomp_filter(program)
                 _close_other_fds(keep=(err_w, init_fd))
                 _exec_init(spec, init_fd, err_w, as_init=False)
-            os.close(err_w)
-            os.close(init_fd)
-            for fd in (*child_only, devnull):
-                os.close(fd)
+            # Only waits now: holding any other descriptor of its parent (the
+            # write end of the command's stdin, a ready pipe) would keep an end
+            # from being seen, e.g. `echo x | docker exec -i c cat` would not end.
+            _close_other_fds(keep=())
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
             code = code if code >= 0 else 128 - code
@@ -431,8 +439,7 @@ def enter(
             os.close(fd)
         code_text, _, message = report.decode(errors="replace").partition(" ")
         raise UserError(message, int(code_text))
-    launched = Launched(pid, outputs, master)
-    return _pump_exec(launched, sink, tty_stdin)
+    return Launched(pid, outputs, master)
 
 
 def _pump_exec(launched: Launched, sink: Sink | None, tty_stdin: int | None) -> int:
