@@ -87,7 +87,7 @@ def main() -> None:
             fcntl.ioctl(launched.tty_master, termios.TIOCSWINSZ, winsize)
         except (OSError, struct.error):
             pass
-    os.write(ready, json.dumps({"pid": launched.pid}).encode())
+    os.write(ready, json.dumps({"pid": launched.command_pid or launched.pid}).encode())
     os.close(ready)
     sys.exit(_pump(launched, listener.detach(), path, stdin_w, bool(job["hold"])))
 
