@@ -24,6 +24,8 @@ import base64
 import json
 import os
 import secrets
+import select
+import signal
 import subprocess
 import threading
 from typing import Any
@@ -270,9 +272,12 @@ class Execs:
         # One read: the message is one write below PIPE_BUF (pipe(7)), and the
         # pipe's end would come only with the command's.
         try:
-            report = os.read(ready_r, 1 << 12)
+            answered, _, _ = select.select([ready_r], [], [], READY_WAIT)
+            report = os.read(ready_r, 1 << 12) if answered else b""
         finally:
             os.close(ready_r)
+        if not answered:  # stuck (a container frozen meanwhile?): end it, say so
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: it and its waiter
         try:
             told = json.loads(report)
         except ValueError:
