@@ -89,6 +89,11 @@ def _request(
         (["exec", "-i", NAME, "cat"], "piped\nlines\n"),
         (["exec", NAME, "cat"], "not attached\n"),  # no -i: cat reads nothing
         (["exec", "nosuchcontainer", "true"], None),
+        (
+            ["exec", "-t", NAME, "sh", "-c", "echo out; echo err >&2; exit 2"],
+            None,
+        ),  # one raw stream
+        (["exec", "-d", NAME, "sh", "-c", "echo dropped"], None),
     ],
 )
 def test_docker_exec_matches_dockerd(ours, real, pair, argv, stdin) -> None:  # type: ignore[no-untyped-def]
@@ -335,7 +340,14 @@ def test_a_client_gone_mid_exec_leaves_it_running_and_rm_leaves_nothing(
         c.exec(["ps", "-o", "args"], sink=lambda _s, d: chunks.append(d))
         assert b"sleep 555" in b"".join(chunks)
         assert _helpers_of(c.id) != []  # the supervisor (and its forked waiter)
+        sock = str(rt.root / "minicontainerd.sock")
+        status, _, body = _request(
+            sock, "POST", "/containers/mcd-exec-gone/exec", {"Cmd": ["true"]}
+        )
+        assert status == 201, body
+        exec_id = json.loads(body)["Id"]
     finally:
         assert ours("rm", "-f", "mcd-exec-gone").returncode == 0
     wait_until("no exec supervisor left", lambda: _helpers_of(c.id) == [])
     assert not c.dir.exists()
+    assert _request(sock, "GET", f"/exec/{exec_id}/json")[0] == 404  # gone with its container
