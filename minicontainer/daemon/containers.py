@@ -22,6 +22,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..api import Runtime
@@ -374,10 +375,12 @@ def bridge(
     stdin: bool,
     streams: list[str],
     close_stdin: bool,
+    ended: Callable[[], None] | None = None,
 ) -> None:
     """Copy the container's output to the client until the supervisor ends the
     stream, and (if asked) the client's bytes to its stdin; the client's EOF
-    closes the container's stdin (``docker run -i`` with a pipe)."""
+    closes the container's stdin (``docker run -i`` with a pipe). ``ended()`` runs
+    before the client sees the end (an exec's exit code is recorded by then)."""
     shim.sendall(attach.frame(b"S", ",".join(streams).encode()))
 
     def upstream() -> None:
@@ -399,6 +402,8 @@ def bridge(
         pass
     finally:
         shim.close()
+        if ended is not None:
+            ended()
         try:
             client.shutdown(socket.SHUT_WR)
         except OSError:

@@ -57,6 +57,7 @@ from .engine import flag as _flag
 from .engine import last as _last
 from .events import FILTERS as EVENT_FILTERS
 from .events import Events
+from .execs import Execs
 
 SOCKET_NAME = "minicontainerd.sock"
 TIMEOUT = 60.0  # seconds for the request line and headers (slowloris), and each recv/send
@@ -102,6 +103,11 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/resize\Z"), "container_resize"),
     ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/logs\Z"), "container_logs"),
     ("DELETE", re.compile(r"/containers/(?P<ref>[^/]+)\Z"), "container_delete"),
+    # exec (execs.py)
+    ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/exec\Z"), "exec_create"),
+    ("POST", re.compile(r"/exec/(?P<exec_id>[^/]+)/start\Z"), "exec_start"),
+    ("POST", re.compile(r"/exec/(?P<exec_id>[^/]+)/resize\Z"), "exec_resize"),
+    ("GET", re.compile(r"/exec/(?P<exec_id>[^/]+)/json\Z"), "exec_inspect"),
     # pause, stats, top, changes, export (containers_ops.py); networks (networks.py)
     ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/pause\Z"), "container_pause"),
     ("POST", re.compile(r"/containers/(?P<ref>[^/]+)/unpause\Z"), "container_unpause"),
@@ -471,7 +477,9 @@ class Handler(BaseHTTPRequestHandler):
         self.reply_json(200, engine.container_list(self.runtime, all_, filters))
 
     def ep_container_inspect(self, query: dict[str, list[str]], ref: str) -> None:
-        self.reply_json(200, engine.container_inspect(self.runtime, ref))
+        out = engine.container_inspect(self.runtime, ref)
+        out["ExecIDs"] = self.server.execs.ids(out["Id"]) or None
+        self.reply_json(200, out)
 
     # -- Container lifecycle (containers.py)
     @property
@@ -521,6 +529,21 @@ class Handler(BaseHTTPRequestHandler):
         params = {key: _flag(query, key) for key in ("stdout", "stderr", "follow", "timestamps")}
         params["tail"] = _last(query, "tail")
         self.owner.logs(self, ref, params)
+
+    # -- Exec (execs.py)
+    def ep_exec_create(self, query: dict[str, list[str]], ref: str) -> None:
+        self.reply_json(201, self.server.execs.create(ref, self.read_json()))
+
+    def ep_exec_start(self, query: dict[str, list[str]], exec_id: str) -> None:
+        self.server.execs.start(self, exec_id, self.read_json())
+
+    def ep_exec_resize(self, query: dict[str, list[str]], exec_id: str) -> None:
+        height, width = _number(query, "h"), _number(query, "w")
+        self.server.execs.resize(exec_id, int(height or 0), int(width or 0))
+        self.reply(200, b"", "text/plain", {})
+
+    def ep_exec_inspect(self, query: dict[str, list[str]], exec_id: str) -> None:
+        self.reply_json(200, self.server.execs.inspect(exec_id))
 
     # -- Container: pause, stats, top, changes, export (containers_ops.py)
     def ep_container_pause(self, query: dict[str, list[str]], ref: str) -> None:
@@ -624,6 +647,7 @@ class _Server(BoundedServer):
     max_upload = MAX_UPLOAD
     events: Events
     owner: Owner
+    execs: Execs
 
     def __init__(self, family: socket.AddressFamily, address: Any, bind: bool) -> None:
         self.address_family = family
@@ -699,6 +723,7 @@ class Daemon:
         self.runtime = Runtime(root)
         self.events = Events()
         self.owner = Owner(self.runtime, self.events)
+        self.execs = Execs(self.owner, self.events)  # in memory only, as dockerd's
         if max_upload is None:
             max_upload = int(os.environ.get(MAX_UPLOAD_ENV) or MAX_UPLOAD)
         self.max_upload = max_upload
@@ -740,6 +765,7 @@ class Daemon:
         server.max_upload = self.max_upload
         server.events = self.events
         server.owner = self.owner
+        server.execs = self.execs
         server.max_connections = self.max_connections
         server.timeout = self.timeout
         server.connections = Connections(self.timeout)

@@ -44,24 +44,25 @@ def output(stream: str, data: bytes) -> bytes:
     return HEADER.pack(STREAMS.get(stream, 1), len(data)) + data
 
 
-def short_path(directory_fd: int) -> str:
+def short_path(directory_fd: int, name: str = SOCKET_NAME) -> str:
     """sun_path holds 108 bytes and a state root can be deeper than that: name the
     socket through the directory's descriptor (/proc/self/fd/N/attach.sock)."""
-    return f"/proc/self/fd/{directory_fd}/{SOCKET_NAME}"
+    return f"/proc/self/fd/{directory_fd}/{name}"
 
 
-def listen(directory: str) -> socket.socket:
-    """The supervisor's listening socket, 0600 in the (0700) container directory."""
+def listen(directory: str, name: str = SOCKET_NAME) -> socket.socket:
+    """The supervisor's listening socket, 0600 in the (0700) container directory
+    (``name``: an exec's supervisor, runtime/execshim.py, has a socket of its own)."""
     fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:
-            os.unlink(short_path(fd))
+            os.unlink(short_path(fd, name))
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            sock.bind(short_path(fd))
+            sock.bind(short_path(fd, name))
         finally:
             os.umask(old)
         sock.listen(8)
@@ -70,14 +71,14 @@ def listen(directory: str) -> socket.socket:
         os.close(fd)
 
 
-def connect(directory: str, timeout: float = 5.0) -> socket.socket:
+def connect(directory: str, timeout: float = 5.0, name: str = SOCKET_NAME) -> socket.socket:
     """A client's connection to the supervisor of the container in ``directory``."""
     fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(short_path(fd))
+            sock.connect(short_path(fd, name))
         except OSError:
             sock.close()
             raise

@@ -463,6 +463,20 @@ class Container:
         tty_stdin: int | None = None,
     ) -> int:
         """Run another process in the running container's namespaces and cgroup."""
+        exec_spec, pid = self.exec_spec(argv, env=env, workdir=workdir, user=user, tty=tty)
+        return shim.enter(self.root, exec_spec, pid, stdin=stdin, sink=sink, tty_stdin=tty_stdin)
+
+    def exec_spec(
+        self,
+        argv: list[str],
+        *,
+        env: list[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> tuple[Spec, int]:
+        """The spec of a process to exec in the running container, and the pid
+        whose namespaces it joins; Conflict if it is not running or paused."""
         if not argv:
             raise UserError("exec needs a command")
         state = self.state()
@@ -480,9 +494,7 @@ class Container:
             exec_spec.uid, exec_spec.gid, exec_spec.groups = parse_user(
                 user, [str(self.dir / "upper"), *spec.lowerdirs]
             )
-        return shim.enter(
-            self.root, exec_spec, state.pid, stdin=stdin, sink=sink, tty_stdin=tty_stdin
-        )
+        return exec_spec, state.pid
 
 
 class LogEntry(Record):

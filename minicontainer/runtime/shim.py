@@ -52,6 +52,7 @@ class Launched(Record):
     pid: int
     outputs: dict[int, str]  # fd -> stream name ("stdout", "stderr"; a tty is "stdout")
     tty_master: int | None = None
+    command_pid: int = 0  # exec: the command's own pid (``pid`` is the process waiting for it)
 
 
 def cgroup_name(container_id: str) -> str:
@@ -339,11 +340,19 @@ def enter(
     sink: Sink | None,
     tty_stdin: int | None,
 ) -> int:
-    """setns(2) into each namespace of ``target``, user namespace first, then run.
+    """setns(2) into each namespace of ``target``, user namespace first, run the
+    command and copy its output to ``sink`` until it exits; its exit code."""
+    launched = spawn(root, spec, target, stdin=stdin)
+    return _pump_exec(launched, sink, tty_stdin)
 
-    Joining a PID namespace only affects children, so the joining process
-    forks once more; the grandchild is the command, seen inside with a low pid.
-    """
+
+def spawn(root: StateRoot, spec: Spec, target: int, *, stdin: int | None) -> Launched:
+    """Start ``spec``'s command in the namespaces of ``target``; returns once it
+    was exec'd (UserError with its exit code if not). ``Launched.pid`` is the
+    process that joined the namespaces and waits for the command (its exit code
+    is the command's): joining a PID namespace only affects children, so the
+    joining process forks once more; the grandchild is the command, seen inside
+    with a low pid."""
     kernel = k.real()
     fds = {
         name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
@@ -367,6 +376,7 @@ def enter(
     cg = cgroups.Cgroup.open(spec.cgroup) if spec.cgroup else None
     program = seccomp_program(spec)  # an exec'd process is filtered as the container is
     init_fd = init.sealed(init.ensure_built())
+    pid_r, pid_w = os.pipe2(os.O_CLOEXEC)  # the command's pid, as the host sees it
     pid = os.fork()
     if pid == 0:
         code = EXIT_RUNTIME
@@ -375,6 +385,7 @@ def enter(
             for fd in outputs:
                 os.close(fd)
             os.close(err_r)
+            os.close(pid_r)
             if parent_sock is not None:
                 parent_sock.close()
             if cg is not None:
@@ -391,7 +402,12 @@ def enter(
                     console.send_fd(child_sock, master)
                     os.close(master)
                     console.make_controlling(slave)
-                rootfs.prepare_workdir(spec.cwd)
+                try:  # unlike a container's start, an exec never makes its directory (runc)
+                    os.chdir(spec.cwd)
+                except OSError as e:
+                    reason = (e.strerror or str(e)).lower()
+                    message = f'chdir to cwd ("{spec.cwd}") set in config.json failed: {reason}'
+                    raise OSError(e.errno, message) from None
                 security.drop_capabilities(kernel)
                 kernel.set_ids(spec.uid, spec.gid, spec.groups)
                 security.set_no_new_privs(kernel)
@@ -399,10 +415,11 @@ def enter(
                     kernel.set_seccomp_filter(program)
                 _close_other_fds(keep=(err_w, init_fd))
                 _exec_init(spec, init_fd, err_w, as_init=False)
-            os.close(err_w)
-            os.close(init_fd)
-            for fd in (*child_only, devnull):
-                os.close(fd)
+            os.write(pid_w, str(child).encode())
+            # Only waits now: holding any other descriptor of its parent (the
+            # write end of the command's stdin, a ready pipe) would keep an end
+            # from being seen, e.g. `echo x | docker exec -i c cat` would not end.
+            _close_other_fds(keep=())
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
             code = code if code >= 0 else 128 - code
@@ -411,7 +428,7 @@ def enter(
             _report(err_w, code, e.strerror or str(e))
         finally:
             os._exit(code)
-    for fd in (*fds.values(), err_w, *child_only, devnull, init_fd):
+    for fd in (*fds.values(), err_w, pid_w, *child_only, devnull, init_fd):
         os.close(fd)
     master = None
     if child_sock is not None and parent_sock is not None:
@@ -427,12 +444,13 @@ def enter(
     os.close(err_r)
     if report:
         os.waitpid(pid, 0)
-        for fd in outputs:
+        for fd in (*outputs, pid_r):
             os.close(fd)
         code_text, _, message = report.decode(errors="replace").partition(" ")
         raise UserError(message, int(code_text))
-    launched = Launched(pid, outputs, master)
-    return _pump_exec(launched, sink, tty_stdin)
+    with os.fdopen(pid_r, "rb") as f:
+        told = f.read()
+    return Launched(pid, outputs, master, int(told) if told.isdigit() else 0)
 
 
 def _pump_exec(launched: Launched, sink: Sink | None, tty_stdin: int | None) -> int:
