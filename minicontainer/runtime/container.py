@@ -131,6 +131,13 @@ class Container:
         """The recorded state, corrected by the kernel's truth (``ps`` after a crash)."""
         state = self.root.read_state(self.id)
         if state.status == "running" and not state.alive() and not state.supervised():
+            # Read again: the supervisor records the end just before it exits, so
+            # the first read may be from before that record and the checks from
+            # after its exit. Now that it is gone, the file has its last word.
+            fresh = self.root.read_state(self.id)
+            if fresh.status != "running" or fresh.pid != state.pid:
+                return fresh
+            state = fresh
             # Its supervisor died before it could record the end: say so, and
             # free the cgroup (everything else is for `rm`).
             state.status, state.paused = "exited", False
