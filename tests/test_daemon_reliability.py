@@ -647,3 +647,35 @@ def test_the_restart_back_off_is_docker_s_restarting_state(
     assert seen["ours"] == seen["dockerd"]
     assert seen["ours"][:4] == (name, "restarting", "Restarting (3)", "restarting true true 0 3")
     assert name not in [c.name for c in rt.containers(all=True)] or ending == "stop"
+
+
+# --------------------------------------------------------------------------- the list stays true
+
+
+def test_the_list_stays_true_through_what_no_request_did(sock: str, rt: mc.Runtime) -> None:
+    """The daemon keeps the list's rows between requests (daemon/listing.py): a
+    container that dies behind its back, a supervisor killed, a start, a removal
+    by the CLI without the daemon all show at the next list."""
+
+    def row(cid: str, all_: bool = True) -> dict[str, Any] | None:
+        rows = request(sock, "GET", f"/containers/json{'?all=1' if all_ else ''}").json()
+        return next((r for r in rows if r["Id"] == cid), None)
+
+    cid = run_counter(sock)
+    first = row(cid, all_=False)
+    assert first is not None and first["State"] == "running" and first["Status"].startswith("Up ")
+    os.kill(rt.container(cid).state().pid, signal.SIGKILL)  # not through the daemon
+    wait_until("the list says it exited", lambda: row(cid, all_=False) is None)
+    gone = row(cid)
+    assert gone is not None and gone["State"] == "exited"
+    assert gone["Status"].startswith("Exited (137) ")
+    assert request(sock, "POST", f"/containers/{cid}/start").status == 204
+    again = row(cid, all_=False)
+    assert again is not None and again["State"] == "running"
+    state = rt.container(cid).state()
+    os.kill(state.shim_pid, signal.SIGKILL)  # its supervisor: nobody records the end
+    os.kill(state.pid, signal.SIGKILL)
+    wait_until("the list says it exited", lambda: (row(cid) or {}).get("State") == "exited")
+    assert row(cid, all_=False) is None
+    rt.container(cid).remove(force=True)  # the library, not the daemon
+    assert row(cid) is None

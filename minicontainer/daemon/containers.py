@@ -36,6 +36,7 @@ from ..runtime.container import Container
 from ..runtime.spec import parse_restart
 from .engine import ApiError, api_error
 from .events import Events
+from .listing import Listing
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
@@ -73,6 +74,7 @@ class Owner:
         # (the container exited on its own just before the signal) is not one for
         # the restart policy, which would undo the client's stop.
         self._stopping: dict[str, int] = {}
+        self.listing = Listing(rt)  # GET /containers/json's rows, read when changed
 
     # -- lookup
     def get(self, ref: str) -> Container:

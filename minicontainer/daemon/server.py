@@ -469,7 +469,10 @@ class Handler(BaseHTTPRequestHandler):
         all_ = _flag(query, "all")
         filters = engine.parse_filters(_last(query, "filters"))
         restarting = self.owner.restarting()
-        self.reply_json(200, engine.container_list(self.runtime, all_, filters, restarting))
+        listing = self.owner.listing
+        self.reply_json(
+            200, engine.container_list(self.runtime, all_, filters, restarting, listing)
+        )
 
     def ep_container_inspect(self, query: dict[str, list[str]], ref: str) -> None:
         restarting = self.owner.restarting()

@@ -738,7 +738,11 @@ def _ago(stamp: str) -> str:
         t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     except ValueError:
         return "a moment"
-    seconds = max(0, int(time.time() - t))
+    return human_duration(max(0, int(time.time() - t)))
+
+
+def human_duration(seconds: int) -> str:
+    """``3 seconds``, ``2 minutes``: the duration in ``docker ps``'s Status."""
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             n = seconds // size
