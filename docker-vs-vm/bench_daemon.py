@@ -64,15 +64,22 @@ def round_trip(path: str, target: str = "/v1.41/containers/json") -> float:
     return elapsed
 
 
-def rss(pid: int) -> int:
-    """VmRSS of a process in bytes (0 if gone)."""
+def rss(pid: int) -> tuple[int, int]:
+    """(VmRSS, Pss) of a process in bytes ((0, 0) if gone). RSS counts a page
+    shared by 20 shims (the interpreter's or Go binary's text) 20 times; PSS
+    (smaps_rollup, proc(5)) a twentieth each: its sum is what they take together."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        fields = dict(
+            line.split(":", 1)
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+        )
+        return int(fields["Rss"].split()[0]) * 1024, int(fields["Pss"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
+def add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return a[0] + b[0], a[1] + b[1]
 
 
 def processes() -> list[tuple[int, int, str]]:
@@ -91,27 +98,35 @@ def processes() -> list[tuple[int, int, str]]:
     return out
 
 
-def docker_memory(ids: list[str]) -> dict[str, int]:
-    """dockerd, containerd, and the shims of the given containers."""
+def docker_memory(ids: list[str]) -> dict[str, tuple[int, int]]:
+    """dockerd, containerd, and the shims of the given containers: (RSS, PSS)."""
     procs = processes()
-    total = {"dockerd": 0, "containerd": 0, "containerd-shim-runc-v2": 0}
+    total = {"dockerd": (0, 0), "containerd": (0, 0), "containerd-shim-runc-v2": (0, 0)}
     for pid, _, cmdline in procs:
         name = os.path.basename(cmdline.split(" ", 1)[0])
         if name in ("dockerd", "containerd"):
-            total[name] += rss(pid)
+            total[name] = add(total[name], rss(pid))
         elif name == "containerd-shim-runc-v2" and any(f"-id {i}" in cmdline for i in ids):
-            total[name] += rss(pid)
+            total[name] = add(total[name], rss(pid))
     return total
 
 
-def our_memory(daemon: int) -> dict[str, int]:
+def our_memory(daemon: int) -> dict[str, tuple[int, int]]:
     """minicontainerd and its shims (its children: each a container's monitor)."""
-    shims = [pid for pid, parent, _ in processes() if parent == daemon]
-    return {"minicontainerd": rss(daemon), "shims": sum(rss(p) for p in shims)}
+    shims = (0, 0)
+    for pid, parent, _ in processes():
+        if parent == daemon:
+            shims = add(shims, rss(pid))
+    return {"minicontainerd": rss(daemon), "shims": shims}
 
 
 def mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
+
+
+def memory_line(label: str, parts: dict[str, tuple[int, int]], which: int) -> tuple[str, int]:
+    total = sum(v[which] for v in parts.values())
+    return f"{label} " + " + ".join(f"{k} {mib(v[which])}" for k, v in parts.items()), total
 
 
 def start_daemon(root: Path, path: str) -> subprocess.Popen[bytes]:
@@ -223,13 +238,14 @@ def main() -> int:
             args.runs,
         )
         busy, docker = our_memory(daemon.pid), docker_memory(theirs_ids)
-        ours_total, docker_total = sum(busy.values()), sum(docker.values())
-        print(f"memory idle: minicontainerd {mib(idle['minicontainerd'])}")
-        print(f"memory with {RUNNING} containers: minicontainerd {mib(busy['minicontainerd'])} "
-              f"+ shims {mib(busy['shims'])} = {mib(ours_total)}; dockerd {mib(docker['dockerd'])} "
-              f"+ containerd {mib(docker['containerd'])} + containerd-shim-runc-v2 "
-              f"{mib(docker['containerd-shim-runc-v2'])} = {mib(docker_total)}; "
-              f"ratio {ours_total / docker_total:.2f}")  # fmt: skip
+        rss_idle, pss_idle = idle["minicontainerd"]
+        print(f"memory idle: minicontainerd RSS {mib(rss_idle)}, PSS {mib(pss_idle)}")
+        for which, kind in ((0, "RSS"), (1, "PSS")):
+            mine, mine_total = memory_line("ours:", busy, which)
+            theirs, theirs_total = memory_line("Docker's:", docker, which)
+            ratio = mine_total / theirs_total
+            print(f"memory ({kind}) with {RUNNING} containers: {mine} = {mib(mine_total)}; "
+                  f"{theirs} = {mib(theirs_total)}; ratio {ratio:.2f}")  # fmt: skip
     finally:
         for c in rt.containers(all=True):
             c.remove(force=True)

@@ -41,7 +41,7 @@ from minicontainer.procfs import start_time
 pytestmark = pytest.mark.root
 WAIT = 60.0  # a bound on waiting for something that must happen, never a measurement
 COUNTER = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done"
-REAL_TAG = "minicontainerd-test/busybox:latest"
+REAL_TAG = "minicontainerd-rel/busybox:latest"  # its own: other modules rmi theirs
 
 
 # --------------------------------------------------------------------------- helpers

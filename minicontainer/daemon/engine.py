@@ -346,7 +346,9 @@ def container_list(
     every = all_ or "status" in filters
     if listing is not None:
         rows = listing.rows(restarting)
-        return [row for row, up in rows if (every or up) and _matches(row, filters)]
+        return [
+            row for row, up in rows if (every or up) and (not filters or _matches(row, filters))
+        ]
     out = []
     for c in rt.containers(all=every or bool(restarting)):
         backoff = restarting.get(c.id)

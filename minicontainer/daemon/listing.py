@@ -7,7 +7,11 @@ Runtime.containers and Container.state) of its state.json: with 20 containers
 that was 3x dockerd's round trip. Here each container's row is rebuilt only
 when one of its two files changed, told by stat(2): both are written to a
 temporary name and renamed (minicontainer.files.write_atomic), so a change is a
-new inode, or at least a new mtime or size. What no file says stays checked on
+new inode, or at least a new mtime or size. File times come from a coarse clock
+(one tick is a few ms) and a freed inode number can come back, so two writes
+within a tick could look alike: a file changed less than FRESH seconds ago is
+read again at every request, and only older ones are trusted (any later write
+then has a later mtime). What no file says stays checked on
 every request, so the list stays true: a running container's PID 1 is looked up
 in /proc (its start time, as State.alive; when it is gone, Container.state
 decides, as before), and the "Up 3 seconds" texts are computed from the clock.
@@ -26,9 +30,11 @@ from typing import Any
 
 from ..api import Runtime
 from ..errors import UserError
-from ..procfs import start_time
+from ..procfs import GONE
 from ..runtime.container import Container, human_duration
 from ..runtime.state import State
+
+FRESH = 0.1  # seconds: files changed more recently than this are not trusted to the cache
 
 
 class _Entry:
@@ -66,9 +72,10 @@ class Listing:
             for gone in set(self._entries) - set(ids):
                 del self._entries[gone]
         now = time.time()
+        base = f"{directory}/"
         out = []
         for cid in ids:
-            entry = self._entry(directory, cid)
+            entry = self._entry(base + cid, cid, int(now * 1e9))
             if entry is None:
                 continue
             state = entry.state
@@ -88,15 +95,15 @@ class Listing:
             del row["_created"]
         return out
 
-    def _entry(self, directory: Any, cid: str) -> _Entry | None:
-        key = _key(os.path.join(directory, cid))
+    def _entry(self, path: str, cid: str, now_ns: int) -> _Entry | None:
+        key = _key(path, now_ns)
         if key is None:
             return None  # being created or removed
         with self._lock:
             entry = self._entries.get(cid)
-        if entry is not None and entry.key == key:
+        if entry is not None and entry.key == key and key != (-1,):
             state = entry.state
-            if state.status != "running" or start_time(state.pid) == state.pid_start:
+            if state.status != "running" or _start_time(state.pid) == state.pid_start:
                 return entry
             # PID 1 gone: the state file is about to say so, or its supervisor
             # died; Container.state tells which (and records it). Rebuilt next time.
@@ -105,25 +112,47 @@ class Listing:
         try:
             c.spec  # noqa: B018 - read (and kept) now: a container without one is gone
             state = c.state()
-        except UserError:
-            return None
+        except (UserError, ValueError, OSError):
+            return None  # being created (config.json half-written) or removed
         entry = _Entry(key, c, state)
         with self._lock:
             self._entries[cid] = entry
         return entry
 
 
-def _key(path: str) -> tuple[int, ...] | None:
+def _key(path: str, now_ns: int) -> tuple[int, ...] | None:
+    """The two files' identity, or (-1,) when one changed too recently to tell a
+    later change from it (read again, never matched), or None for no config.json."""
     try:
-        config = os.stat(os.path.join(path, "config.json"))
+        config = os.stat(path + "/config.json")
     except FileNotFoundError:
         return None
     try:
-        state = os.stat(os.path.join(path, "state.json"))
+        state = os.stat(path + "/state.json")
         second: tuple[int, ...] = (state.st_ino, state.st_mtime_ns, state.st_size)
     except FileNotFoundError:
         second = (0, 0, 0)
+    newest = max(config.st_mtime_ns, second[1])
+    if now_ns - newest < FRESH * 1e9:
+        return (-1,)
     return (config.st_ino, config.st_mtime_ns, config.st_size, *second)
+
+
+def _start_time(pid: int) -> int | None:
+    """procfs.start_time with os.read: this runs for every running container at
+    every list, and a buffered file object costs more than the read."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    fields = data[data.rindex(b")") + 2 :].split()
+    return None if fields[0] in GONE else int(fields[19])
 
 
 def _ago(epoch: int | None, now: float) -> str:
