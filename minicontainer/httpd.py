@@ -17,6 +17,9 @@ from typing import Any
 
 from .errors import UserError
 
+MAX_REFUSED = 64  # refused connections held open at once (each an fd, no thread)
+REFUSAL_GRACE = 1.0  # seconds a refused connection stays open for reading
+
 
 class Connections:
     """The open connections, and for each the moment its request line and headers
@@ -27,6 +30,18 @@ class Connections:
         self._lock = threading.Lock()
         self._deadlines: dict[socket.socket, float | None] = {}
         self.timeout = timeout
+        # Refused connections, answered and held open for reading a moment (see
+        # BoundedServer.refuse), with the moment each is closed.
+        self._refused: dict[socket.socket, float] = {}
+
+    def hold(self, sock: socket.socket, grace: float) -> bool:
+        """Keep a refused connection until ``grace`` seconds from now; False when
+        MAX_REFUSED are held already (then close it at once)."""
+        with self._lock:
+            if len(self._refused) >= MAX_REFUSED:
+                return False
+            self._refused[sock] = time.monotonic() + grace
+            return True
 
     def __len__(self) -> int:
         with self._lock:
@@ -60,8 +75,13 @@ class Connections:
             late = [s for s, d in self._deadlines.items() if d is not None and d <= now]
             for sock in late:
                 self._deadlines[sock] = None  # counted until its handler has ended
+            done = [s for s, d in self._refused.items() if d <= now]
+            for sock in done:
+                del self._refused[sock]
         for sock in late:
             shutdown_socket(sock)
+        for sock in done:
+            close_drained(sock)
         return len(late)
 
     def close_all(self) -> None:
@@ -70,6 +90,24 @@ class Connections:
             self._deadlines.clear()
         for sock in socks:
             shutdown_socket(sock)
+        with self._lock:
+            refused = list(self._refused)
+            self._refused.clear()
+        for sock in refused:
+            close_drained(sock)
+
+
+def close_drained(sock: socket.socket) -> None:
+    """Close after reading what the peer sent: closing a Unix socket with unread
+    data makes the peer's next read fail with ECONNRESET before it has read our
+    answer (unix(7); TCP sends a reset)."""
+    try:
+        sock.setblocking(False)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass  # nothing more to read, or already gone
+    sock.close()
 
 
 def shutdown_socket(sock: socket.socket) -> None:
@@ -119,17 +157,46 @@ class BoundedServer(ThreadingHTTPServer):
 
     daemon_threads = True
     max_connections = 256
+    _held: set[socket.socket]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._held = set()
+        super().__init__(*args, **kwargs)
+
     timeout = 60.0  # socketserver's name; also used for each connection's socket
     connections: Connections
 
+    refusal: bytes = b""  # the answer past the cap (empty: close without one)
+
     def verify_request(self, request, client_address) -> bool:  # type: ignore[no-untyped-def]
         if len(self.connections) >= self.max_connections:
+            self.refuse(request)
             return False
         self.connections.timeout = self.timeout
         self.connections.track(request)
         return True
 
+    def refuse(self, request: socket.socket) -> None:
+        """Past the cap: send `refusal` (a complete HTTP reply, a few hundred bytes:
+        it fits the socket's buffer, the send never blocks the accepting thread),
+        end our side, and hold the socket open for reading a moment, so that the
+        client's request can still be sent and our answer read; the reaper then
+        closes it. No thread is spent on it."""
+        if not self.refusal:
+            return
+        try:
+            request.setblocking(False)
+            request.send(self.refusal)
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        if self.connections.hold(request, REFUSAL_GRACE):
+            self._held.add(request)
+
     def shutdown_request(self, request) -> None:  # type: ignore[no-untyped-def]
+        if request in self._held:  # refused: the reaper closes it
+            self._held.discard(request)
+            return
         self.connections.forget(request)
         super().shutdown_request(request)
 

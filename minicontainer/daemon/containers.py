@@ -18,11 +18,13 @@ whose stream is raw.
 
 from __future__ import annotations
 
+import select
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..api import Runtime
@@ -33,8 +35,24 @@ from ..runtime.container import Container, LogEntry, LogReader
 from ..runtime.spec import parse_restart
 from .engine import ApiError, api_error
 from .events import Events
+from .listing import Listing
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+class Backoff:
+    """A container between its end and the restart its policy asks for: Docker's
+    "restarting" state (State.Restarting, ``Restarting (CODE) N seconds ago``).
+    Kept in the daemon's memory only: a daemon started again applies the policy
+    afresh (dockerd does the same). ``cancel`` ends the wait (stop, rm -f,
+    restart); ``lock`` is held while the restart itself runs, so whoever cancels
+    then sees the container either not started or running."""
+
+    def __init__(self, exit_code: int, finished_at: str) -> None:
+        self.exit_code = exit_code
+        self.finished_at = finished_at
+        self.cancel = threading.Event()
+        self.lock = threading.Lock()
 
 
 class Owner:
@@ -50,6 +68,12 @@ class Owner:
         self._pending: dict[str, list[threading.Event]] = {}  # attached before the start
         self._watched: set[str] = set()
         self._codes: dict[str, int] = {}  # exit codes of removed --rm containers
+        self._backoffs: dict[str, Backoff] = {}  # waiting to restart by their policy
+        # Being stopped, restarted or removed by a client: an end seen meanwhile
+        # (the container exited on its own just before the signal) is not one for
+        # the restart policy, which would undo the client's stop.
+        self._stopping: dict[str, int] = {}
+        self.listing = Listing(rt)  # GET /containers/json's rows, read when changed
 
     # -- lookup
     def get(self, ref: str) -> Container:
@@ -60,6 +84,41 @@ class Owner:
 
     def attributes(self, c: Container) -> dict[str, str]:
         return {"name": c.name, "image": c.spec.image}
+
+    def restarting(self) -> dict[str, Backoff]:
+        """The containers in their restart back-off now (for list and inspect)."""
+        with self._changed:
+            return dict(self._backoffs)
+
+    def _stopped_by_client(self, c: Container) -> bool:
+        with self._changed:
+            return c.id in self._stopping
+
+    @contextmanager
+    def _by_client(self, c: Container) -> Iterator[None]:
+        """A client's stop, restart or remove of ``c`` is under way: no restart by
+        policy starts meanwhile, and a pending one is cancelled."""
+        with self._changed:
+            self._stopping[c.id] = self._stopping.get(c.id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._stopping[c.id] -= 1
+                if not self._stopping[c.id]:
+                    del self._stopping[c.id]
+
+    def _cancel_restart(self, c: Container) -> bool:
+        """Stop a pending restart by policy: True if there was one (then it is over:
+        either it never starts, or it has started and is running now)."""
+        with self._changed:
+            backoff = self._backoffs.pop(c.id, None)
+        if backoff is None:
+            return False
+        backoff.cancel.set()
+        with backoff.lock:  # a restart under way finishes first
+            pass
+        return True
 
     # -- live-restore: the containers already running when the daemon starts
     def restore(self) -> None:
@@ -145,13 +204,15 @@ class Owner:
         code = state.exit_code if state and state.exit_code is not None else 255
         attrs = {**self.attributes(c), "exitCode": str(code)}
         self.events.emit("container", "die", c.id, attrs)
-        if state is not None and should_restart(c):
+        if state is not None and not self._stopped_by_client(c) and should_restart(c):
+            backoff = Backoff(code, state.finished_at)
             with self._changed:
                 self._watched.discard(c.id)
                 self._ends[c.id] = self._ends.get(c.id, 0) + 1
+                self._backoffs[c.id] = backoff
                 self._changed.notify_all()
             # dockerd's back-off: 100 ms, doubled each time, at most a minute
-            self._restart_by_policy(c, min(60.0, 0.1 * 2**state.restart_count))
+            self._restart_by_policy(c, min(60.0, 0.1 * 2**state.restart_count), backoff)
             return
         removed = False
         if c.spec.auto_remove:
@@ -204,11 +265,22 @@ class Owner:
     # -- stop, kill, restart, remove
     def stop(self, ref: str, timeout: float | None) -> bool:
         c = self.get(ref)
+        with self._by_client(c):
+            return self._stop(c, timeout)
+
+    def _stop(self, c: Container, timeout: float | None) -> bool:
+        if self._cancel_restart(c) and not c.running():
+            # restarting: dockerd's stop only cancels the restart (204, no signal)
+            self._mark_stopped(c)
+            self.events.emit("container", "stop", c.id, self.attributes(c))
+            return True
         if not c.running():
             return False
         self._mark_stopped(c)
         self.events.emit("container", "kill", c.id, {**self.attributes(c), "signal": "15"})
         c.stop(10 if timeout is None else timeout)
+        with self._changed:  # its end recorded while the policy knows it is a stop
+            self._changed.wait_for(lambda: c.id not in self._watched, timeout=30)
         self.events.emit("container", "stop", c.id, self.attributes(c))
         return True
 
@@ -234,19 +306,30 @@ class Owner:
 
     def restart(self, ref: str, timeout: float | None) -> None:
         c = self.get(ref)
-        if c.running():
-            self._mark_stopped(c)
-            c.stop(10 if timeout is None else timeout)
-            # the watcher records the end; start only after it has
-            with self._changed:
-                self._changed.wait_for(lambda: c.id not in self._watched, timeout=30)
+        with self._by_client(c):
+            self._cancel_restart(c)
+            if c.running():
+                self._mark_stopped(c)
+                c.stop(10 if timeout is None else timeout)
+                # the watcher records the end; start only after it has
+                with self._changed:
+                    self._changed.wait_for(lambda: c.id not in self._watched, timeout=30)
         self._reset(c)
         self.start(c.id)
         self.events.emit("container", "restart", c.id, self.attributes(c))
 
-    def _restart_by_policy(self, c: Container, delay: float) -> None:
-        time.sleep(delay)
+    def _restart_by_policy(
+        self, c: Container, delay: float, backoff: Backoff | None = None
+    ) -> None:
+        if backoff is None:
+            time.sleep(delay)
+        elif backoff.cancel.wait(delay):
+            return  # stopped or removed meanwhile
         try:
+            if backoff is not None:
+                backoff.lock.acquire()
+                if backoff.cancel.is_set() or self._stopped_by_client(c):
+                    return
             if not should_restart(c, daemon_start=delay == 0.0):
                 return
             count = c.state().restart_count + 1
@@ -254,6 +337,12 @@ class Owner:
             self.start(c.id)
         except (UserError, ApiError) as e:  # it cannot start again: say so, once
             self.events.emit("container", "die", c.id, {**self.attributes(c), "error": str(e)})
+        finally:
+            if backoff is not None:
+                with self._changed:
+                    if self._backoffs.get(c.id) is backoff:
+                        del self._backoffs[c.id]
+                backoff.lock.release()
 
     def _reset(self, c: Container, *, restart_count: int | None = None) -> None:
         state = c.state()
@@ -265,6 +354,18 @@ class Owner:
 
     def remove(self, ref: str, force: bool) -> None:
         c = self.get(ref)
+        with self._by_client(c):
+            self._remove(c, force)
+
+    def _remove(self, c: Container, force: bool) -> None:
+        if c.id in self.restarting():
+            if not force:
+                raise ApiError(
+                    409,
+                    f"You cannot remove a restarting container {c.id}. "
+                    "Stop the container before attempting removal or force remove",
+                )
+            self._cancel_restart(c)
         if c.running() and not force:
             raise ApiError(
                 409,
@@ -394,8 +495,22 @@ def bridge(
 
     if stdin:
         threading.Thread(target=upstream, name="attach-stdin", daemon=True).start()
+    # A silent container writes nothing, so no send would ever fail: watch the
+    # client too. POLLHUP (asked for or not, poll(2) reports it) comes when its
+    # side is closed both ways; a client that only shut down writing (`docker run
+    # -i` at the end of its stdin) still wants the output and stays.
+    watch = select.poll()
+    watch.register(shim, select.POLLIN)
+    watch.register(client, 0)
     try:
-        while (got := attach.read_output(shim)) is not None:
+        while True:
+            ready = dict(watch.poll())
+            if ready.get(client.fileno(), 0) & (select.POLLHUP | select.POLLERR):
+                break
+            if not ready.get(shim.fileno()):
+                continue
+            if (got := attach.read_output(shim)) is None:
+                break
             number, data = got
             client.sendall(data if tty else attach.HEADER.pack(number, len(data)) + data)
     except OSError:

@@ -25,6 +25,7 @@ from .. import __version__
 from ..api import Runtime
 from ..errors import Conflict, ContainerNotFound, ImageNotFound, UserError
 from ..runtime.container import Container, status_text
+from ..runtime.container import _ago as ago
 from ..runtime.state import State
 
 API_VERSION = "1.41"  # what Debian's docker 20.10 CLI speaks
@@ -321,23 +322,49 @@ def parse_filters(text: str | None) -> dict[str, list[str]]:
     return out
 
 
-def container_list(rt: Runtime, all_: bool, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+def container_list(
+    rt: Runtime,
+    all_: bool,
+    filters: dict[str, list[str]],
+    restarting: dict[str, Any] | None = None,
+    listing: Any = None,
+) -> list[dict[str, Any]]:
     """GET /containers/json (types.Container). Filters: status, name (a substring
     of the name, where dockerd takes a regular expression), id (a prefix), label
     (our containers have none, so it matches none). A status filter lists stopped
-    containers too, as dockerd does."""
+    containers too, as dockerd does. ``restarting``: the daemon's containers in a
+    restart back-off (id -> its Backoff), listed as running ones are (dockerd's
+    Running is true while Restarting is). ``listing``: a listing.Listing, the
+    daemon's cache of the rows (without it, every file is read)."""
     for key in filters:
         if key not in LIST_FILTERS:
             raise ApiError(400, f"Invalid filter '{key}'")
     for status in filters.get("status", []):
         if status not in STATUSES:
             raise ApiError(400, f"Invalid filter 'status={status}'")
+    restarting = restarting or {}
+    every = all_ or "status" in filters
+    if listing is not None:
+        rows = listing.rows(restarting)
+        return [
+            row for row, up in rows if (every or up) and (not filters or _matches(row, filters))
+        ]
     out = []
-    for c in rt.containers(all=all_ or "status" in filters):
-        row = container_summary(c)
+    for c in rt.containers(all=every or bool(restarting)):
+        backoff = restarting.get(c.id)
+        if not every and backoff is None and not _listed_running(c):
+            continue
+        row = container_summary(c, backoff)
         if _matches(row, filters):
             out.append(row)
     return out
+
+
+def _listed_running(c: Container) -> bool:
+    try:
+        return c.state().status == "running"
+    except UserError:
+        return False
 
 
 def _matches(row: dict[str, Any], filters: dict[str, list[str]]) -> bool:
@@ -362,8 +389,15 @@ def _status(state: State) -> str:
     return "paused" if state.paused and state.status == "running" else state.status
 
 
-def container_summary(c: Container) -> dict[str, Any]:
-    spec, state = c.spec, c.state()
+def container_summary(
+    c: Container, backoff: Any = None, state: State | None = None
+) -> dict[str, Any]:
+    spec = c.spec
+    state = c.state() if state is None else state
+    status, text = _status(state), status_text(state)
+    if backoff is not None and state.status == "exited":
+        status = "restarting"
+        text = f"Restarting ({backoff.exit_code}) {ago(backoff.finished_at)} ago"
     return {
         "Id": c.id,
         "Names": ["/" + spec.name],
@@ -373,8 +407,8 @@ def container_summary(c: Container) -> dict[str, Any]:
         "Created": unix_time(spec.created),
         "Ports": [],
         "Labels": {},
-        "State": _status(state),
-        "Status": status_text(state),
+        "State": status,
+        "Status": text,
         "HostConfig": {"NetworkMode": spec.network},
         "NetworkSettings": {"Networks": {}},
         "Mounts": [
@@ -391,19 +425,34 @@ def container_summary(c: Container) -> dict[str, Any]:
     }
 
 
-def container_inspect(rt: Runtime, ref: str) -> dict[str, Any]:
+def container_inspect(
+    rt: Runtime, ref: str, restarting: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """GET /containers/{id}/json (types.ContainerJSON): our inspect, with Docker's
-    other fields at their zero values."""
+    other fields at their zero values. In a restart back-off (``restarting``, as
+    for container_list) it is dockerd's restarting state: Running and Restarting
+    true, no Pid, the last exit code and end."""
     try:
         c = rt.container(ref)
     except UserError as e:
         raise api_error(e, "container", ref) from None
     out = c.inspect()
     state = out["State"]
+    backoff = (restarting or {}).get(c.id)
+    if backoff is not None and state["Status"] == "exited":
+        state.update(
+            {
+                "Status": "restarting",
+                "Running": True,
+                "Pid": 0,
+                "ExitCode": backoff.exit_code,
+                "FinishedAt": backoff.finished_at,
+            }
+        )
     state.update(
         {
             "Paused": state["Status"] == "paused",
-            "Restarting": False,
+            "Restarting": state["Status"] == "restarting",
             "OOMKilled": bool(state["OOMKilled"]),
             "Dead": False,
             "StartedAt": state["StartedAt"] or "0001-01-01T00:00:00Z",

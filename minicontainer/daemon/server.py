@@ -474,10 +474,15 @@ class Handler(BaseHTTPRequestHandler):
     def ep_containers(self, query: dict[str, list[str]]) -> None:
         all_ = _flag(query, "all")
         filters = engine.parse_filters(_last(query, "filters"))
-        self.reply_json(200, engine.container_list(self.runtime, all_, filters))
+        restarting = self.owner.restarting()
+        listing = self.owner.listing
+        self.reply_json(
+            200, engine.container_list(self.runtime, all_, filters, restarting, listing)
+        )
 
     def ep_container_inspect(self, query: dict[str, list[str]], ref: str) -> None:
-        out = engine.container_inspect(self.runtime, ref)
+        restarting = self.owner.restarting()
+        out = engine.container_inspect(self.runtime, ref, restarting)
         out["ExecIDs"] = self.server.execs.ids(out["Id"]) or None
         self.reply_json(200, out)
 
@@ -659,6 +664,20 @@ class _Server(BoundedServer):
         super().server_bind()
 
 
+def _refusal(cap: int) -> bytes:
+    """The whole reply to a connection past the cap: dockerd has no cap, so this is
+    ours, in its error shape (the CLI prints "Error response from daemon: ...")."""
+    body = json.dumps(
+        {"message": f"too many connections to minicontainerd (limit {cap}); try again later"}
+    ).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Api-Version: {API_VERSION}\r\nContent-Length: {len(body) + 1}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body + b"\n"
+
+
 def parse_host(host: str) -> tuple[str, Any]:
     """``unix:///path`` -> ("unix", "/path"); ``tcp://127.0.0.1:2375`` -> ("tcp", (h, p))."""
     scheme, sep, rest = host.partition("://")
@@ -767,6 +786,7 @@ class Daemon:
         server.owner = self.owner
         server.execs = self.execs
         server.max_connections = self.max_connections
+        server.refusal = _refusal(self.max_connections)
         server.timeout = self.timeout
         server.connections = Connections(self.timeout)
         self._server = server

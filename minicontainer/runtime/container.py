@@ -132,6 +132,13 @@ class Container:
         """The recorded state, corrected by the kernel's truth (``ps`` after a crash)."""
         state = self.root.read_state(self.id)
         if state.status == "running" and not state.alive() and not state.supervised():
+            # Read again: the supervisor records the end just before it exits, so
+            # the first read may be from before that record and the checks from
+            # after its exit. Now that it is gone, the file has its last word.
+            fresh = self.root.read_state(self.id)
+            if fresh.status != "running" or fresh.pid != state.pid:
+                return fresh
+            state = fresh
             # Its supervisor died before it could record the end: say so, and
             # free the cgroup (everything else is for `rm`).
             state.status, state.paused = "exited", False
@@ -794,7 +801,11 @@ def _ago(stamp: str) -> str:
         t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     except ValueError:
         return "a moment"
-    seconds = max(0, int(time.time() - t))
+    return human_duration(max(0, int(time.time() - t)))
+
+
+def human_duration(seconds: int) -> str:
+    """``3 seconds``, ``2 minutes``: the duration in ``docker ps``'s Status."""
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             n = seconds // size
