@@ -22,10 +22,32 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}. See '{self.prog} --help'.")
 
 
+# The verbs a running minicontainerd answers for the CLI (daemon/client.py says why
+# the others stay local); the rest, and every verb without a daemon, use the library.
+DAEMON_VERBS = frozenset(
+    {"run", "ps", "logs", "exec", "stop", "kill", "pause", "unpause", "rm", "images", "rmi", "tag"}
+)
+
+
 def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .api import Runtime
 
+    if args.verb in DAEMON_VERBS:
+        remote = _daemon(args)
+        if remote is not None:
+            return remote
     return Runtime(args.root)
+
+
+def _daemon(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The running daemon's client, or None: one stat(2) when there is no socket."""
+    from .runtime.state import StateRoot
+
+    if os.environ.get("MINICONTAINER_HOST", "") in ("local", "none"):
+        return None
+    from .daemon.client import find
+
+    return find(str(StateRoot(args.root).root))
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -77,12 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from .runtime.container import status_text
-
     rt = _runtime(args)
     rows = []
     for c in rt.containers(all=args.all):
-        spec, state = c.spec, c.state()
+        spec = c.spec
         if args.quiet:
             rows.append([c.id[:12]])
             continue
@@ -94,7 +114,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 spec.image,
                 f'"{command}"',
                 spec.created[:19].replace("T", " "),
-                status_text(state),
+                c.status_text(),
                 spec.name,
             ]
         )
@@ -503,6 +523,24 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    """Which of the note's two models is in use: a client of minicontainerd, or the
+    library doing the work in this process."""
+    from . import __version__
+
+    print(f"client: minicontainer {__version__}")
+    remote = _daemon(args)
+    if remote is None:
+        print("daemon: none (this CLI runs containers itself; start minicontainerd to change that)")
+        return 0
+    info = remote.version()
+    print(
+        f"daemon: {remote.client.unix} (minicontainerd {info.get('Version', '?')}, "
+        f"API {info.get('ApiVersion', '?')})"
+    )
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .lessons.checks import check_all
 
@@ -778,6 +816,7 @@ VERBS = {
     "logout": ("Forget the credentials stored for a registry", args_logout, cmd_logout),
     "registry": ("Run the embedded registry: registry serve", args_registry, cmd_registry),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
+    "version": ("The client's version and its daemon's (if one runs)", args_none, cmd_version),
     "check": (
         "Say what this machine supports, and how to fix what is missing",
         args_none,

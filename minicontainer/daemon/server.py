@@ -51,6 +51,7 @@ from ..errors import UserError
 from ..httpd import BoundedServer, Connections, Reaper, hung_up, serve_foreground
 from ..registry.auth import is_loopback
 from . import containers_ops, engine, images, networks
+from .client import SOCKET_NAME
 from .containers import Owner
 from .engine import API_VERSION, MIN_API_VERSION, ApiError
 from .engine import flag as _flag
@@ -59,7 +60,6 @@ from .events import FILTERS as EVENT_FILTERS
 from .events import Events
 from .execs import Execs
 
-SOCKET_NAME = "minicontainerd.sock"
 TIMEOUT = 60.0  # seconds for the request line and headers (slowloris), and each recv/send
 MAX_BODY = 1 << 20  # a JSON body (container create, exec create): 1 MiB, as dockerd's decoder
 MAX_UPLOAD_ENV = "MINICONTAINERD_MAX_UPLOAD"  # a tar body (build context, images/load)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import Conflict, ContainerNotFound, NotSupported, UserError
+from ..errors import EXIT_NOT_EXECUTABLE, Conflict, ContainerNotFound, NotSupported, UserError
 from ..record import Record
 from . import cgroups, devices, namespaces, rootfs, shim
 from . import kernel as k
@@ -148,6 +148,10 @@ class Container:
             if self.spec.cgroup and (cg := cgroups.Cgroup.open(self.spec.cgroup)) is not None:
                 cg.remove()
         return state
+
+    def status_text(self) -> str:
+        """What ``ps`` says: "Up 5 seconds", "Exited (0) 2 minutes ago"."""
+        return status_text(self.state())
 
     def running(self) -> bool:
         state = self.state()
@@ -471,7 +475,12 @@ class Container:
     ) -> int:
         """Run another process in the running container's namespaces and cgroup."""
         exec_spec, pid = self.exec_spec(argv, env=env, workdir=workdir, user=user, tty=tty)
-        return shim.enter(self.root, exec_spec, pid, stdin=stdin, sink=sink, tty_stdin=tty_stdin)
+        try:
+            return shim.enter(
+                self.root, exec_spec, pid, stdin=stdin, sink=sink, tty_stdin=tty_stdin
+            )
+        except UserError as e:  # it could not start: 126 for any reason, as docker exec says
+            raise UserError(str(e), EXIT_NOT_EXECUTABLE) from None
 
     def exec_spec(
         self,
