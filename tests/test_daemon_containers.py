@@ -251,3 +251,31 @@ def test_restart_always_until_stopped_by_hand(ours, rt: mc.Runtime) -> None:  # 
     assert not c.running() and c.state().manually_stopped
     assert ours("run", "--rm", "--restart", "always", "busybox", "true").returncode == 125
     assert ours("rm", "-f", "mcd-always").returncode == 0
+
+
+def test_docker_commit_matches_dockerd(ours, real, rt: mc.Runtime) -> None:  # type: ignore[no-untyped-def]
+    """docker commit with -c/-m/-a: the new image runs the changed files and the
+    new command, and its config says what dockerd's says."""
+    fmt = "{{json .Config.Cmd}} {{json .Config.Env}} {{.Config.WorkingDir}}"
+    fmt += " {{.Comment}} {{.Author}}"
+    seen = []
+    for docker, image in ((ours, "busybox"), (real, REAL_TAG)):
+        made = docker("run", "--name", "mcd-commit", image, "sh", "-c", "echo made > /made")
+        assert made.returncode == 0, made.stderr
+        try:
+            done = docker(
+                "commit", "-c", 'CMD ["cat", "/made"]', "-c", "ENV NEW=1", "-c", "WORKDIR /tmp",
+                "-m", "a message", "-a", "an author", "mcd-commit", "mcd-committed:1",
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.startswith("sha256:"), done.stdout
+            ran = docker("run", "--rm", "mcd-committed:1")
+            shown = docker("inspect", "-f", fmt, "mcd-committed:1")
+            seen.append((ran.returncode, ran.stdout, shown.stdout))
+        finally:
+            docker("rm", "-f", "mcd-commit")
+            docker("rmi", "-f", "mcd-committed:1")
+    assert seen[0] == seen[1]
+    assert seen[0][:2] == (0, "made\n")
+    missing = ours("commit", "mcd-no-such", "x:1")
+    assert missing.returncode == 1 and "No such container: mcd-no-such" in missing.stderr

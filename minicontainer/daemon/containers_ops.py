@@ -12,6 +12,7 @@ one of the container's; changes and export read the container's layers.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -324,3 +325,58 @@ def export(rt: Runtime, ref: str, start: Callable[[], None], send: Callable[[byt
     rt.export(c.id, writer)
     if not writer.started:
         start()
+
+
+# --- commit: POST /commit (docker commit), the container's layer as a new image
+
+
+def commit(rt: Runtime, query: dict[str, list[str]], body: Any) -> tuple[Container, str]:
+    """``POST /commit?container=&repo=&tag=&comment=&author=&pause=&changes=``; the
+    body, a ContainerConfig or null, overrides the config (dockerd merges it): its
+    fields become the Dockerfile lines ``changes`` would say. Returns the image id."""
+    ref = _one(query, "container")
+    if not ref:
+        raise ApiError(400, "No container specified")  # dockerd's words
+    c = find(rt, ref)
+    repo, tag = _one(query, "repo"), _one(query, "tag")
+    target = f"{repo}:{tag or 'latest'}" if repo else None
+    changes = [line for value in query.get("changes", []) for line in value.splitlines() if line]
+    changes += _config_changes(body)
+    pause = _one(query, "pause") not in ("0", "false", "False")
+    try:
+        image = rt.commit(
+            c.id,
+            target,
+            message=_one(query, "comment") or "",
+            author=_one(query, "author") or "",
+            changes=changes,
+            pause=pause,
+        )
+    except UserError as e:
+        raise ApiError(400, str(e)) from None
+    return c, image.id
+
+
+def _one(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[-1] if values else None
+
+
+def _config_changes(body: Any) -> list[str]:
+    if not body:
+        return []
+    if not isinstance(body, dict):
+        raise ApiError(400, "the commit's config must be a JSON object")
+    lines = []
+    for key, instruction in (("Cmd", "CMD"), ("Entrypoint", "ENTRYPOINT")):
+        if body.get(key):
+            lines.append(f"{instruction} {json.dumps(body[key])}")
+    lines += [f"ENV {item}" for item in body.get("Env") or []]
+    if body.get("WorkingDir"):
+        lines.append(f"WORKDIR {body['WorkingDir']}")
+    if body.get("User"):
+        lines.append(f"USER {body['User']}")
+    labels = body.get("Labels") or {}
+    lines += [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items()]
+    lines += [f"EXPOSE {port}" for port in body.get("ExposedPorts") or {}]
+    return lines

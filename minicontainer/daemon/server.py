@@ -115,6 +115,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/top\Z"), "container_top"),
     ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/changes\Z"), "container_changes"),
     ("GET", re.compile(r"/containers/(?P<ref>[^/]+)/export\Z"), "container_export"),
+    ("POST", re.compile(r"/commit\Z"), "commit"),
     ("GET", re.compile(r"/networks\Z"), "networks"),
     ("GET", re.compile(r"/networks/(?P<ref>[^/]+)\Z"), "network_inspect"),
 ]
@@ -225,6 +226,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self.read_body()
         if not body.strip():
             return {}
+        return self.read_json_text(body)
+
+    @staticmethod
+    def read_json_text(body: bytes) -> Any:
         try:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
@@ -604,6 +609,14 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.end_stream()
+
+    def ep_commit(self, query: dict[str, list[str]]) -> None:
+        body = self.read_body()  # the docker CLI sends `null` when no config is given
+        body = self.read_json_text(body) if body.strip() not in (b"", b"null") else None
+        c, image_id = containers_ops.commit(self.runtime, query, body)
+        attrs = {**containers_ops.event_attributes(c), "comment": _last(query, "comment") or ""}
+        self.events.emit("container", "commit", c.id, attrs)
+        self.reply_json(201, {"Id": image_id})
 
     # -- Network (networks.py)
     def ep_networks(self, query: dict[str, list[str]]) -> None:
