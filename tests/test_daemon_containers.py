@@ -279,3 +279,37 @@ def test_docker_commit_matches_dockerd(ours, real, rt: mc.Runtime) -> None:  # t
     assert seen[0][:2] == (0, "made\n")
     missing = ours("commit", "mcd-no-such", "x:1")
     assert missing.returncode == 1 and "No such container: mcd-no-such" in missing.stderr
+
+
+def test_docker_logs_f_follows_until_the_end_as_dockerd(ours, real, daemon: Daemon) -> None:  # type: ignore[no-untyped-def]
+    """docker logs -f: the lines come while the container runs (read before its end),
+    stdout and stderr on their own streams, and the command ends with the container."""
+    script = "for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.3; done; exit 0"
+    seen = []
+    mine = f"unix://{daemon.socket_path}"
+    for docker, image, host in ((ours, "busybox", mine), (real, REAL_TAG, None)):
+        started = docker(
+            "run", "-d", "--name", "mcd-follow", image, "sh", "-c", "sleep 1;" + script
+        )
+        assert started.returncode == 0, started.stderr
+        try:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            if host:
+                env["DOCKER_HOST"] = host
+                    "context", "inspect", "-f", "{{.Endpoints.docker.Host}}"
+                ).stdout.strip()
+            follow = subprocess.Popen(
+                ["docker", "logs", "-f", "mcd-follow"], env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                first = follow.stdout.readline()  # type: ignore[union-attr]
+                running = docker("inspect", "-f", "{{.State.Running}}", "mcd-follow").stdout
+                out, err = follow.communicate(timeout=WAIT)
+            finally:
+                follow.kill()
+            seen.append((first, running, first + out, err, follow.returncode))
+        finally:
+            docker("rm", "-f", "mcd-follow")
+    assert seen[0] == seen[1]
+    assert seen[0][:3] == ("out1\n", "true\n", "out1\nout2\nout3\n")
