@@ -12,6 +12,9 @@ Fixtures:
                     processes, container dirs), to compare before/after a test
     assert_no_leaks a callable: fails if a later snapshot has anything new
 
+Helpers:
+    booted(path)    a Runtime on ``path`` with the base images, its containers removed after
+
 In CI (env CI=true, run as root) nothing that these fixtures would skip is skipped:
 it fails, so that a skip never hides a failure.
 """
@@ -24,6 +27,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +42,21 @@ PACKAGE_DIR = REPO / "minicontainer"
 ROOTLESS_NAME = "mcrootless"
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+@contextmanager
+def booted(path: Path) -> Iterator:  # type: ignore[type-arg]
+    """A state root at ``path`` with busybox and hello-world; every container made
+    on it is removed afterwards, running or not (a module fixture's body)."""
+    import minicontainer as mc
+
+    runtime = mc.Runtime(path)
+    runtime.bootstrap()
+    try:
+        yield runtime
+    finally:
+        for c in runtime.containers(all=True):
+            c.remove(force=True)
 
 
 def in_ci() -> bool:

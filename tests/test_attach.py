@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import minicontainer as mc
+from conftest import booted
 from minicontainer.runtime import attach
 
 pytestmark = pytest.mark.root
@@ -19,13 +20,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Runtime]:
-    runtime = mc.Runtime(tmp_path_factory.mktemp("attach") / "root")
-    runtime.bootstrap()
-    try:
+    with booted(tmp_path_factory.mktemp("attach") / "root") as runtime:
         yield runtime
-    finally:
-        for c in runtime.containers(all=True):
-            c.remove(force=True)
 
 
 def frames(sock) -> list[tuple[int, bytes]]:  # type: ignore[no-untyped-def]

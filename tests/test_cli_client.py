@@ -21,7 +21,7 @@ import pytest
 from test_daemon import call, wait_until
 
 import minicontainer as mc
-from conftest import REPO
+from conftest import REPO, booted
 from minicontainer.daemon import Daemon
 
 pytestmark = pytest.mark.root
@@ -30,13 +30,8 @@ WAIT = 60.0  # a bound on one CLI command, never a measurement
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    rt = mc.Runtime(tmp_path_factory.mktemp("cli-client") / "root")
-    rt.bootstrap()
-    try:
+    with booted(tmp_path_factory.mktemp("cli-client") / "root") as rt:
         yield rt.root
-    finally:
-        for c in rt.containers(all=True):
-            c.remove(force=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from test_daemon import call
 
 import minicontainer as mc
-from conftest import skip_or_fail
+from conftest import booted, skip_or_fail
 from minicontainer.daemon import Daemon
 
 pytestmark = pytest.mark.root
@@ -28,13 +28,8 @@ REAL_TAG = "minicontainerd-test/busybox:latest"
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Runtime]:
-    runtime = mc.Runtime(tmp_path_factory.mktemp("owner") / "root")
-    runtime.bootstrap()
-    try:
+    with booted(tmp_path_factory.mktemp("owner") / "root") as runtime:
         yield runtime
-    finally:
-        for c in runtime.containers(all=True):
-            c.remove(force=True)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ import pytest
 from test_daemon import Reply, UnixConnection
 
 import minicontainer as mc
-from conftest import REPO, skip_or_fail
+from conftest import REPO, booted, skip_or_fail
 from minicontainer.daemon import Daemon
 from minicontainer.procfs import start_time
 
@@ -49,13 +49,8 @@ REAL_TAG = "minicontainerd-rel/busybox:latest"  # its own: other modules rmi the
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Runtime]:
-    runtime = mc.Runtime(tmp_path_factory.mktemp("rel") / "root")
-    runtime.bootstrap()
-    try:
+    with booted(tmp_path_factory.mktemp("rel") / "root") as runtime:
         yield runtime
-    finally:
-        for c in runtime.containers(all=True):
-            c.remove(force=True)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import minicontainer as mc
-from conftest import skip_or_fail
+from conftest import booted, skip_or_fail
 from minicontainer.daemon import Daemon
 
 pytestmark = pytest.mark.root
@@ -36,13 +36,8 @@ def _sdk():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Runtime]:
-    runtime = mc.Runtime(tmp_path_factory.mktemp("sdk") / "root")
-    runtime.bootstrap()
-    try:
+    with booted(tmp_path_factory.mktemp("sdk") / "root") as runtime:
         yield runtime
-    finally:
-        for c in runtime.containers(all=True):
-            c.remove(force=True)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ process is the command's (126 when it could not start, as dockerd reports).
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -118,14 +117,9 @@ def _pump(
             elif hub.handles(fd):
                 continue
             else:
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
+                data = monitor.read_chunk(fd)
+                if data is None:
                     continue
-                except OSError as e:  # EIO: the pty's other side is closed
-                    if e.errno != errno.EIO:
-                        raise
-                    data = b""
                 if not data:
                     poller.unregister(fd)
                     open_fds.discard(fd)

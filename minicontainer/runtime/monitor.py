@@ -92,6 +92,19 @@ def _log_line(stream: str, data: bytes) -> bytes:
     return (json.dumps(entry) + "\n").encode()
 
 
+def read_chunk(fd: int) -> bytes | None:
+    """What a container's output pipe or pty has: b"" at its end (EIO: the pty's other
+    side is closed), None when nothing is there after all (non-blocking)."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise
+        return b""
+
+
 def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # type: ignore[no-untyped-def]
     """Run the container to its end. ``job`` holds plain values:
     pid, outputs ({fd: "stdout"|"stderr"}), tty_master, log, state, cgroup
@@ -149,14 +162,9 @@ def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # 
                     else:
                         poller.unregister(fd)
                 else:
-                    try:
-                        data = os.read(fd, 65536)
-                    except BlockingIOError:
+                    data = read_chunk(fd)
+                    if data is None:
                         continue
-                    except OSError as e:  # EIO: the tty's other side is closed
-                        if e.errno != errno.EIO:
-                            raise
-                        data = b""
                     if not data:
                         poller.unregister(fd)
                         open_fds.discard(fd)
