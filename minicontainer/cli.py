@@ -23,9 +23,34 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The local Runtime, or a RemoteRuntime when a daemon answers and serves this
+    verb (daemon/client.py: how it is found, which verbs it serves)."""
+    client = _daemon(args)
+    if client is not None:
+        from .daemon.client import RemoteRuntime
+
+        return RemoteRuntime(client)
     from .api import Runtime
 
     return Runtime(args.root)
+
+
+def _daemon(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if not hasattr(args, "client"):
+        args.client = None
+        if _served(args):
+            from .daemon.client import choose
+
+            args.client = choose(args.host, args.root)
+    return args.client
+
+
+def _served(args: argparse.Namespace) -> bool:
+    from .daemon.client import REMOTE_VERBS
+
+    if args.verb == "image":
+        return args.action == "inspect"
+    return args.verb in REMOTE_VERBS
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -503,6 +528,20 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    from . import __version__
+
+    print(f"minicontainer: {__version__}")
+    client = _daemon(args)
+    if client is None:
+        print("daemon: none (local)")
+        return 0
+    v = _runtime(args).version()
+    api, served = v.get("ApiVersion", "?"), v.get("Version", "?")
+    print(f"daemon: {client.host}  (API {api}, minicontainerd {served})")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .lessons.checks import check_all
 
@@ -778,6 +817,11 @@ VERBS = {
     "logout": ("Forget the credentials stored for a registry", args_logout, cmd_logout),
     "registry": ("Run the embedded registry: registry serve", args_registry, cmd_registry),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
+    "version": (
+        "Say this version, and which daemon (or none) the CLI uses",
+        args_none,
+        cmd_version,
+    ),
     "check": (
         "Say what this machine supports, and how to fix what is missing",
         args_none,
@@ -785,13 +829,15 @@ VERBS = {
     ),
 }
 
-USAGE = """usage: minicontainer [--root DIR] COMMAND [ARG...]
+USAGE = """usage: minicontainer [--root DIR] [--host unix:///PATH|local] COMMAND [ARG...]
 
 A small but real container runtime.
 
 options:
   --root DIR   state root (default /var/lib/minicontainer; rootless
                $XDG_DATA_HOME/minicontainer; or $MINICONTAINER_ROOT)
+  --host H     the daemon to use (or $MINICONTAINER_HOST; local: none); default
+               ROOT/minicontainerd.sock when a daemon answers there
 
 commands:
 """
@@ -807,7 +853,7 @@ def usage() -> str:
 
 def parse(argv: list[str]) -> argparse.Namespace | None:
     """Global options, then the verb and its own arguments. None: help was shown."""
-    root = None
+    root = host = None
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         option = argv[i]
@@ -818,6 +864,10 @@ def parse(argv: list[str]) -> argparse.Namespace | None:
             root, i = argv[i + 1], i + 2
         elif option.startswith("--root="):
             root, i = option.partition("=")[2], i + 1
+        elif option == "--host" and i + 1 < len(argv):
+            host, i = argv[i + 1], i + 2
+        elif option.startswith("--host="):
+            host, i = option.partition("=")[2], i + 1
         else:
             raise UserError(f"unknown flag: {option}. See 'minicontainer --help'.")
     if i == len(argv):
@@ -830,7 +880,7 @@ def parse(argv: list[str]) -> argparse.Namespace | None:
     parser = _Parser(prog=f"minicontainer {verb}", description=help_, add_help=verb != "run")
     add_arguments(parser)
     args = parser.parse_args(argv[i + 1 :])
-    args.root, args.verb, args.func = root, verb, func
+    args.root, args.host, args.verb, args.func = root, host, verb, func
     return args
 
 

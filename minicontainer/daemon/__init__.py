@@ -4,12 +4,23 @@ CLI and SDK can talk to minicontainer.
 
 ``server.py`` holds the HTTP side (a Unix socket, routes, limits, ``Daemon`` and
 ``main``); ``engine.py`` turns our images and containers into the API's JSON
-shapes. So far: ``_ping``, ``version``, ``info``, image list/inspect/history and
-container list/inspect; any other endpoint answers 501 naming itself.
+shapes; ``client.py`` is the other end, the ``minicontainer`` CLI as a client.
+
+``Daemon`` and ``main`` are imported on first use (PEP 562): the CLI imports
+``minicontainer.daemon.client`` on every verb when a daemon runs, and must not
+pay for loading the whole server.
 """
 
 from __future__ import annotations
 
-from .server import Daemon, main
+from typing import Any
 
 __all__ = ["Daemon", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
