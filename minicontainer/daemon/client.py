@@ -624,12 +624,18 @@ class RemoteRuntime:
         rows.sort(key=lambda r: r.created, reverse=True)
         return rows
 
+    def _image_call(self, method: str, ref: str, what: str = "", query: Any = None):  # type: ignore[no-untyped-def]
+        try:
+            return self.client.call(method, f"/images/{quote(ref, safe='')}{what}", query)
+        except ImageNotFound:
+            raise ImageNotFound(f"Unable to find image '{ref}' locally") from None  # the store's
+
     def inspect_image(self, ref: str) -> dict[str, Any]:
-        data = self.client.call("GET", f"/images/{quote(ref, safe='')}/json")
+        data = self._image_call("GET", ref, "/json")
         return {k: v for k, v in data.items() if k not in _ADDED_IMAGE}
 
     def remove_image(self, ref: str, force: bool = False) -> list[str]:
-        rows = self.client.call("DELETE", f"/images/{quote(ref, safe='')}", {"force": int(force)})
+        rows = self._image_call("DELETE", ref, "", {"force": int(force)})
         return [f"{k}: {v}" for row in rows or [] for k, v in row.items()]
 
     def tag(self, source: str, target: str) -> None:
