@@ -50,6 +50,10 @@ def _served(args: argparse.Namespace) -> bool:
 
     if args.verb == "image":
         return args.action == "inspect"
+    if args.verb == "save" and args.format != "docker":
+        return False  # the daemon writes docker archives only
+    if args.verb == "load" and args.input and os.path.isdir(args.input):
+        return False  # an OCI layout directory: no tar to send
     return args.verb in REMOTE_VERBS
 
 

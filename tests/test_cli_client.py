@@ -241,3 +241,44 @@ def test_a_stale_default_socket_falls_back_to_local_an_explicit_host_is_an_error
 def test_local_forces_the_local_path_even_with_a_daemon(root: Path, daemon: Daemon) -> None:
     code, out, _ = mc_cli(root, "daemon", "--host", "local", "version")
     assert code == 0 and "daemon: none (local)" in out
+
+
+def test_stats_history_export_save_load(root: Path, daemon: Daemon, tmp_path: Path) -> None:
+    rt = mc.Runtime(root)
+    c = rt.run("busybox", ["sh", "-c", "echo data > /kept; sleep 300"], detach=True, name="ops")
+    try:
+        for _ in range(200):  # the file written before export reads it
+            if ("A", "/kept") in rt.diff("ops"):
+                break
+        shown = []
+        for mode in MODES:  # the numbers are two samples of a live cgroup: their shape only
+            code, out, err = mc_cli(root, mode, "stats", "--no-stream", "ops")
+            assert code == 0, err
+            assert re.search(r"ops\s+\d+\.\d+%\s+\S+ / no limit\s+\d+\s+0\n", out), out
+            shown.append(re.sub(r"[0-9.]+(%|B|KiB|MiB)?", "N", norm(out)))
+        assert shown[0] == shown[1]
+        both(root, "history", "busybox")
+        both(root, "history", "nosuch")
+        for mode in MODES:
+            code, _, err = mc_cli(root, mode, "export", "-o", str(tmp_path / f"{mode}.tar"), "ops")
+            assert code == 0, err
+        local, remote = (
+            (tmp_path / "local.tar").read_bytes(),
+            (tmp_path / "daemon.tar").read_bytes(),
+        )
+        assert local == remote and b"data\n" in local
+        for mode in MODES:
+            code, _, err = mc_cli(
+                root, mode, "save", "-o", str(tmp_path / f"{mode}-img.tar"), "busybox"
+            )
+            assert code == 0, err
+        assert (tmp_path / "local-img.tar").read_bytes() == (
+            tmp_path / "daemon-img.tar"
+        ).read_bytes()
+        code, out, _ = both(root, "load", "-i", str(tmp_path / "local-img.tar"))
+        assert (code, out) == (0, "Loaded image: busybox:latest\n")
+        code, _, err = both(root, "save", "-o", str(tmp_path / "none.tar"), "nosuch")
+        assert code == 125 and "Unable to find image 'nosuch' locally" in err
+        assert not (tmp_path / "none.tar").exists()  # nothing half-written
+    finally:
+        c.remove(force=True)

@@ -15,11 +15,13 @@ the local path raises (404 ContainerNotFound / ImageNotFound, 409 Conflict).
 Which verbs go through the daemon (the others stay local, in this process):
 
     through the daemon   run, ps, logs, stop, kill, pause, unpause, rm, inspect,
-                         images, rmi, tag, diff, version, image inspect
+                         images, rmi, tag, diff, stats, history, export, save,
+                         load, version, image inspect
     local                exec (its endpoint is being written), commit, import,
-                         history, save, load, export, stats, build, push, pull,
-                         image prune/verify, system df, login, logout, registry,
-                         bootstrap, check (no endpoint yet, or client-side work)
+                         build, push, pull, image prune/verify, system df (its
+                         "Unreferenced" row), save --format oci, load -i DIR,
+                         login, logout, registry, bootstrap, check (no endpoint
+                         yet, or client-side work)
 
 How the CLI finds a daemon (``choose``): ``--host unix:///PATH`` or
 $MINICONTAINER_HOST (``local`` or ``none``: the local path); an explicit host
@@ -70,6 +72,11 @@ REMOTE_VERBS = {
     "diff",
     "version",
     "image",
+    "stats",
+    "history",
+    "export",
+    "save",
+    "load",
 }
 
 
@@ -120,14 +127,20 @@ class Client:
         query: dict[str, Any] | None = None,
         body: Any = None,
         timeout: float | None = None,
+        upload: Any = None,
     ) -> http.client.HTTPResponse:
-        """The response with its headers read; an error status raised as UserError."""
-        target = API + path + ("?" + urlencode(query) if query else "")
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        """The response with its headers read; an error status raised as UserError.
+        ``body`` goes as JSON; ``upload`` (a binary file) as a chunked tar body."""
+        target = API + path + ("?" + urlencode(query, doseq=True) if query else "")
+        data = json.dumps(body).encode() if body is not None else upload
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if upload is not None:
+            headers = {"Content-Type": "application/x-tar", "Transfer-Encoding": "chunked"}
         conn = self.connection(timeout)
         try:
-            conn.request(method, target, body=data, headers=headers)
+            conn.request(
+                method, target, body=data, headers=headers, encode_chunked=upload is not None
+            )
             resp = conn.getresponse()
         except OSError as e:
             conn.close()
@@ -420,6 +433,34 @@ class RemoteContainer:
         finally:
             resp.close()
 
+    def stats(self) -> dict[str, Any]:
+        """The local ``Container.stats()`` dict from the API's StatsJSON (CPU % as the
+        docker CLI computes it: the container's share of the host's CPU time between
+        the two samples, times the CPUs). StatsJSON has no OOM-kill count: 0."""
+        state = self.state()
+        base = {"id": self.id, "name": self.name}
+        if state.status != "running":
+            return {**base, "available": False, "reason": "not running"}
+        s = self.client.call("GET", self._path("/stats"), {"stream": 0})
+        memory, pids = s.get("memory_stats") or {}, s.get("pids_stats") or {}
+        if not memory:
+            return {**base, "available": False, "reason": "no cgroup (rootless)"}
+        cpu, pre = s.get("cpu_stats") or {}, s.get("precpu_stats") or {}
+        used = cpu["cpu_usage"]["total_usage"] - pre.get("cpu_usage", {}).get("total_usage", 0)
+        system = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+        percent = 100.0 * used / system * cpu.get("online_cpus", 1) if system > 0 else None
+        limited = (self.data.get("HostConfig") or {}).get("Memory")
+        return {
+            **base,
+            "available": True,
+            "cpu_percent": percent,
+            "memory_usage": memory.get("usage"),
+            "memory_limit": memory.get("limit") if limited else None,
+            "pids": pids.get("current"),
+            "pids_limit": pids.get("limit"),
+            "oom_kills": 0,
+        }
+
     def stop(self, timeout: float = 10) -> None:
         self.client.call("POST", self._path("/stop"), {"t": int(timeout)})
 
@@ -498,6 +539,34 @@ def _frames(read: Callable[[int], bytes], tty: bool) -> Iterator[tuple[str, byte
         yield ("stderr" if number == 2 else "stdout"), data
         if len(data) < length:
             return
+
+
+def _copy_to(resp: http.client.HTTPResponse, output: Any) -> None:
+    """A streamed tar into a path (atomically: nothing half-written stays) or a file."""
+    from ..image.save import output_file
+
+    try:
+        with output_file(output) as f:
+            while data := resp.read(1 << 16):
+                f.write(data)
+    except http.client.IncompleteRead:
+        raise UserError("minicontainerd cut the archive short (see its log)") from None
+    finally:
+        resp.close()
+
+
+def _messages(resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+    """Docker's JSON message stream; an ``error`` message raised as a UserError."""
+    try:
+        for line in resp:
+            if not line.strip():
+                continue
+            message = json.loads(line)
+            if message.get("error"):
+                raise UserError(message["error"])
+            yield message
+    finally:
+        resp.close()
 
 
 # --------------------------------------------------------------------------- runtime
@@ -610,6 +679,10 @@ class RemoteRuntime:
         rows = self.client.call("GET", f"/containers/{quote(container, safe='')}/changes")
         return [(kinds.get(r["Kind"], "C"), r["Path"]) for r in rows or []]
 
+    def export(self, container: str, output: Any) -> None:
+        resp = self.client.send("GET", f"/containers/{quote(container, safe='')}/export")
+        _copy_to(resp, output)
+
     # -- images
     def images(self):  # type: ignore[no-untyped-def]
         from ..image.store import ImageSummary
@@ -646,6 +719,58 @@ class RemoteRuntime:
         self.client.call(
             "POST", f"/images/{quote(source, safe='')}/tag", {"repo": repo, "tag": tag}
         )
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        rows = self._image_call("GET", ref, "/history") or []
+        return [
+            {
+                "id": r["Id"].removeprefix("sha256:")[:12] if r["Id"] != "<missing>" else r["Id"],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.get("Created") or 0)),
+                "created_by": r.get("CreatedBy", ""),
+                "size": r.get("Size", 0),
+                "comment": r.get("Comment", ""),
+            }
+            for r in rows
+        ]
+
+    def save(self, refs: list[str], output: Any, format: str = "docker") -> None:  # noqa: A002
+        if format != "docker":
+            raise UserError(f"save --format {format}: minicontainerd writes docker archives only")
+        try:
+            resp = self.client.send("GET", "/images/get", {"names": refs}, None)
+        except ImageNotFound as e:
+            ref = str(e).removeprefix("No such image: ")
+            raise ImageNotFound(f"Unable to find image '{ref}' locally") from None
+        _copy_to(resp, output)
+
+    def load(self, source: Any) -> list[Any]:
+        """A docker save archive (a file or stdin) as the body; the images named back."""
+        from ..record import Record
+
+        class Loaded(Record):
+            ref: str = ""
+            id: str = ""
+
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                f = open(source, "rb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise UserError(f"load: {source}: {e.strerror}") from None
+        else:
+            f = source
+        try:
+            resp = self.client.send("POST", "/images/load", {"quiet": 1}, upload=f)
+        finally:
+            if f is not source:
+                f.close()
+        out = []
+        for message in _messages(resp):
+            text = message.get("stream", "").strip()
+            if text.startswith("Loaded image ID: "):
+                out.append(Loaded(id=text.removeprefix("Loaded image ID: ")))
+            elif text.startswith("Loaded image: "):
+                out.append(Loaded(ref=text.removeprefix("Loaded image: ")))
+        return out
 
     # -- system
     def version(self) -> dict[str, Any]:
