@@ -35,19 +35,34 @@ def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Runtime(args.root)
 
 
+SOCKET_NAME = "minicontainerd.sock"  # daemon/client.py's (a test checks they agree)
+
+
 def _daemon(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not hasattr(args, "client"):
         args.client = None
-        if _served(args):
+        # Without a host named or a socket there, not even the client is imported:
+        # the local path pays one stat (daemon/client.py costs ~20 ms to import).
+        if (args.host or os.environ.get("MINICONTAINER_HOST") or _socket_there(args)) and _served(
+            args
+        ):
             from .daemon.client import choose
 
             args.client = choose(args.host, args.root)
     return args.client
 
 
+def _socket_there(args: argparse.Namespace) -> bool:
+    from .runtime.state import StateRoot
+
+    return os.path.exists(StateRoot(args.root).root / SOCKET_NAME)
+
+
 def _served(args: argparse.Namespace) -> bool:
     from .daemon.client import REMOTE_VERBS
 
+    if args.verb == "version":
+        return True
     if args.verb == "image":
         return args.action == "inspect"
     if args.verb == "save" and args.format != "docker":

@@ -88,7 +88,25 @@ def both(root: Path, *argv: str, stdin: str | None = None) -> tuple[int, str, st
 
 
 def test_the_client_knows_the_daemon_s_socket_name() -> None:
-    assert client.SOCKET_NAME == server.SOCKET_NAME
+    assert client.SOCKET_NAME == server.SOCKET_NAME == cli.SOCKET_NAME
+
+
+def test_without_a_daemon_the_client_is_not_even_imported(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from minicontainer import cli\n"
+        "try:\n"
+        f"    cli.main(['--root', {str(tmp_path / 'root')!r}, 'ps'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('client' if 'minicontainer.daemon.client' in sys.modules else 'none')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != client.HOST_ENV}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=WAIT
+    )
+    assert proc.stdout.splitlines()[-1] == "none", proc.stderr
 
 
 def test_version_says_which_model_is_in_use(root: Path, daemon: Daemon) -> None:
