@@ -300,3 +300,86 @@ def test_stats_history_export_save_load(root: Path, daemon: Daemon, tmp_path: Pa
         assert not (tmp_path / "none.tar").exists()  # nothing half-written
     finally:
         c.remove(force=True)
+
+
+def test_logs_follow_until_the_container_ends(root: Path, daemon: Daemon) -> None:
+    try:
+        for mode in MODES:
+            name = f"follow-{mode}"
+            script = "echo first; sleep 1; echo second >&2"
+            code, _, err = mc_cli(
+                root, mode, "run", "-d", "--name", name, "busybox", "sh", "-c", script
+            )
+            assert code == 0, err
+            code, out, err = mc_cli(root, mode, "logs", "-f", name)
+            assert (code, out, err) == (0, "first\n", "second\n")
+    finally:
+        for c in mc.Runtime(root).containers(all=True):
+            c.remove(force=True)
+
+
+SCRIPT = 'echo ready; read x; echo "got $((x * 7))"; exit 4'  # no line editor, no cursor query
+
+
+def in_a_terminal(root: Path, mode: str, typed: bytes) -> tuple[int, bytes]:
+    """`run -it` on a pseudo-terminal: type, read until the end, the exit code."""
+    import pty
+    import select
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(client.HOST_ENV, None)
+    if mode == "local":
+        env[client.HOST_ENV] = "local"
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minicontainer",
+            "--root",
+            str(root),
+            "run",
+            "-it",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            SCRIPT,
+        ],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(secondary)
+    out = b""
+    pending = typed
+    try:
+        while True:
+            ready, _, _ = select.select([primary], [], [], WAIT)
+            if not ready:
+                pytest.fail(f"run -it ({mode}) still silent after {WAIT:.0f} s: {out!r}")
+            try:
+                data = os.read(primary, 4096)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not data:
+                break
+            out += data
+            if pending and b"ready" in out:  # it runs, the terminal is raw: type
+                os.write(primary, pending)
+                pending = b""
+        return proc.wait(timeout=WAIT), out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(primary)
+
+
+def test_run_it_in_a_terminal(root: Path, daemon: Daemon) -> None:
+    for mode in MODES:
+        code, out = in_a_terminal(root, mode, b"6\n")
+        assert code == 4, (mode, out)
+        assert b"got 42" in out, (mode, out)

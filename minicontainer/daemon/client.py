@@ -390,16 +390,17 @@ class RemoteContainer:
         stream = self.client.hijack(self._path("/attach"), query)
         condition = "removed" if self.spec.auto_remove else "next-exit"
         waiting = self.client.send("POST", self._path("/wait"), {"condition": condition})
+        # Raw before the start, as the docker CLI does: what the user types once the
+        # container runs is never taken by the terminal's line discipline.
+        saved = _raw_terminal(tty_stdin) if tty_stdin is not None else None
         try:
             try:
-                self.client.call("POST", self._path("/start"))
-            except UserError as e:
-                raise UserError(str(e), start_exit_code(str(e))) from None
-            saved = None
-            if tty_stdin is not None:
-                saved = _raw_terminal(tty_stdin)
-                self._resize(tty_stdin)
-            try:
+                try:
+                    self.client.call("POST", self._path("/start"))
+                except UserError as e:
+                    raise UserError(str(e), start_exit_code(str(e))) from None
+                if tty_stdin is not None:
+                    self._resize(tty_stdin)
                 fd = tty_stdin if tty_stdin is not None else stdin
                 if fd is not None:
                     threading.Thread(target=_copy_in, args=(fd, stream), daemon=True).start()
@@ -485,7 +486,7 @@ def _raw_terminal(fd: int):  # type: ignore[no-untyped-def]
         saved = termios.tcgetattr(fd)
     except termios.error:
         return None
-    tty.setraw(fd)
+    tty.setraw(fd, termios.TCSADRAIN)  # not TCSAFLUSH: keep what was typed ahead
     return saved
 
 
