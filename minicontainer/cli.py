@@ -22,32 +22,54 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}. See '{self.prog} --help'.")
 
 
-# The verbs a running minicontainerd answers for the CLI (daemon/client.py says why
-# the others stay local); the rest, and every verb without a daemon, use the library.
-DAEMON_VERBS = frozenset(
-    {"run", "ps", "logs", "exec", "stop", "kill", "pause", "unpause", "rm", "images", "rmi", "tag"}
-)
-
-
 def _runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The local Runtime, or a RemoteRuntime when a daemon answers and serves this
+    verb (daemon/client.py: how it is found, which verbs it serves)."""
+    client = _daemon(args)
+    if client is not None:
+        from .daemon.client import RemoteRuntime
+
+        return RemoteRuntime(client)
     from .api import Runtime
 
-    if args.verb in DAEMON_VERBS:
-        remote = _daemon(args)
-        if remote is not None:
-            return remote
     return Runtime(args.root)
 
 
+SOCKET_NAME = "minicontainerd.sock"  # daemon/client.py's (a test checks they agree)
+
+
 def _daemon(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The running daemon's client, or None: one stat(2) when there is no socket."""
+    if not hasattr(args, "client"):
+        args.client = None
+        # Without a host named or a socket there, not even the client is imported:
+        # the local path pays one stat (daemon/client.py costs ~20 ms to import).
+        if (args.host or os.environ.get("MINICONTAINER_HOST") or _socket_there(args)) and _served(
+            args
+        ):
+            from .daemon.client import choose
+
+            args.client = choose(args.host, args.root)
+    return args.client
+
+
+def _socket_there(args: argparse.Namespace) -> bool:
     from .runtime.state import StateRoot
 
-    if os.environ.get("MINICONTAINER_HOST", "") in ("local", "none"):
-        return None
-    from .daemon.client import find
+    return os.path.exists(StateRoot(args.root).root / SOCKET_NAME)
 
-    return find(str(StateRoot(args.root).root))
+
+def _served(args: argparse.Namespace) -> bool:
+    from .daemon.client import REMOTE_VERBS
+
+    if args.verb == "version":
+        return True
+    if args.verb == "image":
+        return args.action == "inspect"
+    if args.verb == "save" and args.format != "docker":
+        return False  # the daemon writes docker archives only
+    if args.verb == "load" and args.input and os.path.isdir(args.input):
+        return False  # an OCI layout directory: no tar to send
+    return args.verb in REMOTE_VERBS
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -99,10 +121,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    from .runtime.container import status_text
+
     rt = _runtime(args)
     rows = []
     for c in rt.containers(all=args.all):
-        spec = c.spec
+        spec, state = c.spec, c.state()
         if args.quiet:
             rows.append([c.id[:12]])
             continue
@@ -114,7 +138,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 spec.image,
                 f'"{command}"',
                 spec.created[:19].replace("T", " "),
-                c.status_text(),
+                status_text(state),
                 spec.name,
             ]
         )
@@ -524,20 +548,16 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    """Which of the note's two models is in use: a client of minicontainerd, or the
-    library doing the work in this process."""
     from . import __version__
 
-    print(f"client: minicontainer {__version__}")
-    remote = _daemon(args)
-    if remote is None:
-        print("daemon: none (this CLI runs containers itself; start minicontainerd to change that)")
+    print(f"minicontainer: {__version__}")
+    client = _daemon(args)
+    if client is None:
+        print("daemon: none (local)")
         return 0
-    info = remote.version()
-    print(
-        f"daemon: {remote.client.unix} (minicontainerd {info.get('Version', '?')}, "
-        f"API {info.get('ApiVersion', '?')})"
-    )
+    v = _runtime(args).version()
+    api, served = v.get("ApiVersion", "?"), v.get("Version", "?")
+    print(f"daemon: {client.host}  (API {api}, minicontainerd {served})")
     return 0
 
 
@@ -816,7 +836,11 @@ VERBS = {
     "logout": ("Forget the credentials stored for a registry", args_logout, cmd_logout),
     "registry": ("Run the embedded registry: registry serve", args_registry, cmd_registry),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
-    "version": ("The client's version and its daemon's (if one runs)", args_none, cmd_version),
+    "version": (
+        "Say this version, and which daemon (or none) the CLI uses",
+        args_none,
+        cmd_version,
+    ),
     "check": (
         "Say what this machine supports, and how to fix what is missing",
         args_none,
@@ -824,13 +848,15 @@ VERBS = {
     ),
 }
 
-USAGE = """usage: minicontainer [--root DIR] COMMAND [ARG...]
+USAGE = """usage: minicontainer [--root DIR] [--host unix:///PATH|local] COMMAND [ARG...]
 
 A small but real container runtime.
 
 options:
   --root DIR   state root (default /var/lib/minicontainer; rootless
                $XDG_DATA_HOME/minicontainer; or $MINICONTAINER_ROOT)
+  --host H     the daemon to use (or $MINICONTAINER_HOST; local: none); default
+               ROOT/minicontainerd.sock when a daemon answers there
 
 commands:
 """
@@ -846,7 +872,7 @@ def usage() -> str:
 
 def parse(argv: list[str]) -> argparse.Namespace | None:
     """Global options, then the verb and its own arguments. None: help was shown."""
-    root = None
+    root = host = None
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         option = argv[i]
@@ -857,6 +883,10 @@ def parse(argv: list[str]) -> argparse.Namespace | None:
             root, i = argv[i + 1], i + 2
         elif option.startswith("--root="):
             root, i = option.partition("=")[2], i + 1
+        elif option == "--host" and i + 1 < len(argv):
+            host, i = argv[i + 1], i + 2
+        elif option.startswith("--host="):
+            host, i = option.partition("=")[2], i + 1
         else:
             raise UserError(f"unknown flag: {option}. See 'minicontainer --help'.")
     if i == len(argv):
@@ -869,7 +899,7 @@ def parse(argv: list[str]) -> argparse.Namespace | None:
     parser = _Parser(prog=f"minicontainer {verb}", description=help_, add_help=verb != "run")
     add_arguments(parser)
     args = parser.parse_args(argv[i + 1 :])
-    args.root, args.verb, args.func = root, verb, func
+    args.root, args.host, args.verb, args.func = root, host, verb, func
     return args
 
 

@@ -1,14 +1,14 @@
 """minicontainerd: the daemon of the note's architecture, answering the Docker
 Engine API v1.41 (docs.docker.com/engine/api/v1.41) so that the real ``docker``
-CLI and SDK can talk to minicontainer; and ``client.py``, the CLI's side of it.
+CLI and SDK can talk to minicontainer.
 
 ``server.py`` holds the HTTP side (a Unix socket, routes, limits, ``Daemon`` and
 ``main``); ``engine.py`` turns our images and containers into the API's JSON
-shapes; the other modules each answer one group of endpoints (the README's table).
-Any endpoint left out answers 501 naming itself.
+shapes; ``client.py`` is the other end, the ``minicontainer`` CLI as a client.
 
-``Daemon`` and ``main`` are imported on first use: the CLI imports ``client`` at
-start and must not pay for the whole server.
+``Daemon`` and ``main`` are imported on first use (PEP 562): the CLI imports
+``minicontainer.daemon.client`` on every verb when a daemon runs, and must not
+pay for loading the whole server.
 """
 
 from __future__ import annotations

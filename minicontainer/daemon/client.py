@@ -1,32 +1,35 @@
-"""The client half of the note's architecture: the ``minicontainer`` CLI talking to a
-running ``minicontainerd`` over its Unix socket, as the ``docker`` CLI talks to dockerd.
+"""The ``minicontainer`` CLI as a client of minicontainerd: a small Docker Engine
+API v1.41 client (docs.docker.com/engine/api/v1.41) over the daemon's Unix socket,
+stdlib ``http.client`` only, and ``RemoteRuntime``, the subset of
+``minicontainer.api.Runtime`` the CLI calls, answering with the same objects.
 
-It speaks the Engine API v1.41 (docs.docker.com/engine/api/v1.41) with nothing but
-the standard library: ``http.client`` over AF_UNIX for plain requests, and the
-hijacked connection (``Upgrade: tcp`` -> ``101 UPGRADED``, then Docker's multiplexed
-frames, stdcopy) for ``run`` and ``exec`` attached, as the docker CLI does.
+The flow of ``run`` is the docker CLI's (cli/command/container/run.go): create,
+attach (the hijacked connection: ``Upgrade: tcp`` -> ``101 UPGRADED``, then
+Docker's multiplexed frames, 8-byte header: stream, 3 zero bytes, big-endian
+length), wait (its headers arrive at once, the exit code when it ends), start.
+A start that fails gives the exit code from its message, as the docker CLI does:
+"executable file not found" / "no such file or directory" 127, "permission
+denied" 126, else 125. The daemon's ``{"message": ...}`` becomes the UserError
+the local path raises (404 ContainerNotFound / ImageNotFound, 409 Conflict).
 
-``RemoteRuntime`` offers the subset of ``minicontainer.api.Runtime`` that the CLI
-calls, returning objects with the same attributes, so that cli.py picks one object
-and prints the same thing either way. What goes through the daemon:
+Which verbs go through the daemon (the others stay local, in this process):
 
-=====================================================  =============================
-verbs                                                  path
-=====================================================  =============================
-run (-d, --rm, -i, -t), ps, logs (-f), exec (-i, -t),   the daemon (POST /containers/
-stop, kill, pause, unpause, rm, images, rmi, tag        create, attach, start, wait,
-                                                       exec, ... as docker's CLI)
-inspect, diff, history, stats, commit, save, load,     local: they read the same
-export, import, image, system, build, push, pull,      state root (or need no
-login, logout, registry, bootstrap, check              daemon); the daemon serves
-                                                       them to the docker CLI
-=====================================================  =============================
+    through the daemon   run, exec, ps, logs, stop, kill, pause, unpause, rm,
+                         inspect, images, rmi, tag, diff, stats, history, export,
+                         save, load, version, image inspect
+    local                commit, import,
+                         build, push, pull, image prune/verify, system df (its
+                         "Unreferenced" row), save --format oci, load -i DIR,
+                         login, logout, registry, bootstrap, check (no endpoint
+                         yet, or client-side work)
 
-How the CLI finds a daemon (``find``): ``MINICONTAINER_HOST=unix:///PATH`` (an
-error if nothing answers there, as docker with DOCKER_HOST), ``local`` or ``none``
-for the library path; else the state root's default socket if it exists and
-answers ``/_ping`` (a stale socket file: the local path, silently). No socket, no
-connection attempt: the CLI's start costs one stat(2).
+How the CLI finds a daemon (``choose``): ``--host unix:///PATH`` or
+$MINICONTAINER_HOST (``local`` or ``none``: the local path); an explicit host
+that does not answer is an error, as docker's "Cannot connect to the Docker
+daemon"; else the default socket of the state root (ROOT/minicontainerd.sock) if
+it exists (one stat) and answers ``_ping``; a stale one falls back to local with
+a note. This module never imports daemon/server.py (no import circle, and the
+CLI starts fast).
 """
 
 from __future__ import annotations
@@ -34,390 +37,450 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from ..errors import (
     EXIT_NOT_EXECUTABLE,
-    EXIT_NOT_FOUND,
     EXIT_RUNTIME,
     Conflict,
     ContainerNotFound,
     ImageNotFound,
     UserError,
 )
-from ..runtime import attach
-from ..runtime.cgroups import parse_memory
 
+SOCKET_NAME = "minicontainerd.sock"  # daemon/server.py's (a test checks they agree)
+HOST_ENV = "MINICONTAINER_HOST"
 API = "/v1.41"
-# How dockerd (and execs.py) word an exec that could not start, inside its stream.
-RUNTIME_PREFIX = b"OCI runtime exec failed: exec failed: unable to start container process: "
-SOCKET_NAME = "minicontainerd.sock"  # the daemon's default socket, under the state root
-Sink = Callable[[str, bytes], None]
+PING_TIMEOUT = 2.0  # seconds: a daemon that does not answer _ping by then is not there
+HEADER = struct.Struct(">BxxxI")  # the multiplexed stream's frame header
+# How dockerd (and daemon/execs.py) word an exec that could not start, in its stream.
+RUNTIME_PREFIX = "OCI runtime exec failed: exec failed: unable to start container process: "
+LOCAL_WORDS = ("local", "none")
+REMOTE_VERBS = {
+    "run",
+    "exec",
+    "ps",
+    "logs",
+    "stop",
+    "kill",
+    "pause",
+    "unpause",
+    "rm",
+    "inspect",
+    "images",
+    "rmi",
+    "tag",
+    "diff",
+    "version",
+    "image",
+    "stats",
+    "history",
+    "export",
+    "save",
+    "load",
+}
 
 
-# --- finding the daemon
-
-
-def find(root: str, host: str | None = None) -> RemoteRuntime | None:
-    """The daemon the CLI should use, or None for the local (library) path."""
-    host = host if host is not None else os.environ.get("MINICONTAINER_HOST", "")
-    if host in ("local", "none"):
-        return None
-    if host:
-        if not host.startswith("unix://"):
-            raise UserError(f"MINICONTAINER_HOST={host}: only unix:///PATH is supported")
-        path = host.removeprefix("unix://")
-        client = Client(path)
-        if not client.answers():
-            raise UserError(
-                f"Cannot connect to the minicontainer daemon at {host}. Is minicontainerd running?"
-            )
-        return RemoteRuntime(client)
-    path = os.path.join(root, SOCKET_NAME)
-    if not os.path.exists(path):
-        return None
-    client = Client(path)
-    return RemoteRuntime(client) if client.answers() else None
-
-
-# --- HTTP over the Unix socket
-
-
-class _Connection(http.client.HTTPConnection):
+class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
-        self.path = path
+        self.unix_path = path
 
     def connect(self) -> None:
-        # attach.connect reaches deep paths through /proc/self/fd (sun_path is short)
-        self.sock = attach.connect(
-            os.path.dirname(self.path) or ".", timeout=5.0, name=os.path.basename(self.path)
-        )
+        self.sock = _connect(self.unix_path)
         self.sock.settimeout(self.timeout)
 
 
-class Response:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
+def _connect(path: str) -> socket.socket:
+    """A connection to the daemon's socket, reached through its directory
+    (runtime/attach.py: sun_path holds 108 bytes, a state root can nest deeper)."""
+    from ..runtime import attach
 
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
+    return attach.connect(os.path.dirname(path) or "/", name=os.path.basename(path))
 
-    def message(self) -> str:
-        try:
-            return str(self.json().get("message", ""))
-        except (ValueError, AttributeError):
-            return self.body.decode(errors="replace").strip()
+
+def parse_host(host: str) -> str:
+    """``unix:///path`` -> the socket path (the CLI speaks to a Unix socket only)."""
+    scheme, sep, rest = host.partition("://")
+    if scheme != "unix" or not sep or not rest.startswith("/"):
+        raise UserError(f"invalid host {host!r}: use unix:///PATH, or local")
+    return rest
+
+
+def error_for(status: int, message: str) -> UserError:
+    """The daemon's refusal as the UserError the local path raises."""
+    if status == 404:
+        return ContainerNotFound(message) if "container" in message else ImageNotFound(message)
+    if status == 409:
+        return Conflict(message)
+    if status == 500 and message == "internal error":
+        return UserError("minicontainerd: internal error (see the daemon's log)")
+    return UserError(message)
 
 
 class Client:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.unix = f"unix://{path}"
+    """One Engine API endpoint: a new connection per request (the socket is local)."""
 
-    def answers(self) -> bool:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.path = parse_host(host)
+
+    def connection(self, timeout: float | None = None) -> _UnixConnection:
+        return _UnixConnection(self.path, timeout)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+        upload: Any = None,
+    ) -> http.client.HTTPResponse:
+        """The response with its headers read; an error status raised as UserError.
+        ``body`` goes as JSON; ``upload`` (a binary file) as a chunked tar body."""
+        target = API + path + ("?" + urlencode(query, doseq=True) if query else "")
+        data = json.dumps(body).encode() if body is not None else upload
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if upload is not None:
+            headers = {"Content-Type": "application/x-tar", "Transfer-Encoding": "chunked"}
+        conn = self.connection(timeout)
         try:
-            return self.request("GET", "/_ping", timeout=2.0).status == 200
+            conn.request(
+                method, target, body=data, headers=headers, encode_chunked=upload is not None
+            )
+            resp = conn.getresponse()
+        except OSError as e:
+            conn.close()
+            raise self.unreachable(e) from None
+        if resp.status >= 400:
+            raw = resp.read()
+            conn.close()
+            try:
+                message = json.loads(raw)["message"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode(errors="replace").strip() or resp.reason
+            raise error_for(resp.status, message)
+        return resp
+
+    def call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None):  # type: ignore[no-untyped-def]
+        """A short exchange: the JSON answer (None for an empty body)."""
+        resp = self.send(method, path, query, body)
+        raw = resp.read()
+        resp.close()
+        return json.loads(raw) if raw.strip() else None
+
+    def unreachable(self, e: OSError) -> UserError:
+        return UserError(
+            f"Cannot connect to the minicontainer daemon at {self.host} "
+            f"({e.strerror or e}). Is minicontainerd running?"
+        )
+
+    def ping(self, timeout: float = PING_TIMEOUT) -> bool:
+        conn = self.connection(timeout)
+        try:
+            conn.request("GET", "/_ping")
+            resp = conn.getresponse()
+            return resp.status == 200 and resp.read() == b"OK"
         except OSError:
             return False
+        finally:
+            conn.close()
 
-    def open(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> http.client.HTTPResponse:
-        """Send a request; the response's headers are read, its body is the caller's."""
-        conn = _Connection(self.path, timeout)
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request(method, API + path + _query(query), body=data, headers=headers)
-        return conn.getresponse()
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: dict[str, Any] | None = None,
-        timeout: float | None = 60.0,
-    ) -> Response:
-        with self.open(method, path, body, query, timeout) as r:
-            return Response(r.status, dict(r.getheaders()), r.read())
-
-    def hijack(self, path: str, body: Any = None, query: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
-        """POST with ``Upgrade: tcp``; returns (socket, content type) after 101."""
-        sock = attach.connect(os.path.dirname(self.path) or ".", name=os.path.basename(self.path))
-        data = b"" if body is None else json.dumps(body).encode()
-        head = (
-            f"POST {API}{path}{_query(query)} HTTP/1.1\r\nHost: localhost\r\n"
+    def hijack(self, path: str, query: dict[str, Any], body: Any = None) -> socket.socket:
+        """POST with ``Upgrade: tcp``; after ``101 UPGRADED`` the socket is the stream."""
+        try:
+            s = _connect(self.path)
+        except OSError as e:
+            raise self.unreachable(e) from None
+        data = json.dumps(body).encode() if body is not None else b""
+        request = (
+            f"POST {API}{path}?{urlencode(query)} HTTP/1.1\r\nHost: localhost\r\n"
             "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\n\r\n"
         )
-        sock.sendall(head.encode() + data)
-        raw = b""
-        while not raw.endswith(b"\r\n\r\n"):  # byte by byte: what follows is the stream
-            byte = sock.recv(1)
-            if not byte:
-                break
-            raw += byte
-        lines = raw.decode(errors="replace").split("\r\n")
-        status = int(lines[0].split()[1]) if len(lines[0].split()) > 1 else 0
-        headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-        if status != 101:
-            length = int(headers.get("Content-Length", "0") or 0)
-            rest = b""
-            while len(rest) < length and (chunk := sock.recv(length - len(rest))):
-                rest += chunk
-            sock.close()
-            return None, Response(status, headers, rest)
-        return sock, headers.get("Content-Type", "")
-
-
-def _query(query: dict[str, Any] | None) -> str:
-    if not query:
-        return ""
-    return "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-
-
-def _error(r: Response, kind: str = "", ref: str = "") -> UserError:
-    """The daemon's answer as the error the local path raises (same class, code)."""
-    message = r.message()
-    if r.status == 404 and kind == "container":
-        return ContainerNotFound(f"No such container: {ref}")
-    if r.status == 404 and kind == "image":
-        return ImageNotFound(message)
-    if r.status == 409:
-        return Conflict(message.removeprefix("Conflict. "))
-    return UserError(message, _exit_code(message))
-
-
-def _exit_code(message: str) -> int:
-    """The docker CLI's rule for a failed start: not found 127, not executable 126."""
-    if "executable file not found" in message or "no such file or directory" in message:
-        return EXIT_NOT_FOUND
-    if "permission denied" in message:
-        return EXIT_NOT_EXECUTABLE
-    return EXIT_RUNTIME
-
-
-def _check(r: Response, kind: str = "", ref: str = "", ok: tuple[int, ...] = (200,)) -> Response:
-    if r.status not in ok:
-        raise _error(r, kind, ref)
-    return r
-
-
-# --- the stream: Docker's multiplexed frames (stdcopy) or one raw stream (tty)
-
-
-def pump(sock: socket.socket, tty: bool, sink: Sink, stdin: int | None) -> None:
-    """Output to ``sink`` until the daemon ends the stream; ``stdin``'s bytes to the
-    container, and its EOF as a half-close (the container's stdin ends)."""
-    buffer = b""
-    sources = [sock] + ([stdin] if stdin is not None else [])
-    while True:
-        ready, _, _ = select.select(sources, [], [])
-        if stdin is not None and stdin in ready:
-            data = os.read(stdin, 65536)
-            if data:
-                sock.sendall(data)
-            else:
-                sources.remove(stdin)
-                stdin = None
-                if not tty:
-                    sock.shutdown(socket.SHUT_WR)
-        if sock in ready:
-            data = sock.recv(65536)
+        s.sendall(request.encode() + data)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = s.recv(1)  # byte by byte: nothing of the stream is read past the headers
             if not data:
-                return
-            if tty:
-                sink("stdout", data)
-                continue
-            buffer += data
-            while len(buffer) >= 8:
-                kind, length = struct.unpack(">BxxxL", buffer[:8])
-                if len(buffer) < 8 + length:
-                    break
-                sink("stderr" if kind == 2 else "stdout", buffer[8 : 8 + length])
-                buffer = buffer[8 + length :]
-
-
-def _demux(data: bytes) -> Iterator[tuple[str, bytes]]:
-    while len(data) >= 8:
-        kind, length = struct.unpack(">BxxxL", data[:8])
-        yield ("stderr" if kind == 2 else "stdout"), data[8 : 8 + length]
-        data = data[8 + length :]
-
-
-class _Terminal:
-    """The CLI's terminal in raw mode while a tty container has it (docker run -it),
-    its size sent on start and on SIGWINCH."""
-
-    def __init__(self, fd: int | None, resize: Callable[[int, int], None]) -> None:
-        self.fd, self.resize, self.saved = fd, resize, None
-
-    def __enter__(self) -> _Terminal:
-        if self.fd is not None and os.isatty(self.fd):
-            from ..runtime.shim import raw_terminal
-
-            self.saved = raw_terminal(self.fd)
-            self.send_size()
-            signal.signal(signal.SIGWINCH, lambda *_: self.send_size())
-        return self
-
-    def send_size(self) -> None:
+                s.close()
+                raise UserError("minicontainerd closed the connection during attach")
+            head += data
+            if len(head) > 65536:
+                s.close()
+                raise UserError("minicontainerd: headers too long")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        if status in (101, 200):
+            return s
+        length = 0
+        for line in lines[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-length" and value.strip().isdigit():
+                length = int(value.strip())
+        body = b""
+        while len(body) < length and (data := s.recv(length - len(body))):
+            body += data
+        s.close()
         try:
-            size = os.get_terminal_size(self.fd if self.fd is not None else 0)
-            self.resize(size.lines, size.columns)
-        except (OSError, UserError):
-            pass
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is not None:
-            import termios
-
-            signal.signal(signal.SIGWINCH, signal.SIG_DFL)
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            message = json.loads(body)["message"]
+        except (ValueError, KeyError, TypeError):
+            message = body.decode(errors="replace")
+        raise error_for(status, message)
 
 
-# --- the objects
+# --------------------------------------------------------------------------- choosing
+
+
+def choose(host: str | None, root: str | Path | None) -> Client | None:
+    """The daemon to use, or None for the local path (see the module docstring)."""
+    host = host or os.environ.get(HOST_ENV) or None
+    if host is not None:
+        if host.strip().lower() in LOCAL_WORDS:
+            return None
+        client = Client(host)
+        if not client.ping():
+            raise UserError(
+                f"Cannot connect to the minicontainer daemon at {host}. Is minicontainerd running?"
+            )
+        return client
+    from ..runtime.state import StateRoot
+
+    path = StateRoot(root).root / SOCKET_NAME
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None  # no daemon: the local path, and nothing more than this stat
+    client = Client(f"unix://{path}")
+    if client.ping():
+        return client
+    print(
+        f"minicontainer: note: no daemon answers on unix://{path} (a stale socket?): "
+        "running locally",
+        file=sys.stderr,
+    )
+    return None
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def _time(stamp: str) -> str:
+    """The API's zero time is the local path's empty stamp."""
+    return "" if not stamp or stamp.startswith("0001-") else stamp
 
 
 class RemoteSpec:
-    """The fields of a container's spec that the CLI prints."""
+    """The fields of runtime.spec.Spec the CLI reads, from an inspect answer."""
 
-    def __init__(self, inspect: dict[str, Any]) -> None:
-        config = inspect.get("Config") or {}
+    def __init__(self, data: dict[str, Any]) -> None:
+        config = data.get("Config") or {}
+        self.name = data.get("Name", "").lstrip("/")
         self.image = config.get("Image", "")
-        self.args = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
-        self.created = inspect.get("Created", "")
-        self.name = inspect.get("Name", "").lstrip("/")
+        self.image_id = data.get("Image", "")
+        self.args = list(config.get("Cmd") or [])
+        self.created = data.get("Created", "")
         self.tty = bool(config.get("Tty"))
         self.interactive = bool(config.get("OpenStdin"))
+        self.auto_remove = bool((data.get("HostConfig") or {}).get("AutoRemove"))
 
 
-class RemoteState:
-    def __init__(self, state: dict[str, Any]) -> None:
-        self.status = state.get("Status", "")
-        self.exit_code = state.get("ExitCode")
-        self.pid = state.get("Pid")
+# What engine.container_inspect adds to the local inspect (Docker's other fields at
+# their zero values): taken out again, so both paths print the same JSON.
+_ADDED = (
+    "ResolvConfPath",
+    "HostnamePath",
+    "HostsPath",
+    "RestartCount",
+    "Driver",
+    "Platform",
+    "MountLabel",
+    "ProcessLabel",
+    "AppArmorProfile",
+    "ExecIDs",
+    "Mounts",
+    "NetworkSettings",
+)
+_ADDED_STATE = ("Restarting", "Dead")
+_ADDED_CONFIG = (
+    "Domainname",
+    "AttachStdin",
+    "AttachStdout",
+    "AttachStderr",
+    "StdinOnce",
+    "Entrypoint",
+    "Labels",
+)
+_ADDED_IMAGE = ("Container", "ContainerConfig", "DockerVersion", "VirtualSize")
+
+
+def local_inspect(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in data.items() if k not in _ADDED}
+    state = {k: v for k, v in (data.get("State") or {}).items() if k not in _ADDED_STATE}
+    for key in ("StartedAt", "FinishedAt"):
+        if key in state:
+            state[key] = _time(state[key])
+    out["State"] = state
+    out["Config"] = {k: v for k, v in (data.get("Config") or {}).items() if k not in _ADDED_CONFIG}
+    return out
+
+
+def start_exit_code(message: str) -> int:
+    """The docker CLI's reading of a failed start (run.go, runStartContainerErr)."""
+    text = message.lower()
+    if "executable file not found" in text or "no such file or directory" in text:
+        return 127
+    if "permission denied" in text:
+        return 126
+    return EXIT_RUNTIME
 
 
 class RemoteContainer:
-    """A container the daemon owns, with the methods of runtime's Container the CLI
-    uses; each one a request."""
+    """A container as the daemon shows it, with the methods of runtime.container.Container
+    the CLI calls."""
 
-    def __init__(self, rt: RemoteRuntime, cid: str, summary: dict[str, Any] | None = None):
-        self.rt, self.client, self.id = rt, rt.client, cid
-        self._summary = summary
-        self._inspect: dict[str, Any] | None = None
+    def __init__(self, client: Client, data: dict[str, Any]) -> None:
+        self.client = client
+        self.data = data
+        self.id: str = data["Id"]
+        self.spec = RemoteSpec(data)
+        self.name = self.spec.name
+        self._fresh = True
 
-    def _info(self) -> dict[str, Any]:
-        if self._inspect is None:
-            r = self.client.request("GET", f"/containers/{self.id}/json")
-            self._inspect = _check(r, "container", self.id[:12]).json()
-        return self._inspect
+    def _path(self, what: str = "") -> str:
+        return f"/containers/{quote(self.id, safe='')}{what}"
 
-    @property
-    def spec(self) -> RemoteSpec:
-        return RemoteSpec(self._info())
+    def state(self):  # type: ignore[no-untyped-def]
+        from ..runtime.state import State
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+        if not self._fresh:
+            self.data = self.client.call("GET", self._path("/json"))
+        self._fresh = False
+        s = self.data["State"]
+        paused = s.get("Status") == "paused"
+        status = "running" if paused else s.get("Status", "created")
+        return State(
+            status=status,
+            paused=paused,
+            pid=s.get("Pid") or 0,
+            exit_code=s.get("ExitCode") if status == "exited" else None,
+            oom_killed=bool(s.get("OOMKilled")),
+            error=s.get("Error") or "",
+            started_at=_time(s.get("StartedAt", "")),
+            finished_at=_time(s.get("FinishedAt", "")),
+            restart_count=self.data.get("RestartCount") or 0,
+        )
 
-    def state(self) -> RemoteState:
-        self._inspect = None
-        return RemoteState(self._info().get("State") or {})
-
-    def status_text(self) -> str:
-        if self._summary is not None:
-            return self._summary["Status"]
-        return next((s["Status"] for s in self.rt.summaries(all=True) if s["Id"] == self.id), "")
-
-    # -- the lifecycle
-    def _post(self, action: str, query: dict[str, Any] | None = None) -> Response:
-        r = self.client.request("POST", f"/containers/{self.id}/{action}", query=query)
-        return _check(r, "container", self.id[:12], ok=(204, 304, 200))
+    def inspect(self) -> dict[str, Any]:
+        return local_inspect(self.data)
 
     def start_detached(self) -> None:
-        self._post("start")
-
-    def stop(self, timeout: float = 10) -> None:
-        self._post("stop", {"t": int(timeout)})
-
-    def kill(self, sig: int | str = "KILL") -> None:
-        self._post("kill", {"signal": sig})
-
-    def pause(self) -> None:
-        self._post("pause")
-
-    def unpause(self) -> None:
-        self._post("unpause")
-
-    def remove(self, force: bool = False) -> None:
-        r = self.client.request("DELETE", f"/containers/{self.id}", query={"force": int(force)})
-        _check(r, "container", self.id[:12], ok=(204,))
-
-    def resize(self, height: int, width: int) -> None:
-        self._post("resize", {"h": height, "w": width})
+        try:
+            self.client.call("POST", self._path("/start"))
+        except UserError as e:
+            raise UserError(str(e), start_exit_code(str(e))) from None
 
     def run_attached(
-        self, *, sink: Sink, stdin: int | None = None, tty_stdin: int | None = None
-    ) -> RemoteState:
-        """docker run without -d: attach, wait (headers first), start, relay, exit code."""
-        spec = self.spec
-        feed = tty_stdin if tty_stdin is not None else stdin
-        sock, media = self.client.hijack(
-            f"/containers/{self.id}/attach",
-            query={"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(feed is not None)},
-        )
-        if sock is None:
-            raise _error(media, "container", self.id[:12])
-        removed = self.rt.auto_remove(self.id)
-        waiting = self.client.open(
-            "POST",
-            f"/containers/{self.id}/wait",
-            query={"condition": "removed" if removed else "next-exit"},
-        )
+        self,
+        *,
+        sink: Callable[[str, bytes], None] | None = None,
+        stdin: int | None = None,
+        tty_stdin: int | None = None,
+    ):  # type: ignore[no-untyped-def]
+        """The docker CLI's foreground run: attach, wait, start, copy, the exit code."""
+        from ..runtime.state import State
+
+        tty = self.spec.tty
+        with_stdin = stdin is not None or tty_stdin is not None
+        query = {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(with_stdin)}
+        stream = self.client.hijack(self._path("/attach"), query)
+        condition = "removed" if self.spec.auto_remove else "next-exit"
+        waiting = self.client.send("POST", self._path("/wait"), {"condition": condition})
+        # Raw before the start, as the docker CLI does: what the user types once the
+        # container runs is never taken by the terminal's line discipline.
+        saved = _raw_terminal(tty_stdin) if tty_stdin is not None else None
         try:
-            self.start_detached()
-        except UserError:
-            sock.close()
-            waiting.close()
-            raise
-        with _Terminal(tty_stdin, self.resize), _forwarding(self):
-            pump(sock, spec.tty, sink, feed)
-        sock.close()
-        with waiting:
+            try:
+                try:
+                    self.client.call("POST", self._path("/start"))
+                except UserError as e:
+                    raise UserError(str(e), start_exit_code(str(e))) from None
+                if tty_stdin is not None:
+                    self._resize(tty_stdin)
+                fd = tty_stdin if tty_stdin is not None else stdin
+                if fd is not None:
+                    threading.Thread(target=_copy_in, args=(fd, stream), daemon=True).start()
+                resize = (lambda: self._resize(tty_stdin)) if tty_stdin is not None else None
+                with _SignalProxy(self, resize):
+                    _copy_out(stream, tty, sink or (lambda s, d: None))
+            finally:
+                if saved is not None and tty_stdin is not None:
+                    import termios
+
+                    termios.tcsetattr(tty_stdin, termios.TCSADRAIN, saved)
             result = json.loads(waiting.read() or b"{}")
-        state = RemoteState({"Status": "exited", "ExitCode": result.get("StatusCode")})
-        return state
+        finally:
+            stream.close()
+            waiting.close()
+        code = result.get("StatusCode")
+        return State(status="exited", exit_code=code if isinstance(code, int) else None)
+
+    def _resize(self, fd: int) -> None:
+        try:
+            size = os.get_terminal_size(fd)
+            query = {"h": size.lines, "w": size.columns}
+            self.client.call("POST", self._path("/resize"), query)
+        except (OSError, UserError):
+            pass  # not a terminal after all, or it ended already: nothing to size
 
     def logs(self, follow: bool = False) -> Iterator[tuple[str, str]]:
         query = {"stdout": 1, "stderr": 1, "follow": int(follow)}
-        tty = self.spec.tty
-        with self.client.open("GET", f"/containers/{self.id}/logs", query=query) as r:
-            if r.status != 200:
-                raise _error(Response(r.status, {}, r.read()), "container", self.id[:12])
-            if tty:
-                while chunk := r.read1(65536):
-                    yield "stdout", chunk.decode(errors="replace")
-                return
-            while header := r.read(8):
-                kind, length = struct.unpack(">BxxxL", header)
-                yield ("stderr" if kind == 2 else "stdout"), r.read(length).decode(errors="replace")
+        resp = self.client.send("GET", self._path("/logs"), query)
+        try:
+            for stream, data in _frames(resp.read1 if self.spec.tty else resp.read, self.spec.tty):
+                yield stream, data.decode(errors="replace")
+        finally:
+            resp.close()
+
+    def stats(self) -> dict[str, Any]:
+        """The local ``Container.stats()`` dict from the API's StatsJSON (CPU % as the
+        docker CLI computes it: the container's share of the host's CPU time between
+        the two samples, times the CPUs). StatsJSON has no OOM-kill count: 0."""
+        state = self.state()
+        base = {"id": self.id, "name": self.name}
+        if state.status != "running":
+            return {**base, "available": False, "reason": "not running"}
+        s = self.client.call("GET", self._path("/stats"), {"stream": 0})
+        memory, pids = s.get("memory_stats") or {}, s.get("pids_stats") or {}
+        if not memory:
+            return {**base, "available": False, "reason": "no cgroup (rootless)"}
+        cpu, pre = s.get("cpu_stats") or {}, s.get("precpu_stats") or {}
+        used = cpu["cpu_usage"]["total_usage"] - pre.get("cpu_usage", {}).get("total_usage", 0)
+        system = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+        percent = 100.0 * used / system * cpu.get("online_cpus", 1) if system > 0 else None
+        limited = (self.data.get("HostConfig") or {}).get("Memory")
+        return {
+            **base,
+            "available": True,
+            "cpu_percent": percent,
+            "memory_usage": memory.get("usage"),
+            "memory_limit": memory.get("limit") if limited else None,
+            "pids": pids.get("current"),
+            "pids_limit": pids.get("limit"),
+            "oom_kills": 0,
+        }
 
     def exec(
         self,
@@ -428,9 +491,12 @@ class RemoteContainer:
         user: str | None = None,
         tty: bool = False,
         stdin: int | None = None,
-        sink: Sink | None = None,
+        sink: Callable[[str, bytes], None] | None = None,
         tty_stdin: int | None = None,
     ) -> int:
+        """docker exec: create, start hijacked (a JSON body), copy, then the exit code
+        from the exec's inspect. A command that could not start is told inside the
+        stream, in dockerd's words (RUNTIME_PREFIX): raised as the local path's 126."""
         feed = tty_stdin if tty_stdin is not None else stdin
         config = {
             "Cmd": list(argv),
@@ -442,195 +508,387 @@ class RemoteContainer:
             "AttachStdout": True,
             "AttachStderr": True,
         }
-        r = self.client.request("POST", f"/containers/{self.id}/exec", config)
-        exec_id = _check(r, "container", self.id[:12], ok=(201,)).json()["Id"]
-        sock, media = self.client.hijack(f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty})
-        if sock is None:
-            raise _error(media)
-
-        def resize(h: int, w: int) -> None:
-            self.client.request("POST", f"/exec/{exec_id}/resize", query={"h": h, "w": w})
-
-        out = sink or (lambda _s, _d: None)
+        exec_id = self.client.call("POST", self._path("/exec"), body=config)["Id"]
+        stream = self.client.hijack(f"/exec/{exec_id}/start", {}, {"Detach": False, "Tty": tty})
+        out = sink or (lambda s, d: None)
         first: list[bytes] = []
 
-        def relay(stream: str, data: bytes) -> None:
-            if not first:  # a start that failed is told in the stream (as dockerd does)
+        def relay(name: str, data: bytes) -> None:
+            if not first:
                 first.append(data)
-                if data.startswith(RUNTIME_PREFIX):
+                if data.startswith(RUNTIME_PREFIX.encode()):
                     return
-            out(stream, data)
+            out(name, data)
 
-        with _Terminal(tty_stdin, resize):
-            pump(sock, tty, relay, feed)
-        sock.close()
-        info = self.client.request("GET", f"/exec/{exec_id}/json").json() or {}
-        code = info.get("ExitCode")
-        if first and first[0].startswith(RUNTIME_PREFIX) and code == EXIT_NOT_EXECUTABLE:
+        def resize() -> None:
+            try:
+                size = os.get_terminal_size(tty_stdin)  # type: ignore[arg-type]
+                query = {"h": size.lines, "w": size.columns}
+                self.client.call("POST", f"/exec/{exec_id}/resize", query)
+            except (OSError, UserError):
+                pass
+
+        saved = _raw_terminal(tty_stdin) if tty_stdin is not None else None
+        try:
+            if tty_stdin is not None:
+                resize()
+            if feed is not None:
+                threading.Thread(target=_copy_in, args=(feed, stream), daemon=True).start()
+            with _SignalProxy(None, resize if tty_stdin is not None else None):
+                _copy_out(stream, tty, relay)
+        finally:
+            if saved is not None and tty_stdin is not None:
+                import termios
+
+                termios.tcsetattr(tty_stdin, termios.TCSADRAIN, saved)
+            stream.close()
+        code = (self.client.call("GET", f"/exec/{exec_id}/json") or {}).get("ExitCode")
+        if first and first[0].startswith(RUNTIME_PREFIX.encode()) and code == EXIT_NOT_EXECUTABLE:
             told = first[0].decode(errors="replace").strip()
             raise UserError(told[len(RUNTIME_PREFIX) :].removesuffix(": unknown"), code)
-        return code if code is not None else EXIT_RUNTIME
+        return code if isinstance(code, int) else EXIT_RUNTIME
+
+    def stop(self, timeout: float = 10) -> None:
+        self.client.call("POST", self._path("/stop"), {"t": int(timeout)})
+
+    def kill(self, sig: int | str = "SIGKILL") -> None:
+        self.client.call("POST", self._path("/kill"), {"signal": str(sig)})
+
+    def pause(self) -> None:
+        self.client.call("POST", self._path("/pause"))
+
+    def unpause(self) -> None:
+        self.client.call("POST", self._path("/unpause"))
+
+    def remove(self, force: bool = False) -> None:
+        self.client.call("DELETE", self._path(), {"force": int(force)})
 
 
-class _forwarding:
-    """SIGINT/SIGTERM to the CLI go to the container (docker run's --sig-proxy)."""
+class _SignalProxy:
+    """While attached: SIGINT and SIGTERM go to the container (docker run's
+    --sig-proxy), SIGWINCH resizes its terminal; the CLI's own handlers after."""
 
-    def __init__(self, container: RemoteContainer) -> None:
-        self.container, self.saved = container, {}
+    def __init__(self, container: RemoteContainer | None, resize: Callable[[], None] | None):
+        self.container, self.resize = container, resize
+        self.saved: dict[int, Any] = {}
 
-    def __enter__(self) -> _forwarding:
-        if threading.current_thread() is threading.main_thread():
+    def __enter__(self) -> _SignalProxy:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers belong to the main thread
+        if self.container is not None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.saved[sig] = signal.signal(sig, self.forward)
+        if self.resize is not None:
+            resize = self.resize
+            self.saved[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, lambda *_: resize())
         return self
 
     def forward(self, sig: int, _frame: object) -> None:
         try:
-            self.container.kill(signal.Signals(sig).name)
+            self.container.kill(signal.Signals(sig).name)  # type: ignore[union-attr]
         except UserError:
-            pass
+            pass  # it has ended meanwhile
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
 
 
-class RemoteImage:
-    """A row of ``images`` as the store's Image gives it to the CLI."""
+def _raw_terminal(fd: int):  # type: ignore[no-untyped-def]
+    import termios
+    import tty
 
-    def __init__(self, row: dict[str, Any], tag: str) -> None:
-        repository, _, name_tag = tag.rpartition(":")
-        self.repository, self.tag = repository or "<none>", name_tag or "<none>"
-        self.id = row["Id"]
-        self.created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(row.get("Created", 0)))
-        self.size = row.get("Size", 0)
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        return None
+    tty.setraw(fd, termios.TCSADRAIN)  # not TCSAFLUSH: keep what was typed ahead
+    return saved
 
 
-class RemoteRuntime:
-    """The subset of ``Runtime`` the CLI uses, answered by the daemon."""
+def _copy_in(fd: int, stream: socket.socket) -> None:
+    """Our stdin to the container; at its end, half-close (the container sees EOF)."""
+    try:
+        while data := os.read(fd, 65536):
+            stream.sendall(data)
+        stream.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
 
-    def __repr__(self) -> str:
-        return f"RemoteRuntime({self.client.unix})"
+def _copy_out(stream: socket.socket, tty: bool, sink: Callable[[str, bytes], None]) -> None:
+    buffered = stream.makefile("rb", buffering=0)
 
-    def version(self) -> dict[str, Any]:
-        return _check(self.client.request("GET", "/version")).json()
-
-    # -- containers
-    def create(self, image: str, command: list[str] | None = None, **options) -> RemoteContainer:  # type: ignore[no-untyped-def]
-        body = _container_config(image, command, options)
-        query = {"name": options.get("name")}
-        r = self.client.request("POST", "/containers/create", body, query)
-        if r.status == 404:
-            raise ImageNotFound(f"Unable to find image '{image}' locally")
-        cid = _check(r, ok=(201,)).json()["Id"]
-        return RemoteContainer(self, cid)
-
-    def container(self, ref: str) -> RemoteContainer:
-        r = self.client.request("GET", f"/containers/{urllib.parse.quote(ref, safe='')}/json")
-        info = _check(r, "container", ref).json()
-        c = RemoteContainer(self, info["Id"])
-        c._inspect = info
-        return c
-
-    def summaries(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - docker ps -a
-        r = self.client.request("GET", "/containers/json", query={"all": int(all)})
-        return _check(r).json()
-
-    def containers(self, all: bool = False) -> list[RemoteContainer]:  # noqa: A002
-        out = []
-        for row in self.summaries(all):
-            c = RemoteContainer(self, row["Id"], summary=row)
-            c._inspect = {  # what ps prints, from the list's row: no request per container
-                "Created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(row["Created"])),
-                "Name": row["Names"][0],
-                "Config": {"Image": row["Image"], "Cmd": [row["Command"]]},
-            }
-            out.append(c)
+    def read(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            try:
+                data = buffered.read(n - len(out))
+            except OSError:
+                data = b""
+            if not data:
+                break
+            out += data
         return out
 
-    def auto_remove(self, cid: str) -> bool:
-        info = self.client.request("GET", f"/containers/{cid}/json").json() or {}
-        return bool((info.get("HostConfig") or {}).get("AutoRemove"))
+    def some(n: int) -> bytes:
+        try:
+            return stream.recv(n)
+        except OSError:
+            return b""
 
-    # -- images
-    def images(self) -> list[RemoteImage]:
-        rows = _check(self.client.request("GET", "/images/json")).json()
-        return [RemoteImage(row, tag) for row in rows for tag in row.get("RepoTags") or []]
-
-    def remove_image(self, ref: str, force: bool = False) -> list[str]:
-        r = self.client.request(
-            "DELETE", f"/images/{urllib.parse.quote(ref, safe='')}", query={"force": int(force)}
-        )
-        report = _check(r, "image", ref).json()
-        return [f"{kind}: {value}" for item in report for kind, value in item.items()]
-
-    def tag(self, source: str, target: str) -> None:
-        repo, _, tag = target.rpartition(":")
-        if not repo or "/" in tag:
-            repo, tag = target, "latest"
-        r = self.client.request(
-            "POST",
-            f"/images/{urllib.parse.quote(source, safe='')}/tag",
-            query={"repo": repo, "tag": tag},
-        )
-        _check(r, "image", source, ok=(201, 200))
+    for name, data in _frames(some if tty else read, tty):
+        sink(name, data)
 
 
-def _container_config(image: str, command: list[str] | None, o: dict[str, Any]) -> dict:
-    """``run``'s options as ContainerConfig + HostConfig (what daemon/containers.py
-    maps back onto Runtime.create)."""
-    cpus = o.get("cpus")
-    memory = o.get("memory")
-    devices = []
-    for text in o.get("device") or []:
-        parts = text.split(":")
-        devices.append(
-            {
-                "PathOnHost": parts[0],
-                "PathInContainer": parts[1] if len(parts) > 1 else parts[0],
-                "CgroupPermissions": parts[2] if len(parts) > 2 else "rwm",
-            }
-        )
+def _frames(read: Callable[[int], bytes], tty: bool) -> Iterator[tuple[str, bytes]]:
+    """Docker's multiplexed stream (or, with a terminal, the raw one) as (stream, bytes)."""
+    if tty:  # `read` returns what has come (read1, recv), not a full count
+        while data := read(65536):
+            yield "stdout", data
+        return
+    while True:
+        header = read(HEADER.size)
+        if len(header) < HEADER.size:
+            return
+        number, length = HEADER.unpack(header)
+        data = read(length)
+        yield ("stderr" if number == 2 else "stdout"), data
+        if len(data) < length:
+            return
+
+
+def _copy_to(resp: http.client.HTTPResponse, output: Any) -> None:
+    """A streamed tar into a path (atomically: nothing half-written stays) or a file."""
+    from ..image.save import output_file
+
     try:
-        nano = int(float(cpus) * 1e9) if cpus else 0
-        pids = int(o["pids_limit"]) if o.get("pids_limit") else 0
-    except ValueError as e:
-        raise UserError(f"invalid value: {e}") from None
-    interactive = bool(o.get("interactive"))
+        with output_file(output) as f:
+            while data := resp.read(1 << 16):
+                f.write(data)
+    except http.client.IncompleteRead:
+        raise UserError("minicontainerd cut the archive short (see its log)") from None
+    finally:
+        resp.close()
+
+
+def _messages(resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+    """Docker's JSON message stream; an ``error`` message raised as a UserError."""
+    try:
+        for line in resp:
+            if not line.strip():
+                continue
+            message = json.loads(line)
+            if message.get("error"):
+                raise UserError(message["error"])
+            yield message
+    finally:
+        resp.close()
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+def _devices(items: list[str]) -> list[dict[str, str]]:
+    """``HOST[:CTR][:rwm]`` as the docker CLI splits it (opts/parse.go ParseDevice)."""
+    out = []
+    for item in items:
+        parts = item.split(":")
+        host, ctr, perms = parts[0], "", ""
+        if len(parts) == 2 and parts[1] and set(parts[1]) <= set("rwm"):
+            perms = parts[1]
+        elif len(parts) >= 2:
+            ctr = parts[1]
+            perms = parts[2] if len(parts) > 2 else ""
+        out.append({"PathOnHost": host, "PathInContainer": ctr, "CgroupPermissions": perms})
+    return out
+
+
+def create_body(image: str, command: list[str] | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Runtime.create's keywords as ContainerConfig + HostConfig, checked on this side
+    where the docker CLI checks them (sizes, -e K taken from our environment)."""
+    from ..runtime import cgroups
+
+    memory, cpus, pids = options.get("memory"), options.get("cpus"), options.get("pids_limit")
+    if isinstance(memory, str):
+        memory = cgroups.parse_memory(memory)
+    if isinstance(cpus, str):
+        cpus = cgroups.parse_cpus(cpus)
+    if pids is not None:
+        try:
+            pids = int(pids)
+        except ValueError:
+            raise UserError(f"invalid pids limit '{pids}': use a whole number") from None
+    env = []
+    for item in options.get("env") or []:
+        key, eq, _ = item.partition("=")
+        if eq:
+            env.append(item)
+        elif key in os.environ:
+            env.append(f"{key}={os.environ[key]}")
+        elif not key:
+            raise UserError(f"invalid environment variable '{item}': use KEY=VALUE")
+    interactive = bool(options.get("interactive"))
+    entrypoint = options.get("entrypoint")
     return {
         "Image": image,
-        "Cmd": command,
-        "Entrypoint": [o["entrypoint"]] if o.get("entrypoint") else None,
-        "Hostname": o.get("hostname") or "",
-        "Env": list(o.get("env") or []),
-        "WorkingDir": o.get("workdir") or "",
-        "User": o.get("user") or "",
-        "Tty": bool(o.get("tty")),
+        "Cmd": list(command) if command else None,
+        "Entrypoint": [entrypoint] if entrypoint else None,
+        "Hostname": options.get("hostname") or "",
+        "Env": env,
+        "WorkingDir": options.get("workdir") or "",
+        "User": options.get("user") or "",
+        "Tty": bool(options.get("tty")),
         "OpenStdin": interactive,
-        "StdinOnce": interactive,
         "AttachStdin": interactive,
+        "StdinOnce": interactive,
+        "AttachStdout": not options.get("detach"),
+        "AttachStderr": not options.get("detach"),
         "HostConfig": {
-            "Binds": list(o.get("volumes") or []),
-            "Memory": parse_memory(memory) if isinstance(memory, str) else (memory or 0),
-            "NanoCpus": nano,
+            "Binds": list(options.get("volumes") or []),
+            "Memory": memory or 0,
+            "NanoCpus": int((cpus or 0) * 1e9),
             "PidsLimit": pids,
-            "NetworkMode": o.get("network") or "none",
-            "Init": bool(o.get("init")),
-            "AutoRemove": bool(o.get("remove")),
-            "Devices": devices,
-            "SecurityOpt": list(o.get("security_opt") or []),
+            "NetworkMode": options.get("network") or "none",
+            "Init": bool(options.get("init")),
+            "AutoRemove": bool(options.get("remove")),
+            "Devices": _devices(list(options.get("device") or [])),
+            "SecurityOpt": list(options.get("security_opt") or []),
         },
     }
 
 
-def logs_bytes(data: bytes) -> Iterator[tuple[str, bytes]]:
-    """Docker's multiplexed frames of a whole body (for callers that have one)."""
-    return _demux(data)
+class RemoteRuntime:
+    """The methods of ``minicontainer.api.Runtime`` the CLI calls, through the daemon."""
 
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
-if __name__ == "__main__":  # pragma: no cover - a quick look: python -m ... /path/sock
-    rt = RemoteRuntime(Client(sys.argv[1]))
-    print(json.dumps(rt.summaries(all=True), indent=2))
+    # -- containers
+    def create(self, image: str, command: list[str] | None = None, **options) -> RemoteContainer:  # type: ignore[no-untyped-def]
+        body = create_body(image, command, options)
+        query = {"name": options["name"]} if options.get("name") else None
+        try:
+            created = self.client.call("POST", "/containers/create", query, body)
+        except ImageNotFound:
+            # the local path's words (and the docker CLI's, before it pulls)
+            raise ImageNotFound(f"Unable to find image '{image}' locally") from None
+        except Conflict as e:
+            raise Conflict(str(e).removeprefix("Conflict. ")) from None
+        return self.container(created["Id"])
+
+    def container(self, ref: str) -> RemoteContainer:
+        data = self.client.call("GET", f"/containers/{quote(ref, safe='')}/json")
+        return RemoteContainer(self.client, data)
+
+    def containers(self, all: bool = False) -> list[RemoteContainer]:  # noqa: A002 - docker ps -a
+        rows = self.client.call("GET", "/containers/json", {"all": int(all)}) or []
+        out = []
+        for row in rows:
+            try:
+                out.append(self.container(row["Id"]))
+            except ContainerNotFound:
+                continue  # removed meanwhile
+        return out
+
+    def diff(self, container: str) -> list[tuple[str, str]]:
+        kinds = {0: "C", 1: "A", 2: "D"}
+        rows = self.client.call("GET", f"/containers/{quote(container, safe='')}/changes")
+        return [(kinds.get(r["Kind"], "C"), r["Path"]) for r in rows or []]
+
+    def export(self, container: str, output: Any) -> None:
+        resp = self.client.send("GET", f"/containers/{quote(container, safe='')}/export")
+        _copy_to(resp, output)
+
+    # -- images
+    def images(self):  # type: ignore[no-untyped-def]
+        from ..image.store import ImageSummary
+
+        rows = []
+        for entry in self.client.call("GET", "/images/json") or []:
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.get("Created") or 0))
+            for tag in entry.get("RepoTags") or ["<none>:<none>"]:
+                repo, _, name = tag.rpartition(":")
+                rows.append(ImageSummary(repo, name, entry["Id"], created, entry.get("Size", 0)))
+        rows.sort(key=lambda r: (r.repository, r.tag))  # as the store orders them
+        rows.sort(key=lambda r: r.created, reverse=True)
+        return rows
+
+    def _image_call(self, method: str, ref: str, what: str = "", query: Any = None):  # type: ignore[no-untyped-def]
+        try:
+            return self.client.call(method, f"/images/{quote(ref, safe='')}{what}", query)
+        except ImageNotFound:
+            raise ImageNotFound(f"Unable to find image '{ref}' locally") from None  # the store's
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        data = self._image_call("GET", ref, "/json")
+        return {k: v for k, v in data.items() if k not in _ADDED_IMAGE}
+
+    def remove_image(self, ref: str, force: bool = False) -> list[str]:
+        rows = self._image_call("DELETE", ref, "", {"force": int(force)})
+        return [f"{k}: {v}" for row in rows or [] for k, v in row.items()]
+
+    def tag(self, source: str, target: str) -> None:
+        repo, tag = target, ""
+        colon = target.rfind(":")
+        if colon > target.rfind("/"):
+            repo, tag = target[:colon], target[colon + 1 :]
+        self.client.call(
+            "POST", f"/images/{quote(source, safe='')}/tag", {"repo": repo, "tag": tag}
+        )
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        rows = self._image_call("GET", ref, "/history") or []
+        return [
+            {
+                "id": r["Id"].removeprefix("sha256:")[:12] if r["Id"] != "<missing>" else r["Id"],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.get("Created") or 0)),
+                "created_by": r.get("CreatedBy", ""),
+                "size": r.get("Size", 0),
+                "comment": r.get("Comment", ""),
+            }
+            for r in rows
+        ]
+
+    def save(self, refs: list[str], output: Any, format: str = "docker") -> None:  # noqa: A002
+        if format != "docker":
+            raise UserError(f"save --format {format}: minicontainerd writes docker archives only")
+        try:
+            resp = self.client.send("GET", "/images/get", {"names": refs}, None)
+        except ImageNotFound as e:
+            ref = str(e).removeprefix("No such image: ")
+            raise ImageNotFound(f"Unable to find image '{ref}' locally") from None
+        _copy_to(resp, output)
+
+    def load(self, source: Any) -> list[Any]:
+        """A docker save archive (a file or stdin) as the body; the images named back."""
+        from ..record import Record
+
+        class Loaded(Record):
+            ref: str = ""
+            id: str = ""
+
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                f = open(source, "rb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise UserError(f"load: {source}: {e.strerror}") from None
+        else:
+            f = source
+        try:
+            resp = self.client.send("POST", "/images/load", {"quiet": 1}, upload=f)
+        finally:
+            if f is not source:
+                f.close()
+        out = []
+        for message in _messages(resp):
+            text = message.get("stream", "").strip()
+            if text.startswith("Loaded image ID: "):
+                out.append(Loaded(id=text.removeprefix("Loaded image ID: ")))
+            elif text.startswith("Loaded image: "):
+                out.append(Loaded(ref=text.removeprefix("Loaded image: ")))
+        return out
+
+    # -- system
+    def version(self) -> dict[str, Any]:
+        return self.client.call("GET", "/version")

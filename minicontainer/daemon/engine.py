@@ -486,7 +486,4 @@ def container_inspect(
             "NetworkSettings": {"Networks": {}, "Ports": {}},
         }
     )
-    # The docker SDK's containers.run() reads the logging driver to decide whether
-    # it can read the output back (json-file: it can); ours keeps log.json.
-    out["HostConfig"].setdefault("LogConfig", {"Type": "json-file", "Config": {}})
     return out

@@ -33,12 +33,12 @@ from typing import Any
 from ..errors import UserError
 from ..runtime import attach, execshim, shim
 from ..runtime.container import Container
+from .client import RUNTIME_PREFIX
 from .containers import Owner, bridge
 from .engine import ApiError
 from .events import Events
 
 READY_WAIT = 30.0  # seconds a start waits for its supervisor to say how it went
-RUNTIME_PREFIX = "OCI runtime exec failed: exec failed: unable to start container process: "
 
 
 class Exec:

@@ -149,10 +149,6 @@ class Container:
                 cg.remove()
         return state
 
-    def status_text(self) -> str:
-        """What ``ps`` says: "Up 5 seconds", "Exited (0) 2 minutes ago"."""
-        return status_text(self.state())
-
     def running(self) -> bool:
         state = self.state()
         return state.status == "running" and state.alive()
@@ -435,6 +431,8 @@ class Container:
                 "PidsLimit": spec.pids_limit,
                 "NetworkMode": spec.network,
                 "AutoRemove": spec.auto_remove,
+                # Docker's json-file driver: the supervisor keeps log.json in its format
+                "LogConfig": {"Type": "json-file", "Config": {}},
                 "RestartPolicy": {
                     "Name": parse_restart(spec.restart_policy)[0],
                     "MaximumRetryCount": parse_restart(spec.restart_policy)[1],
