@@ -201,3 +201,16 @@ def test_fifty_allocations_from_five_processes_are_distinct(tmp_path: Path) -> N
     assert len(set(got)) == 50
     leases = IPAM(tmp_path).leases("p")
     assert sorted(leases, key=ipaddress.IPv4Address) == sorted(got, key=ipaddress.IPv4Address)
+
+
+def test_without_pyroute2_routes_still_count_and_bridges_name_the_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from minicontainer.network import bridge
+
+    monkeypatch.setitem(sys.modules, "pyroute2", None)  # `import pyroute2` -> ImportError
+    assert ipam.host_networks() == ipam._proc_routes()
+    with pytest.raises(UserError, match=r"needs pyroute2: pip install 'pyroute2>=0.7'"):
+        bridge.ensure_bridge("mctx", "10.0.0.1/24")
+    with pytest.raises(UserError, match="needs pyroute2"):
+        bridge.detach("0123456789abcdef")
