@@ -218,6 +218,23 @@ def test_attach_replaces_a_stale_pair_and_fails_cleanly(sandbox: Sandbox) -> Non
         bridge.attach(name, other, 2**22 + 7, "10.251.7.4/24", None)
     with pytest.raises(Conflict, match="lo exists and is not a bridge"):
         bridge.ensure_bridge("lo", "10.251.8.1/24")
+    # Someone else's bridge (Docker's docker0, say) is neither changed nor removed.
+    theirs = "mcu" + secrets.token_hex(2)
+    subprocess.run(["ip", "link", "add", theirs, "type", "bridge"], check=True, timeout=WAIT)
+    try:
+        subprocess.run(["ip", "link", "set", theirs, "alias", "docker's"], check=True)
+        with pytest.raises(Conflict, match=f"bridge {theirs} exists and is not minicontainer's"):
+            bridge.ensure_bridge(theirs, "10.251.9.1/24")
+        with pytest.raises(Conflict, match=f"bridge {theirs} is not minicontainer's"):
+            bridge.remove_bridge(theirs)
+        assert (
+            "10.251.9.1"
+            not in subprocess.run(
+                ["ip", "-o", "addr", "show", "dev", theirs], capture_output=True, text=True
+            ).stdout
+        )
+    finally:
+        subprocess.run(["ip", "link", "del", theirs], timeout=WAIT)
     with pytest.raises(UserError, match="invalid interface name"):
         bridge.ensure_bridge("x" * 16, "10.251.8.1/24")
     assert "veth" + other[:7] not in links()

@@ -15,7 +15,9 @@ containers starting at once cannot collide on a temporary name there, and the
 namespace is named by an open descriptor, not by a PID that could be reused
 between looking and moving. The host's end is ``veth`` + 7 hex digits of the
 container id (IFNAMSIZ allows 15 characters): ``detach`` needs nothing but the
-id, also after a crash.
+id, also after a crash. Docker names its host ends ``veth`` + 7 hex too, so ours
+(and our bridges) carry an ifalias (ip-link(8) ``alias``) saying whose they are,
+and an interface that is someone else's is never changed or deleted.
 
 Every function is idempotent and turns netlink's errors into one-line
 UserErrors naming the interface. pyroute2 is imported only here, when a
@@ -114,6 +116,20 @@ def host_ifname(container_id: str) -> str:
     return "veth" + container_id[:7]
 
 
+BRIDGE_ALIAS = "minicontainer network"
+
+
+def _our_bridge(ipr: Any, index: int) -> bool:
+    """A bridge we made carries BRIDGE_ALIAS; one with no alias and no port is one
+    we were making (the alias is set right after RTM_NEWLINK) or an unused one that
+    may be adopted. docker0 and anyone else's bridges are never changed."""
+    (link,) = ipr.get_links(index)
+    name = link.get_attr("IFLA_IFALIAS")
+    if name is not None:
+        return name == BRIDGE_ALIAS
+    return not any(lk.get_attr("IFLA_MASTER") == index for lk in ipr.get_links())
+
+
 def ensure_bridge(name: str, gateway_cidr: str) -> int:
     """The bridge ``name`` with the gateway's address, up; made when absent.
     Returns its interface index."""
@@ -132,6 +148,9 @@ def ensure_bridge(name: str, gateway_cidr: str) -> int:
                 raise UserError(f"bridge {name}: vanished while being made")
         if _kind(ipr, index) != "bridge":
             raise Conflict(f"{name} exists and is not a bridge")
+        if not _our_bridge(ipr, index):
+            raise Conflict(f"bridge {name} exists and is not minicontainer's (e.g. Docker's)")
+        ipr.link("set", index=index, ifalias=BRIDGE_ALIAS)
         have = {
             (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)
         }
@@ -261,6 +280,8 @@ def remove_bridge(name: str) -> bool:
             return False
         if _kind(ipr, index) != "bridge":
             raise Conflict(f"{name} is not a bridge: not removing it")
+        if not _our_bridge(ipr, index):
+            raise Conflict(f"bridge {name} is not minicontainer's: not removing it")
         try:
             ipr.link("del", index=index)
         except _pyroute2().NetlinkError as e:
