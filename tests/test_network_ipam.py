@@ -59,9 +59,15 @@ def test_create_chooses_a_free_subnet_and_not_another_networks(store: IPAM) -> N
     a = store.create("a", host=[N("172.17.0.0/16")])
     assert (a.subnet, a.gateway) == ("172.18.0.0/16", "172.18.0.1")
     assert a.gateway_cidr == "172.18.0.1/16"
+    assert a.bridge == "mc-" + a.id[:12] and len(a.bridge) == 15 and len(a.id) == 64
+    assert store.create("dflt", "10.200.0.0/24", bridge="mc0").bridge == "mc0"
+    with pytest.raises(UserError, match="invalid interface name"):
+        store.create("dflt2", "10.201.0.0/24", bridge="a/b")
+    with pytest.raises(Conflict, match="bridge mc0 is already used"):
+        store.create("dflt2", "10.201.0.0/24", bridge="mc0")
     b = store.create("b", host=[N("172.17.0.0/16")])
     assert b.subnet == "172.19.0.0/16"
-    assert [n.name for n in store.list()] == ["a", "b"]
+    assert [n.name for n in store.list()] == ["a", "b", "dflt"]
     with pytest.raises(Conflict, match="already exists"):
         store.create("a", host=[])
     with pytest.raises(Conflict, match="overlaps 172.18.0.0/16 of network a"):
@@ -72,7 +78,7 @@ def test_create_chooses_a_free_subnet_and_not_another_networks(store: IPAM) -> N
         store.create("d", "10.1.2.3/24")
     with pytest.raises(UserError, match="not a host address"):
         store.create("d", "10.1.2.0/24", "10.1.3.1")
-    assert store.names() == ["a", "b"]  # nothing half-made by the refusals
+    assert store.names() == ["a", "b", "dflt"]  # nothing half-made by the refusals
 
 
 def test_allocation_order_gateway_reserved_and_exhaustion(store: IPAM) -> None:

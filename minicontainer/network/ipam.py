@@ -12,7 +12,7 @@ addresses go in order, the lowest free first.
 On disk, under the state root::
 
     networks/lock                       flock(2)ed around every change
-    networks/NAME/network.json          {"name", "id", "subnet", "gateway", "internal"}
+    networks/NAME/network.json          {"name", "id", "subnet", "gateway", "internal", "bridge"}
     networks/NAME/leases.json           {"IP": "CONTAINER_ID", ...}
 
 Both files are replaced whole (files.write_atomic), so a crash leaves the old
@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .. import files
 from ..errors import Conflict, UserError
+from .bridge import check_ifname  # standard library only at import: no pyroute2 here
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
@@ -115,6 +116,9 @@ class Network:
     subnet: str
     gateway: str
     internal: bool = False
+    # The Linux bridge behind it: Docker's is br-<12 hex of the id> (docker0 for
+    # "bridge"); ours mc-<12 hex>, 15 characters, IFNAMSIZ's limit.
+    bridge: str = ""
 
     @property
     def net(self) -> IPv4Network:
@@ -207,6 +211,7 @@ class IPAM:
         gateway: str | None = None,
         *,
         internal: bool = False,
+        bridge: str | None = None,
         host: Iterable[IPv4Network] | None = None,
     ) -> Network:
         """A new network. Without ``subnet`` one is chosen from the pools that
@@ -247,7 +252,12 @@ class IPAM:
                         )
             if gw is None:
                 gw = net.network_address + 1
-            record = Network(name, secrets.token_hex(32), str(net), str(gw), internal)
+            nid = secrets.token_hex(32)
+            ifname = bridge or f"mc-{nid[:12]}"
+            check_ifname(ifname)
+            if any(n.bridge == ifname for n in self.list()):
+                raise Conflict(f"bridge {ifname} is already used by another network")
+            record = Network(name, nid, str(net), str(gw), internal, ifname)
             files.private_dir(ndir)
             files.write_atomic(ndir / "leases.json", "{}", 0o600)
             # network.json last: it is what makes the network exist.
