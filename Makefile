@@ -63,7 +63,7 @@ $(STAMP): pyproject.toml
 	    echo "+ $(PYTHON) -m venv $(VENV)"; \
 	    rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); \
 	fi
-	$(BIN)/python -m pip install $(PIP_FLAGS) --config-settings editable_mode=compat -e '.[notebooks,test]'
+	$(BIN)/python -m pip install $(PIP_FLAGS) --config-settings editable_mode=compat -e '.[notebooks,network,test]'
 	$(BIN)/python -m compileall -q minicontainer >/dev/null
 	@touch $@
 

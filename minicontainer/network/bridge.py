@@ -1,0 +1,290 @@
+"""A Linux bridge and one veth pair per container, through netlink (pyroute2).
+
+What Docker's bridge driver does (moby libnetwork/drivers/bridge), in the
+kernel's terms: ip-link(8) ``type bridge`` and ``type veth peer name ...``,
+veth(4) (a pair of linked Ethernet devices: deleting either end deletes both),
+ip-address(8) and ip-route(8). No ip(8) is run and no netlink is hand-rolled:
+pyroute2's IPRoute speaks RTNL, inside a container's network namespace when it
+is opened on ``/proc/PID/ns/net``.
+
+The container's end is created straight into the container's namespace, with
+its final name (``eth0``): a veth's peer may carry IFLA_NET_NS_FD and its
+IFLA_IFNAME then names it over there, as ``ip link add vethX type veth peer
+name eth0 netns PID`` does. It never appears in the host's namespace, so two
+containers starting at once cannot collide on a temporary name there, and the
+namespace is named by an open descriptor, not by a PID that could be reused
+between looking and moving. The host's end is ``veth`` + 7 hex digits of the
+container id (IFNAMSIZ allows 15 characters): ``detach`` needs nothing but the
+id, also after a crash. Docker names its host ends ``veth`` + 7 hex too, so ours
+(and our bridges) carry an ifalias (ip-link(8) ``alias``) saying whose they are,
+and an interface that is someone else's is never changed or deleted.
+
+Every function is idempotent and turns netlink's errors into one-line
+UserErrors naming the interface. pyroute2 is imported only here, when a
+network is used (the runtime's own dependencies stay the standard library).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import Conflict, UserError
+
+INSTALL_HINT = "pip install 'pyroute2>=0.7' (or `make setup`, which installs the network extra)"
+IFNAMSIZ = 16  # with the NUL: at most 15 characters (linux/if.h)
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_IFNAME = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
+
+
+def _pyroute2() -> Any:
+    try:
+        import pyroute2
+    except ImportError:
+        raise UserError(f"bridge networking needs pyroute2: {INSTALL_HINT}") from None
+    return pyroute2
+
+
+def _code(e: BaseException) -> int:
+    return int(getattr(e, "code", 0) or getattr(e, "errno", 0) or 0)
+
+
+@contextlib.contextmanager
+def _netlink(what: str) -> Iterator[None]:
+    """Netlink's errno as one line naming what was being done."""
+    nl = _pyroute2()
+    try:
+        yield
+    except (nl.NetlinkError, OSError) as e:
+        code = _code(e)
+        reason = os.strerror(code) if code else str(e)
+        raise UserError(f"{what}: {reason}") from None
+
+
+def _ipr(netns_fd: int | None = None) -> Any:
+    nl = _pyroute2()
+    if netns_fd is None:
+        return nl.IPRoute()
+    # flags=0: never create a namespace, only enter the one the descriptor names.
+    return nl.IPRoute(netns=netns_fd, flags=0)
+
+
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _kind(ipr: Any, index: int) -> str | None:
+    (link,) = ipr.get_links(index)
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def alias(container_id: str) -> str:
+    """The ifalias (ip-link(8) ``alias``) that marks a host end as this container's."""
+    return f"minicontainer {container_id}"
+
+
+def _ours(ipr: Any, index: int, container_id: str) -> bool:
+    """Whether the interface is this container's veth, so that it may be deleted:
+    Docker names its host ends ``veth`` + 7 hex as well. Ours carry our alias; the
+    alias is set right after the pair is made (RTM_NEWLINK ignores IFLA_IFALIAS),
+    so a veth with no alias and on no bridge is one we were making when we crashed."""
+    (link,) = ipr.get_links(index)
+    if _kind(ipr, index) != "veth":
+        return False
+    name = link.get_attr("IFLA_IFALIAS")
+    if name is not None:
+        return name == alias(container_id)
+    return link.get_attr("IFLA_MASTER") is None
+
+
+def check_ifname(name: str) -> None:
+    if not _IFNAME.match(name) or name in (".", ".."):
+        raise UserError(f"invalid interface name {name!r}: 1 to {IFNAMSIZ - 1} of [a-zA-Z0-9_.-]")
+
+
+def host_ifname(container_id: str) -> str:
+    """The host's end of a container's veth pair: ``veth`` + 7 hex of its id."""
+    if not re.fullmatch(r"[0-9a-f]{7,64}", container_id):
+        raise UserError(f"invalid container id {container_id!r} for a veth name")
+    return "veth" + container_id[:7]
+
+
+BRIDGE_ALIAS = "minicontainer network"
+
+
+def _our_bridge(ipr: Any, index: int) -> bool:
+    """A bridge we made carries BRIDGE_ALIAS; one with no alias and no port is one
+    we were making (the alias is set right after RTM_NEWLINK) or an unused one that
+    may be adopted. docker0 and anyone else's bridges are never changed."""
+    (link,) = ipr.get_links(index)
+    name = link.get_attr("IFLA_IFALIAS")
+    if name is not None:
+        return name == BRIDGE_ALIAS
+    return not any(lk.get_attr("IFLA_MASTER") == index for lk in ipr.get_links())
+
+
+def ensure_bridge(name: str, gateway_cidr: str) -> int:
+    """The bridge ``name`` with the gateway's address, up; made when absent.
+    Returns its interface index."""
+    check_ifname(name)
+    gw = ipaddress.IPv4Interface(gateway_cidr)
+    with _netlink(f"bridge {name}"), _ipr() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except _pyroute2().NetlinkError as e:
+                if _code(e) != errno.EEXIST:  # made meanwhile by someone else: fine
+                    raise
+            index = _index(ipr, name)
+            if index is None:
+                raise UserError(f"bridge {name}: vanished while being made")
+        if _kind(ipr, index) != "bridge":
+            raise Conflict(f"{name} exists and is not a bridge")
+        if not _our_bridge(ipr, index):
+            raise Conflict(f"bridge {name} exists and is not minicontainer's (e.g. Docker's)")
+        ipr.link("set", index=index, ifalias=BRIDGE_ALIAS)
+        have = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)
+        }
+        if (str(gw.ip), gw.network.prefixlen) not in have:
+            try:
+                ipr.addr("add", index=index, address=str(gw.ip), prefixlen=gw.network.prefixlen)
+            except _pyroute2().NetlinkError as e:
+                if _code(e) != errno.EEXIST:
+                    raise
+        ipr.link("set", index=index, state="up")
+        return index
+
+
+def bridge_ports(name: str) -> list[str]:
+    """The interfaces enslaved to the bridge (none when it does not exist)."""
+    with _netlink(f"bridge {name}"), _ipr() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return []
+        return sorted(
+            link.get_attr("IFLA_IFNAME")
+            for link in ipr.get_links()
+            if link.get_attr("IFLA_MASTER") == index
+        )
+
+
+def attach(
+    bridge: str,
+    container_id: str,
+    netns_pid: int,
+    address_cidr: str,
+    gateway: str | None,
+    ifname: str = "eth0",
+    mac: str | None = None,
+) -> str:
+    """Connect the network namespace of ``netns_pid`` to ``bridge``: a veth pair,
+    the host end (returned) on the bridge and up, the other end ``ifname`` in the
+    namespace with ``address_cidr`` (and ``mac``), up, ``lo`` up, and a default
+    route via ``gateway`` (None: no route out, as an --internal network). A stale
+    pair of the same container (a crash) is replaced; on any failure nothing is
+    left."""
+    check_ifname(ifname)
+    host = host_ifname(container_id)
+    addr = ipaddress.IPv4Interface(address_cidr)
+    gw = ipaddress.IPv4Address(gateway) if gateway else None
+    if mac is not None and not _MAC.match(mac):
+        raise UserError(f"invalid MAC address {mac!r}")
+    try:
+        nsfd = os.open(f"/proc/{int(netns_pid)}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"process {netns_pid}: no network namespace ({e.strerror})") from None
+    try:
+        with _netlink(f"veth {host}"), _ipr() as ipr:
+            bindex = _index(ipr, bridge)
+            if bindex is None:
+                raise UserError(f"bridge {bridge}: no such interface")
+            stale = _index(ipr, host)
+            if stale is not None:
+                if not _ours(ipr, stale, container_id):
+                    raise Conflict(f"{host} exists and is not this container's: not touching it")
+                ipr.link("del", index=stale)  # its peer goes with it (veth(4))
+            ipr.link("add", ifname=host, kind="veth", peer={"ifname": ifname, "net_ns_fd": nsfd})
+            try:
+                hindex = _index(ipr, host)
+                ipr.link("set", index=hindex, ifalias=alias(container_id))
+                with _netlink(f"{ifname} in the namespace of process {netns_pid}"):
+                    _configure_inside(nsfd, ifname, addr, gw, mac)
+                ipr.link("set", index=hindex, master=bindex)
+                ipr.link("set", index=hindex, state="up")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    ipr.link("del", ifname=host)
+                raise
+        return host
+    finally:
+        os.close(nsfd)
+
+
+def _configure_inside(
+    nsfd: int,
+    ifname: str,
+    addr: ipaddress.IPv4Interface,
+    gw: ipaddress.IPv4Address | None,
+    mac: str | None,
+) -> None:
+    with _ipr(nsfd) as ns:
+        lo = _index(ns, "lo")
+        if lo is not None:
+            ns.link("set", index=lo, state="up")
+        index = _index(ns, ifname)
+        if index is None:
+            raise UserError(f"{ifname}: not found in the container's namespace")
+        if mac is not None:
+            ns.link("set", index=index, address=mac)
+        ns.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        ns.link("set", index=index, state="up")
+        if gw is not None:
+            ns.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=index)
+
+
+def detach(container_id: str) -> bool:
+    """Remove the container's veth pair (by its host end). False when it was gone."""
+    host = host_ifname(container_id)
+    with _netlink(f"veth {host}"), _ipr() as ipr:
+        index = _index(ipr, host)
+        if index is None:
+            return False
+        if not _ours(ipr, index, container_id):
+            raise Conflict(f"{host} is not this container's veth: not removing it")
+        try:
+            ipr.link("del", index=index)
+        except _pyroute2().NetlinkError as e:
+            if _code(e) != errno.ENODEV:  # removed meanwhile (its namespace died)
+                raise
+        return True
+
+
+def remove_bridge(name: str) -> bool:
+    """Delete the bridge when no interface is left on it. False when it was gone."""
+    check_ifname(name)
+    ports = bridge_ports(name)
+    if ports:
+        raise Conflict(f"bridge {name} still has interfaces: {', '.join(ports)}")
+    with _netlink(f"bridge {name}"), _ipr() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return False
+        if _kind(ipr, index) != "bridge":
+            raise Conflict(f"{name} is not a bridge: not removing it")
+        if not _our_bridge(ipr, index):
+            raise Conflict(f"bridge {name} is not minicontainer's: not removing it")
+        try:
+            ipr.link("del", index=index)
+        except _pyroute2().NetlinkError as e:
+            if _code(e) != errno.ENODEV:
+                raise
+        return True
