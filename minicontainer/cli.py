@@ -43,12 +43,12 @@ def _daemon(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         args.client = None
         # Without a host named or a socket there, not even the client is imported:
         # the local path pays one stat (daemon/client.py costs ~20 ms to import).
-        if (args.host or os.environ.get("MINICONTAINER_HOST") or _socket_there(args)) and _served(
-            args
-        ):
+        if (
+            args.daemon_host or os.environ.get("MINICONTAINER_HOST") or _socket_there(args)
+        ) and _served(args):
             from .daemon.client import choose
 
-            args.client = choose(args.host, args.root)
+            args.client = choose(args.daemon_host, args.root)
     return args.client
 
 
@@ -899,7 +899,7 @@ def parse(argv: list[str]) -> argparse.Namespace | None:
     parser = _Parser(prog=f"minicontainer {verb}", description=help_, add_help=verb != "run")
     add_arguments(parser)
     args = parser.parse_args(argv[i + 1 :])
-    args.root, args.host, args.verb, args.func = root, host, verb, func
+    args.root, args.daemon_host, args.verb, args.func = root, host, verb, func
     return args
 
 
