@@ -495,6 +495,42 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_network(args: argparse.Namespace) -> int:
+    """network create|ls|inspect|rm: user-defined bridge networks (network/objects.py);
+    containers cannot join them yet (issue 12)."""
+    from .network import objects
+    from .runtime.state import StateRoot
+
+    root = StateRoot(args.root).root
+    if args.action == "create":
+        net = objects.create(
+            root, args.name, subnet=args.subnet, gateway=args.gateway, internal=args.internal
+        )
+        print(net.id)
+        return 0
+    if args.action == "ls":
+        rows = [["", "host", "host", ""], ["", "none", "null", ""]]
+        rows += [[n.id[:12], n.name, "bridge", n.subnet] for n in objects.networks(root)]
+        rows.sort(key=lambda r: r[1])
+        _table(["NETWORK ID", "NAME", "DRIVER", "SUBNET"], rows)
+        return 0
+    if args.action == "inspect":
+        from dataclasses import asdict
+
+        found = [asdict(objects.lookup(root, ref)) for ref in args.names]
+        print(json.dumps(found, indent=4))
+        return 0
+    status = 0
+    for ref in args.names:  # rm
+        try:
+            objects.remove(root, ref)
+            print(ref)
+        except UserError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
     from .registry import server
     from .runtime.state import StateRoot
@@ -763,6 +799,18 @@ def args_transfer(s: argparse.ArgumentParser) -> None:
     s.add_argument("image", help="HOST[:PORT]/REPO[:TAG]")
 
 
+def args_network(s: argparse.ArgumentParser) -> None:
+    sub = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    create = sub.add_parser("create", help="a bridge network with its own subnet")
+    create.add_argument("--subnet", help="e.g. 10.10.0.0/24 (default: a free one)")
+    create.add_argument("--gateway", help="the bridge's address (default: the first)")
+    create.add_argument("--internal", action="store_true", help="no traffic out of the subnet")
+    create.add_argument("name")
+    sub.add_parser("ls", help="list networks")
+    for verb in ("inspect", "rm"):
+        sub.add_parser(verb).add_argument("names", nargs="+", metavar="NETWORK")
+
+
 def args_registry(s: argparse.ArgumentParser) -> None:
     sub = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
     serve = sub.add_parser("serve", help="run the embedded registry (OCI distribution API)")
@@ -834,6 +882,7 @@ VERBS = {
     "pull": ("Download an image from a registry (only the blobs we lack)", args_transfer, cmd_pull),
     "login": ("Store credentials for a registry (after checking them)", args_login, cmd_login),
     "logout": ("Forget the credentials stored for a registry", args_logout, cmd_logout),
+    "network": ("Bridge networks: network create|ls|inspect|rm", args_network, cmd_network),
     "registry": ("Run the embedded registry: registry serve", args_registry, cmd_registry),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
     "version": (

@@ -433,4 +433,5 @@ def test_networks_over_the_api(sock: str) -> None:
     assert (bad.status, bad.json()) == (400, {"message": "Invalid filter 'bogus'"})
     missing = call(sock, "GET", "/networks/bridge")
     assert (missing.status, missing.json()) == (404, {"message": "network bridge not found"})
-    assert call(sock, "POST", "/networks/create").status == 501  # the rest stays unimplemented
+    assert call(sock, "POST", "/networks/create").status == 400  # no name: a bad request
+    assert call(sock, "POST", "/networks/prune").status == 501  # the rest stays unimplemented

@@ -118,6 +118,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/commit\Z"), "commit"),
     ("GET", re.compile(r"/networks\Z"), "networks"),
     ("GET", re.compile(r"/networks/(?P<ref>[^/]+)\Z"), "network_inspect"),
+    ("POST", re.compile(r"/networks/create\Z"), "network_create"),
+    ("DELETE", re.compile(r"/networks/(?P<ref>[^/]+)\Z"), "network_delete"),
 ]
 UPLOADS: set[str] = {"build", "images_load"}
 
@@ -625,6 +627,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def ep_network_inspect(self, query: dict[str, list[str]], ref: str) -> None:
         self.reply_json(200, networks.network_inspect(self.runtime, ref))
+
+    def ep_network_create(self, query: dict[str, list[str]]) -> None:
+        net = networks.network_create(self.runtime, self.read_json())
+        self.events.emit("network", "create", net.id, {"name": net.name, "type": "bridge"})
+        self.reply_json(201, {"Id": net.id, "Warning": ""})
+
+    def ep_network_delete(self, query: dict[str, list[str]], ref: str) -> None:
+        net = networks.network_remove(self.runtime, ref)
+        self.events.emit("network", "destroy", net.id, {"name": net.name, "type": "bridge"})
+        self.reply(204, b"", "text/plain", {})
 
 
 def _version_tuple(text: str) -> tuple[int, int]:
