@@ -43,9 +43,10 @@ def _daemon(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         args.client = None
         # Without a host named or a socket there, not even the client is imported:
         # the local path pays one stat (daemon/client.py costs ~20 ms to import).
-        if (
-            args.daemon_host or os.environ.get("MINICONTAINER_HOST") or _socket_there(args)
-        ) and _served(args):
+        host = args.daemon_host or os.environ.get("MINICONTAINER_HOST")
+        if host in ("local", "none"):  # client.choose's words, said without importing it
+            return None
+        if (host or _socket_there(args)) and _served(args):
             from .daemon.client import choose
 
             args.client = choose(args.daemon_host, args.root)

@@ -20,7 +20,7 @@ Which verbs go through the daemon (the others stay local, in this process):
     local                commit, import,
                          build, push, pull, image prune/verify, system df (its
                          "Unreferenced" row), save --format oci, load -i DIR,
-                         login, logout, registry, bootstrap, check (no endpoint
+                         network, login, logout, registry, bootstrap, check (no endpoint
                          yet, or client-side work)
 
 How the CLI finds a daemon (``choose``): ``--host unix:///PATH`` or
@@ -57,6 +57,7 @@ from ..errors import (
     ImageNotFound,
     UserError,
 )
+from ..runtime.console import raw_mode
 
 SOCKET_NAME = "minicontainerd.sock"  # daemon/server.py's (a test checks they agree)
 HOST_ENV = "MINICONTAINER_HOST"
@@ -179,6 +180,14 @@ class Client:
         raw = resp.read()
         resp.close()
         return json.loads(raw) if raw.strip() else None
+
+    def send_size(self, path: str, fd: int) -> None:
+        """The terminal's size to a resize endpoint (on start and on SIGWINCH)."""
+        try:
+            size = os.get_terminal_size(fd)
+            self.call("POST", path, {"h": size.lines, "w": size.columns})
+        except (OSError, UserError):
+            pass  # not a terminal after all, or it ended already: nothing to size
 
     def unreachable(self, e: OSError) -> UserError:
         return UserError(
@@ -410,40 +419,27 @@ class RemoteContainer:
         waiting = self.client.send("POST", self._path("/wait"), {"condition": condition})
         # Raw before the start, as the docker CLI does: what the user types once the
         # container runs is never taken by the terminal's line discipline.
-        saved = _raw_terminal(tty_stdin) if tty_stdin is not None else None
         try:
-            try:
+            with raw_mode(tty_stdin):
                 try:
                     self.client.call("POST", self._path("/start"))
                 except UserError as e:
                     raise UserError(str(e), start_exit_code(str(e))) from None
+                resize = None
                 if tty_stdin is not None:
-                    self._resize(tty_stdin)
+                    resize = lambda: self.client.send_size(self._path("/resize"), tty_stdin)  # noqa: E731
+                    resize()
                 fd = tty_stdin if tty_stdin is not None else stdin
                 if fd is not None:
                     threading.Thread(target=_copy_in, args=(fd, stream), daemon=True).start()
-                resize = (lambda: self._resize(tty_stdin)) if tty_stdin is not None else None
                 with _SignalProxy(self, resize):
                     _copy_out(stream, tty, sink or (lambda s, d: None))
-            finally:
-                if saved is not None and tty_stdin is not None:
-                    import termios
-
-                    termios.tcsetattr(tty_stdin, termios.TCSADRAIN, saved)
             result = json.loads(waiting.read() or b"{}")
         finally:
             stream.close()
             waiting.close()
         code = result.get("StatusCode")
         return State(status="exited", exit_code=code if isinstance(code, int) else None)
-
-    def _resize(self, fd: int) -> None:
-        try:
-            size = os.get_terminal_size(fd)
-            query = {"h": size.lines, "w": size.columns}
-            self.client.call("POST", self._path("/resize"), query)
-        except (OSError, UserError):
-            pass  # not a terminal after all, or it ended already: nothing to size
 
     def logs(self, follow: bool = False) -> Iterator[tuple[str, str]]:
         query = {"stdout": 1, "stderr": 1, "follow": int(follow)}
@@ -520,27 +516,18 @@ class RemoteContainer:
                     return
             out(name, data)
 
-        def resize() -> None:
-            try:
-                size = os.get_terminal_size(tty_stdin)  # type: ignore[arg-type]
-                query = {"h": size.lines, "w": size.columns}
-                self.client.call("POST", f"/exec/{exec_id}/resize", query)
-            except (OSError, UserError):
-                pass
-
-        saved = _raw_terminal(tty_stdin) if tty_stdin is not None else None
+        resize = None
+        if tty_stdin is not None:
+            resize = lambda: self.client.send_size(f"/exec/{exec_id}/resize", tty_stdin)  # noqa: E731
         try:
-            if tty_stdin is not None:
-                resize()
-            if feed is not None:
-                threading.Thread(target=_copy_in, args=(feed, stream), daemon=True).start()
-            with _SignalProxy(None, resize if tty_stdin is not None else None):
-                _copy_out(stream, tty, relay)
+            with raw_mode(tty_stdin):
+                if resize is not None:
+                    resize()
+                if feed is not None:
+                    threading.Thread(target=_copy_in, args=(feed, stream), daemon=True).start()
+                with _SignalProxy(None, resize):
+                    _copy_out(stream, tty, relay)
         finally:
-            if saved is not None and tty_stdin is not None:
-                import termios
-
-                termios.tcsetattr(tty_stdin, termios.TCSADRAIN, saved)
             stream.close()
         code = (self.client.call("GET", f"/exec/{exec_id}/json") or {}).get("ExitCode")
         if first and first[0].startswith(RUNTIME_PREFIX.encode()) and code == EXIT_NOT_EXECUTABLE:
@@ -592,18 +579,6 @@ class _SignalProxy:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
-
-
-def _raw_terminal(fd: int):  # type: ignore[no-untyped-def]
-    import termios
-    import tty
-
-    try:
-        saved = termios.tcgetattr(fd)
-    except termios.error:
-        return None
-    tty.setraw(fd, termios.TCSADRAIN)  # not TCSAFLUSH: keep what was typed ahead
-    return saved
 
 
 def _copy_in(fd: int, stream: socket.socket) -> None:

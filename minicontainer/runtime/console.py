@@ -16,6 +16,8 @@ import fcntl
 import os
 import struct
 import termios
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 TIOCGPTN = 0x80045430  # get the pty number
 TIOCSPTLCK = 0x40045431  # (un)lock the pty
@@ -64,3 +66,21 @@ def make_controlling(slave: int) -> None:
     if slave > 2:
         os.close(slave)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@contextmanager
+def raw_mode(fd: int | None) -> Iterator[None]:
+    """Our terminal in raw mode while a ``-t`` container has it (keys go straight
+    to it), restored after; nothing when ``fd`` is None or not a terminal.
+    TCSADRAIN, not TCSAFLUSH: what was typed ahead is kept (termios(3))."""
+    if fd is None or not os.isatty(fd):
+        yield
+        return
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd, termios.TCSADRAIN)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import EXIT_NOT_EXECUTABLE, Conflict, ContainerNotFound, NotSupported, UserError
 from ..record import Record
-from . import cgroups, devices, namespaces, rootfs, shim
+from . import cgroups, console, devices, namespaces, rootfs, shim
 from . import kernel as k
 from .spec import (
     NETWORK_MODES,
@@ -170,14 +170,10 @@ class Container:
             self._failed_start(e)
             raise
         shim.mark_running(self.root, spec, launched.pid)
-        saved = shim.raw_terminal(tty_stdin) if tty_stdin is not None else None
         try:
-            return shim.supervise(self.root, spec, launched, sink=sink, stdin_relay=tty_stdin)
+            with console.raw_mode(tty_stdin):
+                return shim.supervise(self.root, spec, launched, sink=sink, stdin_relay=tty_stdin)
         finally:
-            if saved is not None:
-                import termios
-
-                termios.tcsetattr(tty_stdin, termios.TCSADRAIN, saved)
             if spec.auto_remove:
                 shim.remove_files(self.root, self.id)
 

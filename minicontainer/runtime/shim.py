@@ -461,8 +461,7 @@ def _pump_exec(launched: Launched, sink: Sink | None, tty_stdin: int | None) -> 
         sel.register(fd, selectors.EVENT_READ, "out")
     if tty_stdin is not None and launched.tty_master is not None:
         sel.register(tty_stdin, selectors.EVENT_READ, "in")
-    saved = raw_terminal(tty_stdin) if tty_stdin is not None else None
-    try:
+    with console.raw_mode(tty_stdin):
         while any(key.data == "out" for key in sel.get_map().values()):
             for key, _ in sel.select():
                 if key.data == "in":
@@ -483,11 +482,6 @@ def _pump_exec(launched: Launched, sink: Sink | None, tty_stdin: int | None) -> 
                     os.close(key.fd)
                 elif sink is not None:
                     sink(launched.outputs[key.fd], data)
-    finally:
-        if saved is not None:
-            import termios
-
-            termios.tcsetattr(tty_stdin, termios.TCSADRAIN, saved)
     _, status = os.waitpid(launched.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
@@ -565,18 +559,6 @@ def package_python(module: str) -> list[str]:
         f"from minicontainer.runtime.{module} import main; main()"
     )
     return [sys.executable, "-S", "-c", code]
-
-
-def raw_terminal(fd: int) -> list | None:
-    """Put our terminal in raw mode for ``-t`` (keys go straight to the container)."""
-    if not os.isatty(fd):
-        return None
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
-    return saved
 
 
 if __name__ == "__main__":
