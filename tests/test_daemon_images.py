@@ -28,7 +28,7 @@ import pytest
 from test_daemon import WAIT, Reply, UnixConnection, wait_until
 
 import minicontainer as mc
-from conftest import skip_or_fail
+from conftest import booted, skip_or_fail
 from minicontainer.daemon import Daemon
 from minicontainer.registry.server import Registry
 
@@ -52,13 +52,8 @@ CMD ["made.txt"]
 
 @pytest.fixture(scope="module")
 def laptop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Runtime]:
-    rt = mc.Runtime(tmp_path_factory.mktemp("daemon-images") / "root")
-    rt.bootstrap()
-    try:
+    with booted(tmp_path_factory.mktemp("daemon-images") / "root") as rt:
         yield rt
-    finally:
-        for c in rt.containers(all=True):
-            c.remove(force=True)
 
 
 @pytest.fixture(scope="module")
