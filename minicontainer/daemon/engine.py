@@ -10,7 +10,6 @@ and message, which the server sends as ``{"message": ...}``.
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import platform
@@ -24,8 +23,7 @@ from typing import Any
 from .. import __version__
 from ..api import Runtime
 from ..errors import Conflict, ContainerNotFound, ImageNotFound, UserError
-from ..runtime.container import Container, status_text
-from ..runtime.container import _ago as ago
+from ..runtime.container import Container, ago, status_text, unix_time
 from ..runtime.state import State
 
 API_VERSION = "1.41"  # what Debian's docker 20.10 CLI speaks
@@ -70,15 +68,6 @@ def flag(query: dict[str, list[str]], key: str) -> bool:
     if value.lower() in ("1", "true", "yes"):
         return True
     raise ApiError(400, f"invalid value for {key}: {value!r}")
-
-
-def unix_time(stamp: str) -> int:
-    """RFC 3339 (``2026-12-02T07:37:55.901044173Z``) -> seconds since the epoch, UTC;
-    0 for an empty or unreadable stamp (Docker's zero time)."""
-    try:
-        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return 0
 
 
 # --------------------------------------------------------------------------- system
@@ -397,7 +386,7 @@ def container_summary(
     status, text = _status(state), status_text(state)
     if backoff is not None and state.status == "exited":
         status = "restarting"
-        text = f"Restarting ({backoff.exit_code}) {ago(backoff.finished_at)} ago"
+        text = f"Restarting ({backoff.exit_code}) {ago(unix_time(backoff.finished_at))} ago"
     return {
         "Id": c.id,
         "Names": ["/" + spec.name],

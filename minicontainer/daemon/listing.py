@@ -30,8 +30,8 @@ from typing import Any
 
 from ..api import Runtime
 from ..errors import UserError
-from ..procfs import GONE
-from ..runtime.container import Container, human_duration
+from ..procfs import start_time
+from ..runtime.container import Container, ago, status_text, unix_time
 from ..runtime.state import State
 
 FRESH = 0.1  # seconds: files changed more recently than this are not trusted to the cache
@@ -41,15 +41,15 @@ class _Entry:
     __slots__ = ("key", "container", "state", "base", "started", "finished")
 
     def __init__(self, key: tuple[int, ...] | None, c: Container, state: State) -> None:
-        from .engine import container_summary, unix_time
+        from .engine import container_summary
 
         self.key = key
         self.container = c
         self.state = state
         self.base = container_summary(c, None, state)
         self.base["_created"] = c.spec.created  # the order of the list; not sent
-        self.started = unix_time(state.started_at) if state.started_at else None
-        self.finished = unix_time(state.finished_at) if state.finished_at else None
+        self.started = unix_time(state.started_at)  # parsed once, not at every list
+        self.finished = unix_time(state.finished_at)
 
 
 class Listing:
@@ -83,12 +83,14 @@ class Listing:
             row = dict(entry.base)
             if backoff is not None and state.status == "exited":
                 row["State"] = "restarting"
-                row["Status"] = f"Restarting ({backoff.exit_code}) {_ago(entry.finished, now)} ago"
+                row["Status"] = f"Restarting ({backoff.exit_code}) {ago(entry.finished, now)} ago"
             else:
                 row["State"] = (
                     "paused" if state.paused and state.status == "running" else state.status
                 )
-                row["Status"] = _status_text(state, entry, now)
+                row["Status"] = status_text(
+                    state, started=entry.started, finished=entry.finished, now=now
+                )
             out.append((row, state.status == "running" or backoff is not None))
         out.sort(key=lambda pair: pair[0]["_created"], reverse=True)
         for row, _ in out:
@@ -103,7 +105,7 @@ class Listing:
             entry = self._entries.get(cid)
         if entry is not None and entry.key == key and key != (-1,):
             state = entry.state
-            if state.status != "running" or _start_time(state.pid) == state.pid_start:
+            if state.status != "running" or start_time(state.pid) == state.pid_start:
                 return entry
             # PID 1 gone: the state file is about to say so, or its supervisor
             # died; Container.state tells which (and records it). Rebuilt next time.
@@ -136,36 +138,3 @@ def _key(path: str, now_ns: int) -> tuple[int, ...] | None:
     if now_ns - newest < FRESH * 1e9:
         return (-1,)
     return (config.st_ino, config.st_mtime_ns, config.st_size, *second)
-
-
-def _start_time(pid: int) -> int | None:
-    """procfs.start_time with os.read: this runs for every running container at
-    every list, and a buffered file object costs more than the read."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    fields = data[data.rindex(b")") + 2 :].split()
-    return None if fields[0] in GONE else int(fields[19])
-
-
-def _ago(epoch: int | None, now: float) -> str:
-    if not epoch:
-        return "a moment"
-    return human_duration(max(0, int(now - epoch)))
-
-
-def _status_text(state: State, entry: _Entry, now: float) -> str:
-    """As runtime.container.status_text, from the times parsed once."""
-    if state.status == "running":
-        return f"Up {_ago(entry.started, now)}" + (" (Paused)" if state.paused else "")
-    if state.status == "created":
-        return "Created"
-    code = "?" if state.exit_code is None else state.exit_code
-    return f"Exited ({code}) {_ago(entry.finished, now)} ago"

@@ -10,6 +10,7 @@ its own for ``-d``; ``remove`` leaves no directory, cgroup or process behind.
 
 from __future__ import annotations
 
+import calendar
 import fcntl
 import json
 import os
@@ -787,24 +788,39 @@ def list_containers(root: StateRoot, all_: bool = False) -> list[Container]:
     return containers
 
 
-def status_text(state: State) -> str:
-    """``Up 3 seconds`` / ``Exited (0) 5 seconds ago``, as ``docker ps`` prints it."""
+def status_text(
+    state: State,
+    *,
+    started: int | None = None,
+    finished: int | None = None,
+    now: float | None = None,
+) -> str:
+    """``Up 3 seconds`` / ``Exited (0) 5 seconds ago``, as ``docker ps`` prints it.
+    The daemon's list passes the times it parsed once (``unix_time``) and one clock."""
     if state.status == "running":
-        return f"Up {_ago(state.started_at)}" + (" (Paused)" if state.paused else "")
+        up = ago(unix_time(state.started_at) if started is None else started, now)
+        return f"Up {up}" + (" (Paused)" if state.paused else "")
     if state.status == "created":
         return "Created"
     code = "?" if state.exit_code is None else state.exit_code
-    return f"Exited ({code}) {_ago(state.finished_at)} ago"
+    ended = unix_time(state.finished_at) if finished is None else finished
+    return f"Exited ({code}) {ago(ended, now)} ago"
 
 
-def _ago(stamp: str) -> str:
-    if not stamp:
-        return "a moment"
+def unix_time(stamp: str) -> int:
+    """RFC 3339 (``2026-12-02T07:37:55.901044173Z``) -> seconds since the epoch, UTC;
+    0 for an empty or unreadable stamp (Docker's zero time)."""
     try:
-        t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
+        return 0
+
+
+def ago(epoch: int, now: float | None = None) -> str:
+    """How long since ``epoch``, in docker ps's words; "a moment" when unknown (0)."""
+    if not epoch:
         return "a moment"
-    return human_duration(max(0, int(time.time() - t)))
+    return human_duration(max(0, int((time.time() if now is None else now) - epoch)))
 
 
 def human_duration(seconds: int) -> str:
