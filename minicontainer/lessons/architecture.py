@@ -370,7 +370,7 @@ ROLE_CONTAINER = "the container's process (PID 1 in its own PID namespace)"
 def our_tree(daemon_pid: int, container_pid: int) -> list[str]:
     """The shape of the process tree from minicontainerd down to the container's
     process: one line per process, its name and role, indented under its parent."""
-    chain = ancestry(container_pid)  # process, shim, ..., daemon, ...
+    chain = _settled_ancestry(daemon_pid, container_pid)  # process, shim, ..., daemon, ...
     pids = [p.pid for p in chain]
     if daemon_pid not in pids:
         return [f"{chain[0].comm}: not a descendant of the daemon's process"]
@@ -387,6 +387,24 @@ def our_tree(daemon_pid: int, container_pid: int) -> list[str]:
             role = "?"
         lines.append(_tree_line(depth, _name(p), role))
     return lines
+
+
+def _settled_ancestry(daemon_pid: int, container_pid: int, timeout: float = 5.0) -> list[Proc]:
+    """The container's ancestry once every process between it and the daemon
+    runs its own program. The shim starts as a fork of the daemon and execs the
+    monitor a moment after the container starts; until then it shows the
+    daemon's command line, and the tree would name it wrongly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        chain = ancestry(container_pid)
+        pids = [p.pid for p in chain]
+        if daemon_pid not in pids or time.monotonic() > deadline:
+            return chain
+        daemon = chain[pids.index(daemon_pid)]
+        between = chain[1 : pids.index(daemon_pid)]
+        if not any(p.args == daemon.args for p in between):
+            return chain
+        time.sleep(0.05)
 
 
 def _is_shim(p: Proc) -> bool:
