@@ -35,6 +35,8 @@ PACKAGES=(
     "passwd                   cmd:useradd                             0  test  the rootless tests create an unprivileged user"
     "procps                   cmd:pkill                               0  lab   ps/pkill in the tests"
     "iproute2                 cmd:ip                                  0  lab   network devices seen from inside and outside (notebook 01)"
+    "nftables                 cmd:nft                                 0  lab   published ports and outbound NAT: the nft(8) JSON interface"
+    "passt                    cmd:pasta                               0  lab   rootless networking: pasta gives a rootless container outbound and published ports"
     "kmod                     cmd:modprobe                            0  lab   loading overlay when it is a module"
     "docker.io                cmd:dockerd                             0  lab   Docker itself: interop tests, notebook 03, the docker-vs-vm lab"
     "skopeo                   cmd:skopeo                              0  test  interop: copying images in and out of OCI layouts"
