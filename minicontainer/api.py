@@ -41,7 +41,8 @@ class Runtime:
     def create(self, image: str, command: list[str] | None = None, **options) -> _c.Container:  # type: ignore[no-untyped-def]
         """Make a container without starting it. Options are ``run``'s, by keyword:
         name, hostname, env, workdir, user, volumes, memory, cpus, pids_limit,
-        network, namespaces, entrypoint, tty, interactive, init, remove, device (``--device``),
+        network, ip, network_aliases, publish (``-p``), publish_all (``-P``),
+        namespaces, entrypoint, tty, interactive, init, remove, device (``--device``),
         security_opt (``--security-opt seccomp=...``)."""
         if "namespaces" in options:
             options["namespaces_"] = options.pop("namespaces")
@@ -101,6 +102,47 @@ class Runtime:
         return _c.list_containers(self.state, all)
 
     # -- images
+
+    # -- networks
+
+    def create_network(
+        self,
+        name: str,
+        *,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        internal: bool = False,
+    ):  # type: ignore[no-untyped-def]
+        """``network create``: a record with its subnet and a real bridge."""
+        from .network import objects
+
+        self.state.ensure()
+        return objects.create(self.root, name, subnet=subnet, gateway=gateway, internal=internal)
+
+    def networks(self):  # type: ignore[no-untyped-def]
+        """The networks with a record (``bridge`` once a container used it)."""
+        from .network import objects
+
+        return objects.networks(self.root)
+
+    def network(self, ref: str):  # type: ignore[no-untyped-def]
+        from .network import objects
+
+        return objects.lookup(self.root, ref)
+
+    def remove_network(self, ref: str):  # type: ignore[no-untyped-def]
+        from .network import objects
+
+        return objects.remove(self.root, ref, live_ids=self.state.ids())
+
+    def connect(
+        self, network: str, container: str, *, ip: str | None = None, aliases: list[str] = ()
+    ) -> dict:
+        """``network connect``: the container's next interface, at once if it runs."""
+        return self.container(container).connect(network, ip=ip, aliases=list(aliases))
+
+    def disconnect(self, network: str, container: str) -> None:
+        self.container(container).disconnect(network)
 
     def images(self):  # type: ignore[no-untyped-def]
         return self.store.images()

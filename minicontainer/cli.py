@@ -98,6 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         pids_limit=args.pids_limit,
         network=args.network,
+        ip=args.ip,
+        network_aliases=args.network_alias,
+        publish=args.publish,
+        publish_all=args.publish_all,
         entrypoint=args.entrypoint,
         tty=args.tty,
         interactive=args.interactive,
@@ -122,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    from .network import ports
     from .runtime.container import status_text
 
     rt = _runtime(args)
@@ -140,6 +145,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 f'"{command}"',
                 spec.created[:19].replace("T", " "),
                 status_text(state),
+                ports.ps_text(ports.PortBinding(**p) for p in spec.ports),
                 spec.name,
             ]
         )
@@ -147,7 +153,29 @@ def cmd_ps(args: argparse.Namespace) -> int:
         for row in rows:
             print(row[0])
         return 0
-    _table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows)
+    _table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows)
+    return 0
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    """``docker port``: the container's published ports, or where one of them is."""
+    from .network import ports
+
+    bindings = [ports.PortBinding(**p) for p in _runtime(args).container(args.container).spec.ports]
+    if args.port:
+        number, _, proto = args.port.partition("/")
+        bindings = [
+            b for b in bindings if f"{b.container_port}/{b.proto}" == f"{number}/{proto or 'tcp'}"
+        ]
+        if not bindings:
+            raise UserError(
+                f"No public port '{number}/{proto or 'tcp'}' published for {args.container}"
+            )
+        for b in bindings:
+            print(f"{b.shown_ip}:{b.host_port}")
+        return 0
+    for line in ports.port_lines(bindings):
+        print(line)
     return 0
 
 
@@ -497,34 +525,40 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_network(args: argparse.Namespace) -> int:
-    """network create|ls|inspect|rm: user-defined bridge networks (network/objects.py);
-    containers cannot join them yet (issue 12)."""
-    from .network import objects
-    from .runtime.state import StateRoot
+    """network create|ls|inspect|rm|connect|disconnect (network/objects.py, endpoints.py)."""
+    from .api import Runtime
 
-    root = StateRoot(args.root).root
+    rt = Runtime(args.root)
     if args.action == "create":
-        net = objects.create(
-            root, args.name, subnet=args.subnet, gateway=args.gateway, internal=args.internal
+        net = rt.create_network(
+            args.name, subnet=args.subnet, gateway=args.gateway, internal=args.internal
         )
         print(net.id)
         return 0
     if args.action == "ls":
         rows = [["", "host", "host", ""], ["", "none", "null", ""]]
-        rows += [[n.id[:12], n.name, "bridge", n.subnet] for n in objects.networks(root)]
+        rows += [[n.id[:12], n.name, "bridge", n.subnet] for n in rt.networks()]
+        if not any(r[1] == "bridge" for r in rows):
+            rows.append(["", "bridge", "bridge", "(made at first use)"])
         rows.sort(key=lambda r: r[1])
         _table(["NETWORK ID", "NAME", "DRIVER", "SUBNET"], rows)
         return 0
     if args.action == "inspect":
         from dataclasses import asdict
 
-        found = [asdict(objects.lookup(root, ref)) for ref in args.names]
+        found = [asdict(rt.network(ref)) for ref in args.names]
         print(json.dumps(found, indent=4))
+        return 0
+    if args.action == "connect":
+        rt.connect(args.network, args.container, ip=args.ip, aliases=args.alias)
+        return 0
+    if args.action == "disconnect":
+        rt.disconnect(args.network, args.container)
         return 0
     status = 0
     for ref in args.names:  # rm
         try:
-            objects.remove(root, ref)
+            rt.remove_network(ref)
             print(ref)
         except UserError as e:
             print(f"Error: {e}", file=sys.stderr)
@@ -629,7 +663,17 @@ def args_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 64m")
     r.add_argument("--cpus", help="CPU quota, e.g. 0.5")
     r.add_argument("--pids-limit", metavar="N")
-    r.add_argument("--network", default="none", metavar="none|host")
+    r.add_argument(
+        "--network", metavar="bridge|none|host|NAME",
+        help="the network to join (default: bridge as root, none rootless)",
+    )  # fmt: skip
+    r.add_argument("--ip", metavar="IPv4", help="the address on a user-defined network")
+    r.add_argument("--network-alias", action="append", default=[], metavar="NAME",
+                   help="another name peers on the network can use")  # fmt: skip
+    r.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[IP:][HOSTPORT:]PORT[/udp]", help="publish a port")  # fmt: skip
+    r.add_argument("-P", "--publish-all", action="store_true",
+                   help="publish the image's exposed ports on random host ports")  # fmt: skip
     r.add_argument("--entrypoint")
     r.add_argument("--init", action="store_true", help="run a tiny init as PID 1")
     r.add_argument(
@@ -800,6 +844,11 @@ def args_transfer(s: argparse.ArgumentParser) -> None:
     s.add_argument("image", help="HOST[:PORT]/REPO[:TAG]")
 
 
+def args_port(s: argparse.ArgumentParser) -> None:
+    s.add_argument("container")
+    s.add_argument("port", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
+
+
 def args_network(s: argparse.ArgumentParser) -> None:
     sub = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
     create = sub.add_parser("create", help="a bridge network with its own subnet")
@@ -810,6 +859,13 @@ def args_network(s: argparse.ArgumentParser) -> None:
     sub.add_parser("ls", help="list networks")
     for verb in ("inspect", "rm"):
         sub.add_parser(verb).add_argument("names", nargs="+", metavar="NETWORK")
+    connect = sub.add_parser("connect", help="connect a container to a network")
+    connect.add_argument("--ip", metavar="IPv4")
+    connect.add_argument("--alias", action="append", default=[], metavar="NAME")
+    disconnect = sub.add_parser("disconnect", help="disconnect a container from a network")
+    for p in (connect, disconnect):
+        p.add_argument("network", metavar="NETWORK")
+        p.add_argument("container", metavar="CONTAINER")
 
 
 def args_registry(s: argparse.ArgumentParser) -> None:
@@ -857,6 +913,7 @@ def args_none(s: argparse.ArgumentParser) -> None:
 VERBS = {
     "run": ("Create and run a new container from an image", args_run, cmd_run),
     "ps": ("List containers", args_ps, cmd_ps),
+    "port": ("List a container's published ports", args_port, cmd_port),
     "logs": ("Fetch the logs of a container", args_logs, cmd_logs),
     "exec": ("Run a command in a running container", args_exec, cmd_exec),
     "stop": ("Stop running containers (stop signal, then SIGKILL)", args_stop, cmd_stop),
@@ -883,7 +940,11 @@ VERBS = {
     "pull": ("Download an image from a registry (only the blobs we lack)", args_transfer, cmd_pull),
     "login": ("Store credentials for a registry (after checking them)", args_login, cmd_login),
     "logout": ("Forget the credentials stored for a registry", args_logout, cmd_logout),
-    "network": ("Bridge networks: network create|ls|inspect|rm", args_network, cmd_network),
+    "network": (
+        "Networks: create, ls, inspect, rm, connect, disconnect",
+        args_network,
+        cmd_network,
+    ),
     "registry": ("Run the embedded registry: registry serve", args_registry, cmd_registry),
     "bootstrap": ("Build the local base images from this machine", args_bootstrap, cmd_bootstrap),
     "version": (

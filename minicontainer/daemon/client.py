@@ -304,6 +304,17 @@ class RemoteSpec:
         self.tty = bool(config.get("Tty"))
         self.interactive = bool(config.get("OpenStdin"))
         self.auto_remove = bool((data.get("HostConfig") or {}).get("AutoRemove"))
+        # published ports, as network/ports.py's PortBinding fields
+        self.ports = [
+            {
+                "container_port": int(key.split("/")[0]),
+                "proto": key.partition("/")[2] or "tcp",
+                "host_ip": "" if b.get("HostIp") in ("", "0.0.0.0") else b["HostIp"],
+                "host_port": int(b.get("HostPort") or 0),
+            }
+            for key, bound in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items()
+            for b in bound or []
+        ]
 
 
 # What engine.container_inspect adds to the local inspect (Docker's other fields at

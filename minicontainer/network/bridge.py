@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import ipaddress
 import os
 import re
+import sys
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,11 +46,39 @@ _IFNAME = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
 
 
 def _pyroute2() -> Any:
+    """pyroute2's IPRoute and NetlinkError. ``import pyroute2`` loads every part of
+    the library (conntrack, ndb, ipdb, ...: ~250 ms here, in every container start);
+    IPRoute needs a third of that. So unless someone imported the whole package
+    already, its submodules are loaded under a bare package object, skipping its
+    ``__init__``; an install where that fails gets the ordinary import."""
+    global _LOADED
+    if _LOADED is not None:
+        return _LOADED
+    if "pyroute2" not in sys.modules:
+        found = importlib.util.find_spec("pyroute2")
+        if found is None or not found.submodule_search_locations:
+            raise UserError(f"bridge networking needs pyroute2: {INSTALL_HINT}")
+        bare = types.ModuleType("pyroute2")
+        bare.__path__ = list(found.submodule_search_locations)
+        sys.modules["pyroute2"] = bare
+        try:
+            from pyroute2.iproute.linux import IPRoute
+            from pyroute2.netlink.exceptions import NetlinkError
+        except ImportError:
+            for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
+                del sys.modules[name]
+        else:
+            _LOADED = types.SimpleNamespace(IPRoute=IPRoute, NetlinkError=NetlinkError)
+            return _LOADED
     try:
         import pyroute2
     except ImportError:
         raise UserError(f"bridge networking needs pyroute2: {INSTALL_HINT}") from None
+    _LOADED = pyroute2
     return pyroute2
+
+
+_LOADED: Any = None
 
 
 def _code(e: BaseException) -> int:
@@ -109,11 +140,14 @@ def check_ifname(name: str) -> None:
         raise UserError(f"invalid interface name {name!r}: 1 to {IFNAMSIZ - 1} of [a-zA-Z0-9_.-]")
 
 
-def host_ifname(container_id: str) -> str:
-    """The host's end of a container's veth pair: ``veth`` + 7 hex of its id."""
+def host_ifname(container_id: str, slot: int = 0) -> str:
+    """The host's end of a container's veth pair: ``veth`` + 7 hex of its id, and
+    for its second, third, ... network (``network connect``) the slot number after."""
     if not re.fullmatch(r"[0-9a-f]{7,64}", container_id):
         raise UserError(f"invalid container id {container_id!r} for a veth name")
-    return "veth" + container_id[:7]
+    if not 0 <= slot < 1000:
+        raise UserError(f"invalid interface slot {slot}")
+    return "veth" + container_id[:7] + (str(slot) if slot else "")
 
 
 BRIDGE_ALIAS = "minicontainer network"
@@ -185,6 +219,7 @@ def attach(
     gateway: str | None,
     ifname: str = "eth0",
     mac: str | None = None,
+    slot: int = 0,
 ) -> str:
     """Connect the network namespace of ``netns_pid`` to ``bridge``: a veth pair,
     the host end (returned) on the bridge and up, the other end ``ifname`` in the
@@ -193,7 +228,7 @@ def attach(
     pair of the same container (a crash) is replaced; on any failure nothing is
     left."""
     check_ifname(ifname)
-    host = host_ifname(container_id)
+    host = host_ifname(container_id, slot)
     addr = ipaddress.IPv4Interface(address_cidr)
     gw = ipaddress.IPv4Address(gateway) if gateway else None
     if mac is not None and not _MAC.match(mac):
@@ -251,20 +286,21 @@ def _configure_inside(
             ns.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=index)
 
 
-def detach(container_id: str) -> bool:
+def detach(container_id: str, slot: int = 0) -> bool:
     """Remove the container's veth pair (by its host end). False when it was gone."""
-    host = host_ifname(container_id)
+    host = host_ifname(container_id, slot)
     with _netlink(f"veth {host}"), _ipr() as ipr:
-        index = _index(ipr, host)
-        if index is None:
-            return False
-        if not _ours(ipr, index, container_id):
-            raise Conflict(f"{host} is not this container's veth: not removing it")
         try:
+            index = _index(ipr, host)
+            if index is None:
+                return False
+            if not _ours(ipr, index, container_id):
+                raise Conflict(f"{host} is not this container's veth: not removing it")
             ipr.link("del", index=index)
         except _pyroute2().NetlinkError as e:
-            if _code(e) != errno.ENODEV:  # removed meanwhile (its namespace died)
+            if _code(e) != errno.ENODEV:  # removed meanwhile: its namespace was dying
                 raise
+            return False
         return True
 
 

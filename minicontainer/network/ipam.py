@@ -333,7 +333,43 @@ class IPAM:
                 for ip in freed:
                     del leases[ip]
                 self._write_leases(name, leases)
+            self._drop_endpoints(name, {container_id})
             return freed
+
+    # ----------------------------------------------------------- endpoints
+    # What peers need to know of a container holding a lease: the names it
+    # answers to on this network and where its /etc/hosts lives (endpoints.py).
+    def _read_endpoints(self, name: str) -> dict[str, dict]:
+        try:
+            data = json.loads((self._ndir(name) / "endpoints.json").read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise UserError(f"network {name}: unreadable endpoints ({e})") from None
+        return data if isinstance(data, dict) else {}
+
+    def _drop_endpoints(self, name: str, container_ids: set[str]) -> None:
+        known = self._read_endpoints(name)
+        if container_ids & set(known):
+            kept = {cid: e for cid, e in known.items() if cid not in container_ids}
+            files.write_atomic(self._ndir(name) / "endpoints.json", json.dumps(kept), 0o600)
+
+    def set_endpoint(self, name: str, container_id: str, info: dict) -> None:
+        """Record ``info`` (JSON values) for the container that holds a lease here."""
+        with self._locked():
+            self.get(name)
+            if container_id not in self._read_leases(name).values():
+                raise UserError(f"container {container_id[:12]} has no address on network {name}")
+            known = self._read_endpoints(name)
+            known[container_id] = info
+            files.write_atomic(self._ndir(name) / "endpoints.json", json.dumps(known), 0o600)
+
+    def endpoints(self, name: str) -> dict[str, dict]:
+        """Container id -> its recorded info and ``ip``, for every lease on the network."""
+        self.get(name)
+        known = self._read_endpoints(name)
+        leases = self._read_leases(name)
+        return {cid: {**known.get(cid, {}), "ip": ip} for ip, cid in leases.items()}
 
     def sweep(self, live_ids: Iterable[str]) -> list[tuple[str, str, str]]:
         """Free every lease whose container is not in ``live_ids`` (the containers
@@ -349,4 +385,5 @@ class IPAM:
                         del leases[ip]
                         freed.append((name, ip, cid))
                     self._write_leases(name, leases)
+                    self._drop_endpoints(name, set(dead.values()))
         return freed

@@ -3,21 +3,25 @@
 A user-defined network is what dockerd's bridge driver makes at ``docker network
 create``: a record with its subnet and gateway (ipam.py) and a real Linux bridge
 that carries the gateway address (bridge.py), up at once and empty until
-containers join. ``rm`` refuses a network with endpoints and takes the bridge
-away. What is not here yet (issue 12): containers joining it (``run --network
-NAME``), NAT and published ports, names between containers.
+containers join (endpoints.py). ``rm`` refuses a network with endpoints and
+takes the bridge and its firewall rules away. The default network ``bridge``
+(Docker's docker0, ours ``mc0``) is recorded the same way at its first use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable
 
-from ..errors import UserError
+from ..errors import Conflict, UserError
 from . import bridge
 from .ipam import IPAM, Network
 
-# The modes a container has without a network object (runtime/spec.py's NETWORK_MODES).
-PREDEFINED = ("none", "host")
+DEFAULT_NETWORK = "bridge"  # Docker's name for its default network, made at first use
+DEFAULT_BRIDGE = "mc0"  # Docker's is docker0
+# none and host: modes with no network object; bridge: the default network's name
+PREDEFINED = ("bridge", "host", "none")
 
 
 def create(
@@ -42,6 +46,23 @@ def create(
     return net
 
 
+def default_network(root: str | os.PathLike[str]) -> Network:
+    """The network ``bridge`` on ``mc0``, recorded the first time a container needs
+    it (its bridge is made at the container's start, endpoints.connect)."""
+    ipam = IPAM(root)
+    if DEFAULT_NETWORK not in ipam.names():
+        with contextlib.suppress(Conflict):  # a concurrent first run made it: fine
+            ipam.create(DEFAULT_NETWORK, bridge=DEFAULT_BRIDGE)
+    return ipam.get(DEFAULT_NETWORK)
+
+
+def network_named(root: str | os.PathLike[str], ref: str) -> Network:
+    """What ``--network REF`` names: ``bridge`` (made when absent) or a user network."""
+    if ref == DEFAULT_NETWORK:
+        return default_network(root)
+    return lookup(root, ref)
+
+
 def lookup(root: str | os.PathLike[str], ref: str) -> Network:
     """By name, full id or a unique id prefix (as dockerd resolves networks)."""
     ipam = IPAM(root)
@@ -57,11 +78,21 @@ def lookup(root: str | os.PathLike[str], ref: str) -> Network:
     raise UserError(f"network {ref} not found")
 
 
-def remove(root: str | os.PathLike[str], ref: str) -> Network:
+def remove(
+    root: str | os.PathLike[str], ref: str, live_ids: Iterable[str] | None = None
+) -> Network:
+    """``live_ids``: the containers that exist; leases of others (a crash) are
+    swept first, so only a network with real endpoints is refused."""
     if ref in PREDEFINED:
         raise UserError(f"{ref} is a pre-defined network and cannot be removed")
     net = lookup(root, ref)
-    IPAM(root).remove(net.name)  # refuses while containers hold leases
+    ipam = IPAM(root)
+    if live_ids is not None:
+        ipam.sweep(live_ids)
+    ipam.remove(net.name)  # refuses while containers hold leases
+    from . import firewall
+
+    firewall.remove_network(net.bridge)
     bridge.remove_bridge(net.bridge)
     return net
 

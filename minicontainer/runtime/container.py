@@ -19,10 +19,14 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from ..errors import EXIT_NOT_EXECUTABLE, Conflict, ContainerNotFound, NotSupported, UserError
+from ..network import endpoints, ports
+from ..network.objects import DEFAULT_NETWORK, network_named
 from ..record import Record
 from . import cgroups, console, devices, namespaces, rootfs, shim
 from . import kernel as k
@@ -175,6 +179,8 @@ class Container:
             with console.raw_mode(tty_stdin):
                 return shim.supervise(self.root, spec, launched, sink=sink, stdin_relay=tty_stdin)
         finally:
+            if spec.networks:
+                endpoints.stopped(self.id, spec.ports)
             if spec.auto_remove:
                 shim.remove_files(self.root, self.id)
 
@@ -427,6 +433,7 @@ class Container:
                 "NanoCpus": int((spec.cpus or 0) * 1e9),
                 "PidsLimit": spec.pids_limit,
                 "NetworkMode": spec.network,
+                "PortBindings": ports.docker_ports(ports.PortBinding(**p) for p in spec.ports),
                 "AutoRemove": spec.auto_remove,
                 # Docker's json-file driver: the supervisor keeps log.json in its format
                 "LogConfig": {"Type": "json-file", "Config": {}},
@@ -448,11 +455,60 @@ class Container:
                     "MergedDir": str(self.dir / "rootfs"),
                 },
             },
+            "NetworkSettings": network_settings(spec, state),
             "Namespaces": spec.namespaces,
             "Rootless": spec.rootless,
             "Cgroup": spec.cgroup,
             "LogPath": str(self.dir / "log.json"),
         }
+
+    # -- networks (docker network connect / disconnect)
+
+    def connect(self, network: str, *, ip: str | None = None, aliases: list[str] = ()) -> dict:
+        """Join one more network: at once when running (the next ethN), else at start."""
+        spec = self.spec
+        if spec.network in NETWORK_MODES:
+            raise UserError(
+                f"container cannot be connected to a network: it runs with --network {spec.network}"
+            )
+        net = network_named(self.root.root, network)
+        if any(ep["network"] == net.name for ep in spec.networks):
+            raise Conflict(f"endpoint with name {spec.name} already exists in network {net.name}")
+        slot = min(set(range(len(spec.networks) + 1)) - {ep["slot"] for ep in spec.networks})
+        endpoint = endpoints.join(
+            self.root.root,
+            self.id,
+            net.name,
+            name=spec.name,
+            hostname=spec.hostname,
+            hosts_file=str(self.dir / "hosts"),
+            ip=ip,
+            aliases=aliases,
+            slot=slot,
+            live_ids=self.root.ids(),
+        )
+        try:
+            if self.running():
+                endpoints.connect(self.id, self.state().pid, [endpoint], [])
+            spec.networks.append(endpoint)
+            self._write_spec(spec)
+        except BaseException:
+            endpoints.release(self.root.root, self.id, net.name)
+            raise
+        return endpoint
+
+    def disconnect(self, network: str) -> None:
+        spec = self.spec
+        net = network_named(self.root.root, network)
+        if not any(ep["network"] == net.name for ep in spec.networks):
+            raise UserError(f"container {self.id[:12]} is not connected to network {net.name}")
+        endpoints.release(self.root.root, self.id, net.name)
+        spec.networks = [ep for ep in spec.networks if ep["network"] != net.name]
+        self._write_spec(spec)
+
+    def _write_spec(self, spec: Spec) -> None:
+        files.write_atomic(self.dir / "config.json", spec.to_json(), 0o600)
+        self._spec = spec
 
     # -- exec
 
@@ -583,7 +639,11 @@ def create(
     memory: str | int | None = None,
     cpus: str | float | None = None,
     pids_limit: int | None = None,
-    network: str = "none",
+    network: str | None = None,
+    ip: str | None = None,
+    network_aliases: list[str] = (),
+    publish: list[str] = (),
+    publish_all: bool = False,
     namespaces_: list[str] | None = None,
     entrypoint: str | None = None,
     tty: bool = False,
@@ -602,10 +662,20 @@ def create(
         cpus=cgroups.parse_cpus(cpus) if isinstance(cpus, str) else cpus,
         pids=_parse_pids(pids_limit),
     )
-    if network not in NETWORK_MODES:
-        raise UserError(
-            f"network {network} not found: use none or host (bridge networks come later)"
+    rootless = os.geteuid() != 0
+    if network is None:  # Docker's default: the bridge network (rootless: none yet)
+        network = "none" if rootless else DEFAULT_NETWORK
+    bridged = network not in NETWORK_MODES
+    if bridged and rootless:
+        raise NotSupported(
+            f"rootless: network {network} needs a veth on the host, which needs root;"
+            " use --network none or host"
         )
+    if (ip or network_aliases) and not bridged:
+        raise UserError(f"--ip and --network-alias need a bridge network, not {network}")
+    bindings = [b for text in publish for b in ports.parse_publish(text)]
+    if (bindings or publish_all) and not bridged:
+        raise UserError(f"published ports need a bridge network, not {network}")
     mounts = [parse_volume(v) for v in volumes]
     policy, _ = parse_restart(restart)
     if policy != "no" and auto_remove:
@@ -616,7 +686,6 @@ def create(
         raise UserError(
             f'Invalid container name "{name}", only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
         )
-    rootless = os.geteuid() != 0
     chosen = list(namespaces_ if namespaces_ is not None else namespaces.ALL)
     unknown = set(chosen) - set(namespaces.ALL)
     if unknown:
@@ -661,6 +730,8 @@ def create(
                 f"rootless: uid {uid} is not mapped in the user namespace (only root is); "
                 "add a range for your user to /etc/subuid and /etc/subgid and install uidmap"
             )
+    if publish_all:
+        bindings += ports.expose_all(config.get("ExposedPorts") or {})
     env_list = parse_env(list(env), list(config.get("Env") or []))
     if not any(e.startswith("PATH=") for e in env_list):
         env_list.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -719,7 +790,24 @@ def create(
     try:
         for sub in ("upper", "work", "rootfs"):
             (directory / sub).mkdir()
-        rootfs.write_etc_files(directory, spec.hostname)
+        rootfs.write_etc_files(directory, spec.hostname, own_netns="net" in chosen)
+        if bridged:
+            # The network: an address (and the peers' names) now, the veth at start.
+            spec.network = network_named(root.root, network).name
+            spec.ports = [asdict(b) for b in ports.choose_host_ports(bindings)]
+            spec.networks = [
+                endpoints.join(
+                    root.root,
+                    container_id,
+                    spec.network,
+                    name=final_name,
+                    hostname=spec.hostname,
+                    hosts_file=str(directory / "hosts"),
+                    ip=ip,
+                    aliases=network_aliases,
+                    live_ids=root.ids(),
+                )
+            ]
         # 3. The cgroup: its limits fail here, with nothing half-done.
         # Rootless, the user namespace keeps devices out of reach (mknod is refused).
         rules = None if rootless else (*devices.DEFAULT_RULES, *(r for _, r in extra_devices))
@@ -732,6 +820,35 @@ def create(
         shim.remove_files(root, container_id)
         raise
     return Container(root, container_id)
+
+
+def network_settings(spec: Spec, state: State) -> dict:
+    """NetworkSettings as docker inspect shows it: one entry per network, and the
+    old top-level fields filled for the default network only (as Docker fills them)."""
+    nets = {}
+    top = {"IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""}
+    for ep in spec.networks:
+        entry = {
+            "IPAMConfig": {"IPv4Address": ep["ip"]} if ep.get("fixed") else None,
+            "Aliases": [*ep["aliases"], spec.id[:12]] if ep["network"] != DEFAULT_NETWORK else None,
+            "NetworkID": ep["network_id"],
+            "EndpointID": spec.id[:12] + ep["network_id"][:52],
+            "Gateway": "" if ep["internal"] else ep["gateway"],
+            "IPAddress": ep["ip"],
+            "IPPrefixLen": ep["prefix"],
+            "MacAddress": ep["mac"],
+        }
+        nets[ep["network"]] = entry
+        if ep["network"] == DEFAULT_NETWORK:
+            top = {k: entry[k] for k in top}
+    running = state.status == "running"
+    return {
+        "Bridge": "",
+        "SandboxKey": f"/proc/{state.pid}/ns/net" if running and "net" in spec.namespaces else "",
+        "Ports": ports.docker_ports(ports.PortBinding(**p) for p in spec.ports),
+        **top,
+        "Networks": nets if spec.network not in NETWORK_MODES else {spec.network: {}},
+    }
 
 
 def _parse_pids(value: int | str | None) -> int | None:

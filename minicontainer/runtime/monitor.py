@@ -8,7 +8,8 @@ supervisor can ``execve`` into a fresh ``python -S`` that runs just this
 (``shim.become_monitor``) once the container is started: the process keeps its
 pid, so it is still the container's parent and can wait for it, but it sheds
 the memory of everything that was needed to start it. The foreground ``run``
-calls ``supervise`` directly.
+calls ``supervise`` directly. Once the container has ended, a container with
+networks imports network/endpoints.py to give back its published ports.
 """
 
 from __future__ import annotations
@@ -339,6 +340,14 @@ def main() -> None:
     """argv[1]: the job, as JSON (exec'd by shim.become_monitor)."""
     job = json.loads(sys.argv[1])
     supervise(job)
+    if job.get("network"):
+        # imported only now: the monitor stays lean while the container runs
+        from ..network import endpoints
+
+        net = job["network"]
+        endpoints.stopped(net["id"], net["ports"])
+        if job.get("auto_remove"):
+            endpoints.release(net["root"], net["id"])
     if job.get("auto_remove"):
         directory = os.path.dirname(job["state"])
         doomed = os.path.join(os.path.dirname(directory), ".rm-" + os.path.basename(directory))

@@ -24,6 +24,7 @@ import os
 import stat
 from pathlib import Path
 
+from ..network import endpoints
 from . import kernel as k
 from . import security
 from .devices import DeviceNode
@@ -272,8 +273,10 @@ def prepare_workdir(cwd: str) -> None:
         os.chdir(cwd)
 
 
-def write_etc_files(bundle: str | Path, hostname: str) -> None:
-    """The files bind_etc_files mounts: written on the host side, before start."""
+def write_etc_files(bundle: str | Path, hostname: str, *, own_netns: bool = True) -> None:
+    """The files bind_etc_files mounts: written on the host side, before start.
+    On a network, network/endpoints.py rewrites hosts with the container's
+    address and its peers' names."""
     bundle = Path(bundle)
     (bundle / "hostname").write_text(hostname + "\n")
     (bundle / "hosts").write_text(
@@ -283,4 +286,4 @@ def write_etc_files(bundle: str | Path, hostname: str) -> None:
         resolv = Path("/etc/resolv.conf").read_text()
     except OSError:
         resolv = ""
-    (bundle / "resolv.conf").write_text(resolv)
+    (bundle / "resolv.conf").write_text(endpoints.resolv_conf(resolv, own_netns=own_netns))

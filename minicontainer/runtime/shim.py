@@ -27,6 +27,8 @@ with ``python -S`` so it imports only what it needs and stays small in memory.
 from __future__ import annotations
 
 import errno
+import functools
+import importlib.util
 import json
 import os
 import signal
@@ -35,6 +37,7 @@ from collections.abc import Callable
 
 from ..errors import EXIT_RUNTIME, UserError
 from ..files import rmtree
+from ..network import endpoints
 from ..record import Record
 from . import cgroups, console, init, monitor, namespaces, rootfs, security
 from . import kernel as k
@@ -222,6 +225,8 @@ def launch(
         os.write(go_w, b"m")  # maps written: the child may mount its root filesystem
         if cgroup is not None:
             cgroup.add(pid)  # (slow on cgroup v1: done while the child mounts)
+        if spec.networks:  # its veths, before its first process runs
+            endpoints.connect(spec.id, pid, spec.networks, spec.ports)
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -270,6 +275,10 @@ def job(root: StateRoot, spec: Spec, launched: Launched) -> dict:
         "cgroup": [str(p) for p in cgroup.paths] if cgroup is not None else [],
         "oom_file": oom_file,
         "auto_remove": spec.auto_remove,
+        # what the monitor gives back when the process ends (network/endpoints.py)
+        "network": {"root": str(root.root), "id": spec.id, "ports": spec.ports}
+        if spec.networks
+        else None,
     }
 
 
@@ -311,6 +320,8 @@ def remove_files(root: StateRoot, container_id: str) -> None:
             cg.remove()
     except (OSError, ValueError):
         pass
+    if (root.root / "networks").is_dir():  # by lease, not by spec: also after a crash
+        endpoints.release(root.root, container_id)
     if directory.exists():
         # Rename first: a half-deleted container never shows up in ps.
         doomed = directory.with_name(f".rm-{container_id}")
@@ -553,12 +564,26 @@ def package_python(module: str) -> list[str]:
     loaded, and the process lives as long as the container) and a sys.path of
     this package's parent and the standard library only, never the current
     directory (``-c`` would put it first, and a file there named like a
-    standard module would run as root)."""
+    standard module would run as root). The one library a shim may need,
+    pyroute2 for the container's veth, is found where this interpreter has it,
+    at the end of the path (it never shadows the standard library)."""
     code = (
-        f"import sys; sys.path[:] = [{PACKAGE_PARENT!r}] + [p for p in sys.path if p]; "
-        f"from minicontainer.runtime.{module} import main; main()"
+        f"import sys; sys.path[:] = [{PACKAGE_PARENT!r}] + [p for p in sys.path if p]"
+        + "".join(f" + [{d!r}]" for d in _library_dirs())
+        + f"; from minicontainer.runtime.{module} import main; main()"
     )
     return [sys.executable, "-S", "-c", code]
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    loaded = sys.modules.get("pyroute2")
+    if loaded is not None:
+        where = list(getattr(loaded, "__path__", []))
+    else:
+        found = importlib.util.find_spec("pyroute2")
+        where = list(found.submodule_search_locations or []) if found is not None else []
+    return (os.path.dirname(os.path.abspath(where[0])),) if where else ()
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ class Spec(Record):
     cpus: float | None = None
     pids_limit: int | None = None
     cgroup: str = ""  # its name under each hierarchy, "" when it runs without one
-    network: str = "none"
+    network: str = "none"  # none | host | bridge | a user-defined network's name
+    networks: list[dict] = []  # its endpoints (network/endpoints.py join), the first one's route
+    ports: list[dict] = []  # published ports (network/ports.py PortBinding fields)
     namespaces: list[str] = []
     tty: bool = False
     interactive: bool = False

@@ -1,0 +1,259 @@
+"""How a container joins networks: Docker's endpoints.
+
+libnetwork (moby's networking) calls a container's attachment to one network an
+*endpoint*: an address from the network's IPAM, a MAC, the names it answers to,
+and at start a veth pair from its network namespace to the network's bridge.
+The life of one, in the order it happens:
+
+1. ``join`` (``create``, ``network connect``): a lease (ipam.py) and the names
+   peers will see; the container's ``/etc/hosts`` and ``/etc/resolv.conf`` are
+   written, and every peer's ``/etc/hosts`` learns the newcomer.
+2. ``connect`` (each start, before the container's first process execs): the
+   bridge (made again if a reboot took it), the firewall's rules for the
+   network (firewall.py), the veth pair (bridge.py), the published ports.
+3. ``stopped`` (the container's process ended): its published ports are freed,
+   as Docker frees them at stop; the veth died with the network namespace.
+4. ``release`` (``rm``, ``network disconnect``): the lease and the names go,
+   and the peers' ``/etc/hosts`` forget it.
+
+Names between containers: Docker answers them with a DNS server of its own
+inside each container (127.0.0.11) on user-defined networks. minicontainer
+keeps each container's ``/etc/hosts`` current instead: one file per container,
+rewritten when a peer joins or leaves, so ``ping web`` works with nothing
+listening in the container and the whole mechanism is a file a student can
+``cat``. The default network ``bridge`` has no names, as Docker's has none.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import UserError
+from . import bridge
+from .ipam import IPAM
+from .objects import DEFAULT_NETWORK, network_named
+
+HOSTS_HEAD = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+FALLBACK_DNS = ("8.8.8.8", "8.8.4.4")  # what Docker writes when the host has only local resolvers
+
+
+def mac_for(ip: str) -> str:
+    """Docker's rule: 02:42 (locally administered) and the four bytes of the IPv4."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+# --- 1. join
+
+
+def join(
+    root: str | os.PathLike[str],
+    container_id: str,
+    network: str,
+    *,
+    name: str,
+    hostname: str,
+    hosts_file: str,
+    ip: str | None = None,
+    aliases: Iterable[str] = (),
+    slot: int = 0,
+    live_ids: Iterable[str] | None = None,
+) -> dict:
+    """The container's endpoint on ``network`` (a dict kept in its spec).
+    ``live_ids``: the containers that exist, so the leases of removed ones (a
+    crash, an ``--rm`` that ended) are swept before a full network says so."""
+    net = network_named(root, network)
+    aliases = list(aliases)
+    if net.name == DEFAULT_NETWORK and (ip or aliases):
+        # dockerd's words: addresses and aliases are for user-defined networks
+        what = "user specified IP address" if ip else "network-scoped alias"
+        raise UserError(f"{what} is supported only for containers in user defined networks")
+    ipam = IPAM(root)
+    try:
+        address = ipam.allocate(net.name, container_id, ip)
+    except UserError:
+        if live_ids is None or not ipam.sweep(live_ids):
+            raise
+        address = ipam.allocate(net.name, container_id, ip)
+    names = [name, *aliases] if net.name != DEFAULT_NETWORK else []
+    if names and hostname not in names:
+        names.append(hostname)
+    ipam.set_endpoint(net.name, container_id, {"names": names, "hosts": hosts_file, "slot": slot})
+    endpoint = {
+        "network": net.name,
+        "network_id": net.id,
+        "bridge": net.bridge,
+        "subnet": net.subnet,
+        "ip": address,
+        "prefix": net.net.prefixlen,
+        "gateway": net.gateway,
+        "internal": net.internal,
+        "mac": mac_for(address),
+        "aliases": aliases,
+        "slot": slot,
+        "ifname": f"eth{slot}",
+        "fixed": ip is not None,
+    }
+    refresh_hosts(root, [net.name])
+    return endpoint
+
+
+def hosts_text(root: str | os.PathLike[str], container_id: str, hostname: str) -> str:
+    """The container's /etc/hosts: localhost, its own address and name, and on
+    user-defined networks every peer by name and aliases (the default ``bridge``
+    network has no names, as Docker's default network has none)."""
+    ipam = IPAM(root)
+    own: list[str] = []
+    peers: dict[str, list[str]] = {}
+    for net_name in ipam.names():
+        members = ipam.endpoints(net_name)
+        if container_id not in members:
+            continue
+        own.append(members[container_id]["ip"])
+        if net_name == DEFAULT_NETWORK:
+            continue
+        for cid, info in members.items():
+            if cid != container_id and info.get("names"):
+                peers.setdefault(info["ip"], []).extend(info["names"])
+    lines = [HOSTS_HEAD]
+    lines += [f"{ip}\t{hostname}\n" for ip in own[:1]] or [f"127.0.1.1\t{hostname}\n"]
+    for ip in sorted(peers, key=ipaddress.IPv4Address):
+        lines.append(f"{ip}\t{' '.join(dict.fromkeys(peers[ip]))}\n")
+    return "".join(lines)
+
+
+def refresh_hosts(root: str | os.PathLike[str], networks: Iterable[str]) -> None:
+    """Rewrite the /etc/hosts of every container on ``networks``. In place, not
+    by rename: the container sees the file through a bind mount of its inode,
+    and a renamed-over file would leave it looking at the old one. A flock on
+    the file keeps two rewrites from interleaving."""
+    ipam = IPAM(root)
+    seen: set[str] = set()
+    for net_name in networks:
+        if net_name not in ipam.names():
+            continue
+        for cid, info in ipam.endpoints(net_name).items():
+            path = info.get("hosts")
+            if cid in seen or not path or not os.path.exists(path):
+                continue
+            seen.add(cid)
+            hostname = Path(path).with_name("hostname")
+            name = hostname.read_text().strip() if hostname.exists() else cid[:12]
+            write_in_place(path, hosts_text(root, cid, name))
+
+
+def write_in_place(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)
+    finally:
+        os.close(fd)
+
+
+def resolv_conf(host_text: str, *, own_netns: bool) -> str:
+    """The container's /etc/resolv.conf from the host's, as Docker makes it: in a
+    network namespace of its own, the host's loopback resolvers (systemd-resolved's
+    127.0.0.53, a local dnsmasq) are unreachable, so they are dropped, and with
+    none left Google's public servers are written (Docker's fallback)."""
+    if not own_netns:
+        return host_text
+    kept, servers = [], 0
+    for line in host_text.splitlines():
+        words = line.split()
+        if words[:1] == ["nameserver"] and len(words) > 1:
+            try:
+                if ipaddress.ip_address(words[1].split("%")[0]).is_loopback:
+                    continue
+            except ValueError:
+                continue
+            servers += 1
+        kept.append(line)
+    if not servers:
+        kept += [f"nameserver {ip}" for ip in FALLBACK_DNS]
+    return "\n".join(kept) + "\n"
+
+
+# --- 2. connect, at each start
+
+
+def connect(container_id: str, pid: int, endpoints: list[dict], ports: list[dict]) -> None:
+    """Wire the network namespace of ``pid`` (the container's first process, not
+    yet exec'd, or a running one at ``network connect``) to each endpoint's
+    bridge; eth0's network carries the default route and the published ports.
+    Undone on failure (the caller kills ``pid``: the veths go with its namespace)."""
+    from . import firewall
+
+    for ep in endpoints:
+        gateway_cidr = f"{ep['gateway']}/{ep['prefix']}"
+        bridge.ensure_bridge(ep["bridge"], gateway_cidr)
+        firewall.add_network(ep["bridge"], ep["subnet"], ep["internal"])
+        route = None if ep["internal"] or ep["slot"] else ep["gateway"]
+        bridge.attach(
+            ep["bridge"],
+            container_id,
+            pid,
+            f"{ep['ip']}/{ep['prefix']}",
+            route,
+            ifname=ep["ifname"],
+            mac=ep["mac"],
+            slot=ep["slot"],
+        )
+    if ports and endpoints:
+        from .ports import PortBinding
+
+        first = endpoints[0]
+        bindings = [PortBinding(**p) for p in ports]
+        firewall.publish(container_id, first["ip"], first["bridge"], bindings)
+
+
+# --- 3. stopped
+
+
+def stopped(container_id: str, ports: list[dict]) -> None:
+    """The container's process ended: free its published ports (its veths died
+    with its network namespace)."""
+    if ports:
+        from . import firewall
+
+        firewall.unpublish(container_id)
+
+
+# --- 4. release
+
+
+def release(root: str | os.PathLike[str], container_id: str, network: str | None = None) -> None:
+    """Give back the container's leases (on ``network``, or on every network: also
+    after a crash left no spec), its veths and rules, and tell the peers."""
+    if network is not None:
+        return _release_one(root, container_id, network)
+    ipam = IPAM(root)
+    touched = []
+    for net_name in ipam.names() if network is None else [network]:
+        if ipam.release(net_name, container_id):
+            touched.append(net_name)
+    if network is None:
+        from . import firewall
+
+        firewall.unpublish(container_id)
+    # No veth to delete: ``rm`` comes after the container's processes ended, and
+    # the kernel deletes a veth pair with the network namespace of either end.
+    refresh_hosts(root, touched)
+
+
+def _release_one(root: str | os.PathLike[str], container_id: str, network: str) -> None:
+    """``network disconnect``: the lease on one network, and the veth of that slot
+    when the container runs."""
+    ipam = IPAM(root)
+    info = ipam.endpoints(network).get(container_id)
+    if info is None:
+        raise UserError(f"container {container_id[:12]} is not connected to network {network}")
+    slot = int(info.get("slot", 0))
+    ipam.release(network, container_id)
+    if os.path.exists(f"/sys/class/net/{bridge.host_ifname(container_id, slot)}"):
+        bridge.detach(container_id, slot)
+    refresh_hosts(root, [network])
