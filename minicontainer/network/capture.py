@@ -38,6 +38,7 @@ ETH_P_ALL = 0x0003  # <linux/if_ether.h>: every protocol
 ETH_P_IP, ETH_P_ARP, ETH_P_IPV6, ETH_P_8021Q = 0x0800, 0x0806, 0x86DD, 0x8100
 PACKET_OUTGOING = 4  # <linux/if_packet.h>: sll_pkttype of a frame this host sent
 ARPHRD_LOOPBACK = 772  # <linux/if_arp.h>: sll_hatype of lo
+SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_MR_PROMISC = 263, 1, 1  # not in Python's socket
 CLONE_NEWNET = 0x40000000
 KEEP = 10_000  # packets kept at most: a container may flood the interface
 SNAPLEN = 65_535
@@ -254,7 +255,11 @@ class Capture:
 
     ``netns_pid`` (or an open ``netns_fd``): the interface is in that process's
     network namespace (a container's ``eth0``). ``count``: stop after that many
-    kept packets. ``filter``: which packets to keep (see ``_as_filter``). The
+    kept packets. ``filter``: which packets to keep (see ``_as_filter``).
+    ``promisc`` (tcpdump's default too): the interface takes frames addressed to
+    other MAC addresses as well; on a bridge, that is what shows the traffic it
+    forwards between two containers, not only what is for the host. The kernel
+    counts it per socket and drops it when the socket closes. The
     socket is bound before ``__enter__`` returns, so nothing sent afterwards is
     missed; leaving the block (or ``stop()``) closes it and ends the thread."""
 
@@ -266,8 +271,10 @@ class Capture:
         filter: Filter | str | None = None,  # tcpdump's word
         *,
         netns_fd: int | None = None,
+        promisc: bool = True,
         keep: int = KEEP,
     ) -> None:
+        self.promisc = promisc
         self.ifname = ifname
         self.netns_pid = netns_pid
         self.count = count
@@ -284,9 +291,9 @@ class Capture:
 
     @property
     def where(self) -> str:
-        return f"{self.ifname} (network namespace of process {self.netns_pid})" if (
-            self.netns_pid is not None
-        ) else self.ifname  # fmt: skip
+        if self.netns_pid is None:
+            return self.ifname
+        return f"{self.ifname} (network namespace of process {self.netns_pid})"
 
     # -- lifecycle
 
@@ -365,6 +372,10 @@ class Capture:
             raise UserError(ROOT_HINT) from None
         try:
             sock.bind((self.ifname, ETH_P_ALL))
+            if self.promisc:  # packet(7) PACKET_ADD_MEMBERSHIP; struct packet_mreq
+                index = socket.if_nametoindex(self.ifname)  # in this thread's namespace
+                mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
+                sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
         except OSError as e:
             sock.close()
             if e.errno in (errno.ENODEV, errno.ENXIO):
