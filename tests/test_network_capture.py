@@ -161,7 +161,19 @@ def test_any_bytes_parse() -> None:
         assert isinstance(parse(bytes(frame[: rng.randrange(len(frame) + 1)])), Packet)
 
 
-def test_a_bad_filter_is_a_user_error() -> None:
+def test_filters_by_protocol_name() -> None:
+    from minicontainer.network.capture import _as_filter
+
+    frames = {
+        "arp": parse(arp(1, MAC_A, "10.0.0.1", b"\0" * 6, "10.0.0.2")),
+        "syn": parse(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1, 2, 2))),
+        "gre": parse(ipv4("10.0.0.1", "10.0.0.2", 47, b"gre!")),
+        "echo": parse(ipv4("10.0.0.1", "10.0.0.2", 1, struct.pack("!BBHI", 8, 0, 0, 0))),
+    }
+    kept = {spec: sorted(k for k, p in frames.items() if _as_filter(spec)(p))
+            for spec in ("arp", "tcp or icmp", "ip", "UDP")}  # fmt: skip
+    assert kept == {"arp": ["arp"], "tcp or icmp": ["echo", "syn"], "ip": ["echo", "gre", "syn"],
+                    "UDP": []}  # fmt: skip
     with pytest.raises(UserError, match="invalid capture filter 'dns'"):
         Capture("lo", filter="dns")
 
@@ -322,6 +334,11 @@ def test_capture_inside_the_namespace_with_filter_and_count(lab: Lab) -> None:
         while cap.running and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not cap.running
+        # Nothing more will come: wait_for answers at once instead of waiting WAIT.
+        assert cap.wait_for(lambda p: p.info == "echo request", timeout=WAIT).outgoing
+        assert cap.wait_for(lambda p: False, timeout=WAIT) is None
+    with pytest.raises(UserError, match="started already"):
+        cap.start()
     assert [(p.info, p.outgoing) for p in cap.packets] == [
         ("echo request", True),  # sent by that namespace: outgoing on its eth0
         ("echo reply", False),
