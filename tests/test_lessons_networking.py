@@ -145,6 +145,12 @@ def test_graph_and_table_show_the_cables(lab: Lab) -> None:
     (end_row,) = [ln for ln in lines if f" {web_end.name} " in ln]
     assert f"bridge {lab.bridge}, veth peer web:eth0" in end_row
     assert not any(ln.startswith("db ") for ln in lines)
+    host_rows = sorted(ln.split()[1] for ln in lines if ln.startswith("host "))
+    assert host_rows == sorted(i.name for i in topo.host.interfaces)  # all the host's
+    # Only lo of the host's, and what joins the shown container to it.
+    table = networking.interfaces_table(topo, containers=["web"], host_interfaces=["lo"])
+    host_rows = sorted(ln.split()[1] for ln in table.splitlines() if ln.startswith("host "))
+    assert host_rows == sorted(["lo", lab.bridge, web_end.name])
 
 
 def test_a_gone_process_is_a_user_error() -> None:

@@ -169,13 +169,34 @@ def topology(container_pids: dict[str, int] | None = None) -> Topology:
 # --------------------------------------------------------------------------- showing
 
 
-def interfaces_table(topology: Topology, containers: Collection[str] | None = None) -> str:
-    """A text table: the host's interfaces, then each container's (or only those
-    named), with kind, state, addresses and what each is attached to."""
+def _host_shown(
+    topology: Topology, host_interfaces: Collection[str] | None, containers: Collection[str]
+) -> set[str] | None:
+    """The host's interfaces to show: None for all; else those named, and the host
+    ends of the shown containers' cables with their bridges."""
+    if host_interfaces is None:
+        return None
+    cables = [c for c in topology.cables if c.container in containers]
+    ends = {c.host_end for c in cables} | {c.bridge for c in cables if c.bridge}
+    return set(host_interfaces) | ends
+
+
+def interfaces_table(
+    topology: Topology,
+    containers: Collection[str] | None = None,
+    host_interfaces: Collection[str] | None = None,
+) -> str:
+    """A text table: the host's interfaces, then each container's, with kind,
+    state, addresses and what each is attached to. ``containers``: only those;
+    ``host_interfaces``: of the host's, only those and the ends of the shown
+    containers' veth pairs (a laptop running Docker has many)."""
     rows = [("NAMESPACE", "INTERFACE", "KIND", "STATE", "ADDRESS", "ATTACHED TO")]
     chosen = [c for c in topology.containers if containers is None or c.name in containers]
+    keep = _host_shown(topology, host_interfaces, [c.name for c in chosen])
     for ns in [topology.host, *chosen]:
         for i in ns.interfaces:
+            if ns is topology.host and keep is not None and i.name not in keep:
+                continue
             attached = []
             if i.master:
                 attached.append(f"bridge {i.master}")
@@ -212,10 +233,7 @@ def to_graphviz(topology: Topology, host_interfaces: Collection[str] | None = No
     g.attr(rankdir="TB", fontname="Helvetica", nodesep="0.3", ranksep="0.7")
     g.attr("node", fontname="Helvetica", fontsize="10", shape="box", style="rounded,filled")
     g.attr("edge", fontname="Helvetica", fontsize="9", arrowsize="0.7")
-    keep = None if host_interfaces is None else set(host_interfaces)
-    if keep is not None:
-        keep |= {c.host_end for c in topology.cables}
-        keep |= {c.bridge for c in topology.cables if c.bridge}
+    keep = _host_shown(topology, host_interfaces, [c.name for c in topology.containers])
     ids: dict[tuple[str, str], str] = {}
     for n, ns in enumerate([topology.host, *topology.containers]):
         with g.subgraph(name=f"cluster_{n}") as box:
