@@ -215,6 +215,7 @@ def test_without_pyroute2_routes_still_count_and_bridges_name_the_install(
     from minicontainer.network import bridge
 
     monkeypatch.setitem(sys.modules, "pyroute2", None)  # `import pyroute2` -> ImportError
+    monkeypatch.setattr(bridge, "_LOADED", None)  # as if never loaded in this process
     assert ipam.host_networks() == ipam._proc_routes()
     with pytest.raises(UserError, match=r"needs pyroute2: pip install 'pyroute2>=0.7'"):
         bridge.ensure_bridge("mctx", "10.0.0.1/24")

@@ -130,7 +130,7 @@ def _container(ipr: Any, name: str, pid: int) -> Namespace:
     try:
         inode = os.readlink(f"/proc/self/fd/{fd}")
         nsid = (ipr.get_netnsid(fd=fd) or {}).get("nsid")
-        with bridge._netlink(f"the network namespace of {name}"), bridge._ipr(fd) as ns:
+        with bridge.route_socket(f"the network namespace of {name}", fd) as ns:
             interfaces = _interfaces(ns)
     finally:
         os.close(fd)
@@ -145,7 +145,7 @@ def topology(container_pids: dict[str, int] | None = None) -> Topology:
     Two ends are peers when each one's IFLA_LINK is the other's index and the
     host end's IFLA_LINK_NETNSID is the container's namespace: indexes alone are
     not enough, every namespace counts its own from 1."""
-    with bridge._netlink("the host's interfaces"), bridge._ipr() as ipr:
+    with bridge.route_socket("the host's interfaces") as ipr:
         me = os.readlink("/proc/thread-self/ns/net")
         host = Namespace("host", None, me, None, _interfaces(ipr))
         containers = [_container(ipr, n, p) for n, p in (container_pids or {}).items()]

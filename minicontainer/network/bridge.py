@@ -105,6 +105,15 @@ def _ipr(netns_fd: int | None = None) -> Any:
     return nl.IPRoute(netns=netns_fd, flags=0)
 
 
+@contextlib.contextmanager
+def route_socket(what: str, netns_fd: int | None = None) -> Iterator[Any]:
+    """An rtnetlink socket (IPRoute) for readers outside this module, such as the
+    topology lesson: in the namespace ``netns_fd`` names, errors as one line
+    naming ``what``."""
+    with _netlink(what), _ipr(netns_fd) as ipr:
+        yield ipr
+
+
 def _index(ipr: Any, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None
