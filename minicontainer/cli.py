@@ -505,6 +505,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         build_args=build_args,
         no_cache=args.no_cache,
         progress=not args.quiet,
+        network=args.network,
     )
     print(result.image.id if args.quiet else f"Successfully built {result.image.id[7:19]}")
     if args.tag and not args.quiet:
@@ -835,6 +836,7 @@ def args_build(s: argparse.ArgumentParser) -> None:
     s.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
     s.add_argument("--build-arg", action="append", default=[], metavar="K=V")
     s.add_argument("--no-cache", action="store_true")
+    s.add_argument("--network", metavar="bridge|none|host|NAME", help="for RUN (default: bridge)")
     s.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     s.add_argument("context")
 

@@ -5,7 +5,7 @@ Each step turns a *state* (layers, diff_ids, image config with history) into the
 next one:
   - RUN runs in a real container of the runtime over the state, whose writable
     layer becomes the step's layer through image/commit.py (the same diff as
-    `minicontainer commit`); it has its own network namespace (RUN_NETWORK);
+    `minicontainer commit`); it joins the build's network (default: bridge);
   - COPY/ADD write their layer straight from the context (or another stage's
     files, read as that stage's own root), without a container, through
     context.py's Tree (symlinks followed inside the tree only, reads by
@@ -63,9 +63,10 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
-# RUN steps get their own network namespace (only lo): a Dockerfile from
-# anywhere must not reach the host's services. "bridge" once networking lands.
-RUN_NETWORK = "none"
+# RUN steps join the default bridge network as root (docker build does: a build
+# can download where the network allows), none rootless (no veth without root);
+# `build --network none|host|NAME` chooses.
+BUILD_NETWORKS = ("default", "bridge", "none", "host")
 # Build args Docker accepts without an ARG line (proxy settings).
 PREDEFINED_ARGS = {
     "HTTP_PROXY",
@@ -154,6 +155,7 @@ def build(
     labels: dict[str, str] | None = None,
     output: Callable[[str], None] | None = None,
     dockerfile_in_context: bool = False,
+    network: str | None = None,
 ) -> BuildResult:
     """Build the Dockerfile (default CONTEXT/Dockerfile) into an image tagged `tag`.
 
@@ -162,7 +164,10 @@ def build(
     `output` gets each line the build prints (then no bar and nothing on stdout:
     minicontainerd streams them); with `dockerfile_in_context` the `dockerfile` is a
     path inside the context, read through it like a COPY source (a daemon must
-    not read a file its client names on the host)."""
+    not read a file its client names on the host); `network` is what RUN steps
+    join (``docker build --network``: default/bridge, none, host or a network)."""
+    if network in (None, "default"):
+        network = "bridge" if os.geteuid() == 0 else "none"
     if tag:
         normalize_ref(tag)  # a bad tag fails before any step runs
         if "@" in tag:
@@ -195,6 +200,7 @@ def build(
             quoted = " ".join(f"{_single_quoted(k)}={_single_quoted(v)}" for k, v in labels.items())
             instructions.append(Instruction("LABEL", quoted, 0, f"LABEL {quoted}"))
         b = _Builder(rt, ctx, shown, dict(build_args or {}), no_cache, progress, output)
+        b.network = network
         return b.run(instructions, tag)
 
 
@@ -229,6 +235,7 @@ class _Builder:
         output: Callable[[str], None] | None = None,
     ) -> None:
         self.rt = rt
+        self.network = "none"
         self.output = output
         self.store = rt.store
         self.ctx = ctx
@@ -531,7 +538,7 @@ class _Builder:
         result = None
         try:
             result = self.rt.run(
-                image.id, argv, env=run_env, remove=False, network=RUN_NETWORK, entrypoint=None
+                image.id, argv, env=run_env, remove=False, network=self.network, entrypoint=None
             )
             if (self.progress or self.output) and (result.stdout or result.stderr):
                 self.say(result.stdout + result.stderr)

@@ -431,6 +431,7 @@ def _build_options(query: Query) -> dict[str, Any]:
         "labels": {k: v for k, v in _json_map(query, "labels").items() if v is not None},
         "dockerfile": _last(query, "dockerfile") or "Dockerfile",
         "target": _last(query, "target") or None,
+        "network": _last(query, "networkmode") or None,  # docker build --network
     }
 
 

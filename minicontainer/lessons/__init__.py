@@ -9,6 +9,8 @@ setup check, and the pictures and widgets that show the results.
                 the process trees under it and under dockerd (notebook 08)
     security    capabilities, no_new_privs, seccomp, the device cgroup, the sealed
                 init, each tried from inside a container (notebook 09)
+    networking  a container's interfaces and the veth/bridge topology, read from
+                netlink and drawn (notebook 10)
     viz         graphviz drawings and ipywidgets, thin views over the above and
                 over the models of image/ and lab/ (notebook 07's re-run widget)
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import Conflict, UserError
 
-INSTALL_HINT = "pip install 'pyroute2>=0.7' (or `make setup`, which installs the network extra)"
+INSTALL_HINT = "pip install 'pyroute2>=0.7' (or `make setup`), or run with --network none"
 IFNAMSIZ = 16  # with the NUL: at most 15 characters (linux/if.h)
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _IFNAME = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
