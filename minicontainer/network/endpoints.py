@@ -35,7 +35,7 @@ from pathlib import Path
 from ..errors import UserError
 from . import bridge
 from .ipam import IPAM
-from .objects import DEFAULT_NETWORK, network_named
+from .objects import DEFAULT_NETWORK, ipam_of, ipams, network_named, networks
 
 HOSTS_HEAD = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 FALLBACK_DNS = ("8.8.8.8", "8.8.4.4")  # what Docker writes when the host has only local resolvers
@@ -71,17 +71,19 @@ def join(
         # dockerd's words: addresses and aliases are for user-defined networks
         what = "user specified IP address" if ip else "network-scoped alias"
         raise UserError(f"{what} is supported only for containers in user defined networks")
-    ipam = IPAM(root)
+    ipam = ipam_of(root, net.name)
+    owner = str(root) if net.name == DEFAULT_NETWORK else None
     try:
         address = ipam.allocate(net.name, container_id, ip)
     except UserError:
-        if live_ids is None or not ipam.sweep(live_ids):
+        if live_ids is None or not ipam.sweep(live_ids, owner):
             raise
         address = ipam.allocate(net.name, container_id, ip)
     names = [name, *aliases] if net.name != DEFAULT_NETWORK else []
     if names and hostname not in names:
         names.append(hostname)
-    ipam.set_endpoint(net.name, container_id, {"names": names, "hosts": hosts_file, "slot": slot})
+    info = {"names": names, "hosts": hosts_file, "slot": slot, "root": str(root)}
+    ipam.set_endpoint(net.name, container_id, info)
     endpoint = {
         "network": net.name,
         "network_id": net.id,
@@ -97,19 +99,24 @@ def join(
         "ifname": f"eth{slot}",
         "fixed": ip is not None,
     }
+    if hosts_file and os.path.exists(hosts_file):
+        write_in_place(hosts_file, hosts_text(root, container_id, hostname))
     refresh_hosts(root, [net.name])
     return endpoint
+
+
+def _memberships(root: str | os.PathLike[str]) -> list[tuple[str, dict[str, dict]]]:
+    """(network, {container id: endpoint}) for every network the root's containers use."""
+    return [(name, ipam.endpoints(name)) for ipam in ipams(root) for name in ipam.names()]
 
 
 def hosts_text(root: str | os.PathLike[str], container_id: str, hostname: str) -> str:
     """The container's /etc/hosts: localhost, its own address and name, and on
     user-defined networks every peer by name and aliases (the default ``bridge``
     network has no names, as Docker's default network has none)."""
-    ipam = IPAM(root)
     own: list[str] = []
     peers: dict[str, list[str]] = {}
-    for net_name in ipam.names():
-        members = ipam.endpoints(net_name)
+    for net_name, members in _memberships(root):
         if container_id not in members:
             continue
         own.append(members[container_id]["ip"])
@@ -133,8 +140,8 @@ def refresh_hosts(root: str | os.PathLike[str], networks: Iterable[str]) -> None
     ipam = IPAM(root)
     seen: set[str] = set()
     for net_name in networks:
-        if net_name not in ipam.names():
-            continue
+        if net_name == DEFAULT_NETWORK or net_name not in ipam.names():
+            continue  # no names on the default network: its members' files never change
         for cid, info in ipam.endpoints(net_name).items():
             path = info.get("hosts")
             if cid in seen or not path or not os.path.exists(path):
@@ -231,11 +238,11 @@ def release(root: str | os.PathLike[str], container_id: str, network: str | None
     after a crash left no spec), its veths and rules, and tell the peers."""
     if network is not None:
         return _release_one(root, container_id, network)
-    ipam = IPAM(root)
     touched = []
-    for net_name in ipam.names() if network is None else [network]:
-        if ipam.release(net_name, container_id):
-            touched.append(net_name)
+    for ipam in ipams(root):
+        for net_name in ipam.names():
+            if ipam.release(net_name, container_id):
+                touched.append(net_name)
     if network is None:
         from . import firewall
 
@@ -248,7 +255,7 @@ def release(root: str | os.PathLike[str], container_id: str, network: str | None
 def _release_one(root: str | os.PathLike[str], container_id: str, network: str) -> None:
     """``network disconnect``: the lease on one network, and the veth of that slot
     when the container runs."""
-    ipam = IPAM(root)
+    ipam = ipam_of(root, network)
     info = ipam.endpoints(network).get(container_id)
     if info is None:
         raise UserError(f"container {container_id[:12]} is not connected to network {network}")
@@ -257,3 +264,37 @@ def _release_one(root: str | os.PathLike[str], container_id: str, network: str) 
     if os.path.exists(f"/sys/class/net/{bridge.host_ifname(container_id, slot)}"):
         bridge.detach(container_id, slot)
     refresh_hosts(root, [network])
+
+
+# --- repair
+
+
+def sweep(
+    root: str | os.PathLike[str], live_ids: Iterable[str], running_ids: Iterable[str]
+) -> list[str]:
+    """What a crash left (a SIGKILLed supervisor or daemon, a power cut): leases
+    of containers that no longer exist, published ports of containers that no
+    longer run, firewall rules of bridges that are gone. One line per repair.
+    Only this state root's own are touched: a published port is swept when its
+    address is in one of this root's networks (other roots' networks cannot
+    overlap ours: their bridges' routes are on the host, and subnets are chosen
+    clear of those)."""
+    from . import firewall
+
+    live_ids = list(live_ids)
+    own, default = IPAM(root), ipam_of(root, DEFAULT_NETWORK)
+    freed = own.sweep(live_ids)
+    if default.dir.resolve() != own.dir.resolve():
+        freed += default.sweep(live_ids, owner=str(root))
+    refresh_hosts(root, {net for net, _, _ in freed})
+    lines = [f"lease {ip} on {net}: container {cid[:12]} is gone" for net, ip, cid in freed]
+    subnets = [ipaddress.IPv4Network(n.subnet) for n in networks(root)]
+    running = {c[:12] for c in running_ids}
+    others = {
+        p["container"]
+        for p in firewall.published()
+        if not any(ipaddress.IPv4Address(p["container_ip"]) in net for net in subnets)
+    }
+    bridges = set(os.listdir("/sys/class/net"))
+    lines += firewall.sweep(running | others, bridges)
+    return lines

@@ -404,6 +404,12 @@ def _published(objs: list[dict[str, Any]] | None) -> list[tuple[dict[str, Any], 
     ]
 
 
+def published() -> list[dict[str, Any]]:
+    """Every published port: its container (the 12 hex of the rule's tag), and
+    _publish_fields's host_ip, proto, host_port, container_ip, container_port."""
+    return [{"container": r["comment"][len(PUB_TAG) :], **f} for r, f in _published(_table())]
+
+
 def published_ports() -> set[tuple[str, int]]:
     """(proto, host port) of every published port, for ports.choose_host_ports."""
     return {(f["proto"], f["host_port"]) for _, f in _published(_table())}

@@ -371,15 +371,25 @@ class IPAM:
         leases = self._read_leases(name)
         return {cid: {**known.get(cid, {}), "ip": ip} for ip, cid in leases.items()}
 
-    def sweep(self, live_ids: Iterable[str]) -> list[tuple[str, str, str]]:
+    def sweep(
+        self, live_ids: Iterable[str], owner: str | None = None
+    ) -> list[tuple[str, str, str]]:
         """Free every lease whose container is not in ``live_ids`` (the containers
-        that still exist): the repair after a crash. Returns (network, ip, id)."""
+        that still exist): the repair after a crash. With ``owner``, only leases
+        whose endpoint says ``root: owner`` (a network several roots share).
+        Returns (network, ip, id)."""
         live = set(live_ids)
         freed: list[tuple[str, str, str]] = []
         with self._locked():
             for name in self.names():
                 leases = self._read_leases(name)
-                dead = {ip: cid for ip, cid in leases.items() if cid not in live}
+                known = self._read_endpoints(name) if owner is not None else {}
+                dead = {
+                    ip: cid
+                    for ip, cid in leases.items()
+                    if cid not in live
+                    and (owner is None or known.get(cid, {}).get("root") == owner)
+                }
                 if dead:
                     for ip, cid in dead.items():
                         del leases[ip]

@@ -20,6 +20,7 @@ from .ipam import IPAM, Network
 
 DEFAULT_NETWORK = "bridge"  # Docker's name for its default network, made at first use
 DEFAULT_BRIDGE = "mc0"  # Docker's is docker0
+SYSTEM_ROOT = "/var/lib/minicontainer"  # runtime/state.py's default root as root
 # none and host: modes with no network object; bridge: the default network's name
 PREDEFINED = ("bridge", "host", "none")
 
@@ -46,10 +47,28 @@ def create(
     return net
 
 
+def ipam_of(root: str | os.PathLike[str], network: str) -> IPAM:
+    """Where a network's record and leases live. User-defined networks belong to
+    their state root. The default network is the host's, as docker0 is: one
+    bridge ``mc0``, one subnet and one lease file for every state root on the
+    host (the system root's), so that two roots (a test's, the daemon's, the
+    user's) never hand out one address twice on one bridge, nor take a subnet
+    each. Each lease's endpoint records its root, so a root sweeps only its own."""
+    if network == DEFAULT_NETWORK and os.geteuid() == 0:
+        return IPAM(SYSTEM_ROOT)
+    return IPAM(root)
+
+
+def ipams(root: str | os.PathLike[str]) -> list[IPAM]:
+    """The root's own networks and the host's default one (once, if they coincide)."""
+    own, default = IPAM(root), ipam_of(root, DEFAULT_NETWORK)
+    return [own] if own.dir.resolve() == default.dir.resolve() else [own, default]
+
+
 def default_network(root: str | os.PathLike[str]) -> Network:
     """The network ``bridge`` on ``mc0``, recorded the first time a container needs
     it (its bridge is made at the container's start, endpoints.connect)."""
-    ipam = IPAM(root)
+    ipam = ipam_of(root, DEFAULT_NETWORK)
     if DEFAULT_NETWORK not in ipam.names():
         with contextlib.suppress(Conflict):  # a concurrent first run made it: fine
             ipam.create(DEFAULT_NETWORK, bridge=DEFAULT_BRIDGE)
@@ -65,12 +84,11 @@ def network_named(root: str | os.PathLike[str], ref: str) -> Network:
 
 def lookup(root: str | os.PathLike[str], ref: str) -> Network:
     """By name, full id or a unique id prefix (as dockerd resolves networks)."""
-    ipam = IPAM(root)
-    networks = ipam.list()
-    for net in networks:
+    known = networks(root)
+    for net in known:
         if ref in (net.name, net.id):
             return net
-    matches = [n for n in networks if ref and n.id.startswith(ref)]
+    matches = [n for n in known if ref and n.id.startswith(ref)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -86,6 +104,8 @@ def remove(
     if ref in PREDEFINED:
         raise UserError(f"{ref} is a pre-defined network and cannot be removed")
     net = lookup(root, ref)
+    if net.name in PREDEFINED:
+        raise UserError(f"{net.name} is a pre-defined network and cannot be removed")
     ipam = IPAM(root)
     if live_ids is not None:
         ipam.sweep(live_ids)
@@ -98,4 +118,5 @@ def remove(
 
 
 def networks(root: str | os.PathLike[str]) -> list[Network]:
-    return IPAM(root).list()
+    """The root's networks and, once a container used it, the default ``bridge``."""
+    return sorted((n for ipam in ipams(root) for n in ipam.list()), key=lambda n: n.name)
