@@ -5,8 +5,9 @@ A rootless container cannot have a veth on the host (that needs CAP_NET_ADMIN
 in the host's network namespace), so its namespace gets a tap device instead,
 and a process on the host, pasta (Debian package ``passt``, pasta(1)), turns
 the frames written to it into ordinary TCP/UDP sockets of the user's own, and
-back. Published ports are sockets pasta listens on in the host's namespace;
-what arrives is spliced to a socket it opens inside the container's namespace.
+back. Published ports are sockets pasta listens on in the host's namespace:
+what comes from the host's loopback is spliced to a socket pasta opens inside
+the container's namespace, anything else goes through the tap device.
 
 What the container sees (``--config-net``): pasta copies the host's own
 configuration, so the container's ``eth0`` has the *host's* address and prefix
@@ -27,22 +28,33 @@ The options are chosen because containers are hostile:
     local-only service of the host (a database on 127.0.0.1, a daemon's API).
 ``--no-map-gw``
     otherwise connections to the gateway's address are delivered to the
-    host's loopback, the same hole by another address.
+    host's loopback, the same hole by another address. The price: from the
+    host itself a published port answers on 127.0.0.1 only, not on the
+    host's own address (pasta gives such packets the gateway's address as
+    source, and the answers to it are no longer mapped back). From other
+    machines it answers as usual.
 ``-t none -u none`` when nothing is published
     the default ``auto`` publishes every port the container listens on (and
     ``-t`` without ``-u`` would forward UDP on the same numbers too).
 ``--dns-forward 169.254.1.1``
     the host's resolver may be on its loopback (systemd-resolved's
     127.0.0.53), which the container cannot reach (see ``--no-map-gw``);
-    pasta sends UDP port 53 to this address on to the host's first resolver
-    in /etc/resolv.conf, so the container's resolv.conf names it
+    pasta sends UDP port 53 to this address on to the first nameserver of
+    the host's /etc/resolv.conf (loopback or not; pasta reads it in its own,
+    the host's, mount namespace; ``--dns`` does not change where forwarded
+    queries go in this version), so the container's resolv.conf names it
     (``resolv_conf``). Podman uses the same link-local address. Only UDP:
     a resolver answer that needs TCP fails.
 
+Known to fail in this version: a published UDP port whose host number differs
+from the container's loses the answers to datagrams from the host's loopback
+(the splice path); from other machines it works.
+
 Lifetime. pasta joins the namespace with its tap device open, which keeps the
-network namespace alive, so it never sees the namespace go and (this version,
-0.0~git20230309) never exits by itself when the container's processes end:
-tried, it ran on with the namespace emptied. So every pasta has a *watcher*, a
+network namespace alive, and it quits by itself only when a namespace bound to
+the filesystem (``--netns PATH``, ip-netns(8)) is deleted (inotify on its
+directory): for a PID target this version (0.0~git20230309) runs on after the
+container's processes ended (tried). So every pasta has a *watcher*, a
 small Python process (``_watch``) that is pasta's parent: it runs pasta in the
 foreground with PR_SET_PDEATHSIG=SIGKILL (prctl(2)), holds a pidfd
 (pidfd_open(2)) of the container's first process, and when that process ends
@@ -83,7 +95,7 @@ from ..errors import UserError
 PASTA = "pasta"
 TUN = "/dev/net/tun"
 INSTALL_HINT = "apt install passt"
-DNS_ADDRESS = "169.254.1.1"  # link-local: never a real host; pasta answers for it
+DNS_ADDRESS = "169.254.1.1"  # link-local, no real host has it: pasta forwards its port 53
 READY_TIMEOUT = 10.0  # seconds for pasta to configure the namespace and bind
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
