@@ -374,6 +374,25 @@ def test_pasta_exits_when_the_namespace_process_ends(rootless_user):
             os.close(watcher_fd)
 
 
+def fd_targets(pid: int) -> set[str]:
+    fds = Path(f"/proc/{pid}/fd")
+    return {os.readlink(fd) for fd in fds.iterdir()}
+
+
+@pytest.mark.rootless
+@pytest.mark.root
+def test_pasta_and_watcher_hold_nothing_of_the_caller(published):
+    # The driver (start's caller) talks to the test over pipes, as a container's
+    # stdio would be: neither pasta nor its watcher may keep one open.
+    driver = fd_targets(published.proc.pid)
+    caller_pipes = {t for t in driver if t.startswith("pipe:")}
+    assert caller_pipes
+    watcher = int(Path(f"/proc/{published.pasta}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    for pid in (published.pasta, watcher):
+        assert not fd_targets(pid) & caller_pipes, pid
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+
+
 @pytest.mark.rootless
 @pytest.mark.root
 def test_pasta_dies_with_its_watcher(rootless_user):
