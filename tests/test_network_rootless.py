@@ -180,9 +180,16 @@ class Session:
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.first: dict = {}
+        self.pasta: int | None = None
+        self.inner = 0
+        self.pasta_fd: int | None = None
+
+    def begin(self) -> None:
+        """Wait for start's outcome: {"pasta": PID, "inner": PID} or {"error": ...}."""
         self.first = self.read()
-        self.pasta: int | None = self.first.get("pasta")
-        self.inner: int = self.first.get("inner", 0)
+        self.pasta = self.first.get("pasta")
+        self.inner = self.first.get("inner", 0)
         # Held from now on: the pid cannot be reused under the test's feet.
         self.pasta_fd = pidfd(self.pasta) if self.pasta else None
 
@@ -220,15 +227,11 @@ class Session:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
-        # Whatever happened above, no pasta of ours stays.
+        # Whatever happened above, our pasta does not stay (a no-op if it ended).
         if self.pasta_fd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pasta_fd, signal.SIGKILL)
             os.close(self.pasta_fd)
-        if self.inner:
-            for pid in pastas_for(self.inner):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -239,6 +242,7 @@ def session(user, bindings=(), tcp=(), udp=()) -> Iterator[Session]:  # type: ig
     cfg = {"bindings": [list(b) for b in bindings], "tcp": list(tcp), "udp": list(udp)}
     s = Session(user, cfg)
     try:
+        s.begin()
         yield s
     finally:
         s.close()
