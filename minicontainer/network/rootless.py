@@ -158,6 +158,7 @@ def command(
     *,
     ifname: str = "eth0",
     log: str | None = None,
+    namespace_fds: tuple[int, int] | None = None,
 ) -> list[str]:
     """pasta's command line for the namespaces of ``pid`` (without ``--pid FILE``,
     which the watcher adds). Every default that would open a way into the host
@@ -188,6 +189,13 @@ def command(
     for flag in ("-t", "-u"):
         for spec in specs[flag] or ["none"]:
             argv += [flag, spec]
+    if namespace_fds is not None:
+        # The namespaces as descriptors the caller opened: a container's first
+        # process is non-dumpable (runtime/shim.py), so only its parent, the
+        # owner of its user namespace, may open its /proc/PID/ns files.
+        userns, netns = namespace_fds
+        argv += ["--userns", f"/proc/self/fd/{userns}", "--netns", f"/proc/self/fd/{netns}"]
+        return argv
     # PID form: pasta joins the user namespace of the process and its network
     # namespace (pasta(1): "--userns ... If PID is given, without this option,
     # the user namespace will be the one of the corresponding process").
@@ -255,13 +263,16 @@ def start(
     if not ok:
         raise UserError(why)
     bindings = list(bindings)
-    argv = command(pid, bindings, ifname=ifname, log=log)
-    argv[0] = why  # the full path: the watcher's PATH is not searched
     _precheck(bindings)
     try:
         pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
+        nsfds = tuple(
+            os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("user", "net")
+        )
+    except (ProcessLookupError, FileNotFoundError):
         raise UserError(f"cannot start pasta: process {pid} is gone") from None
+    argv = command(pid, bindings, ifname=ifname, log=log, namespace_fds=nsfds)  # type: ignore[arg-type]
+    argv[0] = why  # the full path: the watcher's PATH is not searched
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     package_parent = str(Path(__file__).resolve().parents[2])
     boot = (
@@ -276,7 +287,7 @@ def start(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             close_fds=True,
-            pass_fds=(pidfd, status_w),
+            pass_fds=(pidfd, status_w, *nsfds),
             start_new_session=True,
             cwd="/",
         )
@@ -286,6 +297,8 @@ def start(
     finally:
         os.close(pidfd)
         os.close(status_w)
+        for fd in nsfds:
+            os.close(fd)
     try:
         watcher.wait()  # the first fork exits at once (its child carries on)
         report = _read_all(status_r, timeout + STOP_GRACE + 5)
@@ -398,6 +411,8 @@ def _watch(args: list[str]) -> None:
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             close_fds=True,
+            # the namespaces' descriptors command() named as /proc/self/fd/N
+            pass_fds=[int(a.rsplit("/", 1)[1]) for a in argv if a.startswith("/proc/self/fd/")],
             preexec_fn=tie_to_watcher,
             cwd="/",
         )

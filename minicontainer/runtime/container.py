@@ -26,6 +26,7 @@ from typing import Any
 from .. import files
 from ..errors import EXIT_NOT_EXECUTABLE, Conflict, ContainerNotFound, NotSupported, UserError
 from ..network import endpoints, ports
+from ..network import rootless as rootless_net
 from ..network.objects import DEFAULT_NETWORK, network_named
 from ..record import Record
 from . import cgroups, console, devices, namespaces, rootfs, shim
@@ -663,19 +664,25 @@ def create(
         pids=_parse_pids(pids_limit),
     )
     rootless = os.geteuid() != 0
-    if network is None:  # Docker's default: the bridge network (rootless: none yet)
-        network = "none" if rootless else DEFAULT_NETWORK
+    if network is None:  # Docker's default: the bridge network; rootless, pasta's
+        network = (
+            ("pasta" if rootless_net.available()[0] else "none") if rootless else DEFAULT_NETWORK
+        )
     bridged = network not in NETWORK_MODES
     if bridged and rootless:
         raise NotSupported(
             f"rootless: network {network} needs a veth on the host, which needs root;"
-            " use --network none or host"
+            " use --network pasta, none or host"
         )
+    if network == "pasta":
+        ok, why = rootless_net.available()
+        if not rootless or not ok:
+            raise NotSupported(why if rootless else "--network pasta is for rootless containers")
     if (ip or network_aliases) and not bridged:
         raise UserError(f"--ip and --network-alias need a bridge network, not {network}")
     bindings = [b for text in publish for b in ports.parse_publish(text)]
-    if (bindings or publish_all) and not bridged:
-        raise UserError(f"published ports need a bridge network, not {network}")
+    if (bindings or publish_all) and not (bridged or network == "pasta"):
+        raise UserError(f"published ports need a bridge network (or pasta), not {network}")
     mounts = [parse_volume(v) for v in volumes]
     policy, _ = parse_restart(restart)
     if policy != "no" and auto_remove:
@@ -791,6 +798,9 @@ def create(
         for sub in ("upper", "work", "rootfs"):
             (directory / sub).mkdir()
         rootfs.write_etc_files(directory, spec.hostname, own_netns="net" in chosen)
+        if network == "pasta":
+            (directory / "resolv.conf").write_text(rootless_net.resolv_conf())
+            spec.ports = [asdict(b) for b in ports.choose_host_ports(bindings)]
         if bridged:
             # The network: an address (and the peers' names) now, the veth at start.
             spec.network = network_named(root.root, network).name

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from ..errors import EXIT_RUNTIME, UserError
 from ..files import rmtree
-from ..network import endpoints
+from ..network import endpoints, ports, rootless
 from ..record import Record
 from . import cgroups, console, init, monitor, namespaces, rootfs, security
 from . import kernel as k
@@ -227,6 +227,8 @@ def launch(
             cgroup.add(pid)  # (slow on cgroup v1: done while the child mounts)
         if spec.networks:  # its veths, before its first process runs
             endpoints.connect(spec.id, pid, spec.networks, spec.ports)
+        elif spec.network == "pasta":  # rootless: pasta, which ends with the container
+            rootless.start(pid, [ports.PortBinding(**p) for p in spec.ports])
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

@@ -14,7 +14,8 @@ from ..errors import UserError
 from ..record import Record
 from .devices import DEFAULT_NODES, DeviceNode
 
-NETWORK_MODES = ("none", "host")
+# The modes with no network object (pasta: a rootless container's, network/rootless.py).
+NETWORK_MODES = ("none", "host", "pasta")
 
 
 class Mount(Record):
