@@ -272,13 +272,19 @@ def test_published_ports_nat_and_isolation(lab: Lab) -> None:
     assert talk("tcp", secret.ip, 80, web.pid) == "timeout"
     assert talk("tcp", secret.ip, 80, lan.pid) == "timeout"
     assert talk("tcp", secret.ip, 80) == "tcp 10.203.0.1"
-    # A neighbour on the bridge cannot use route_localnet to reach the host's 127.0.0.1.
-    run("nsenter", "-t", str(web.pid), "-n", "ip", "route", "add", "127.0.0.42/32", "via", gw)
-    with socket.socket() as s:
+    # A neighbour on the bridge cannot use route_localnet to reach the host's
+    # 127.0.0.0/8 (CVE-2020-8558). It sends to 127.0.0.42 through the bridge (a /32
+    # route ahead of its own loopback's, route_localnet on its side too); what
+    # counts is whether the host's socket there receives the datagram.
+    ns = ["nsenter", "-t", str(web.pid), "-n"]
+    run(*ns, "ip", "route", "add", "127.0.0.42/32", "via", gw, "dev", "eth0", "table", "local")
+    run(*ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.42", 0))
-        s.listen(1)
-        port = s.getsockname()[1]
-        assert talk("tcp", "127.0.0.42", port, web.pid) == "timeout"
+        s.settimeout(DROPPED)
+        talk("udp", "127.0.0.42", s.getsockname()[1], web.pid)
+        with pytest.raises(socket.timeout):
+            print("the host's 127.0.0.42 received", s.recvfrom(100))
 
     counted = {c["key"] + c["host_ip"]: c for c in firewall.counters(web.cid)}
     assert counted["80/tcp"]["packets"] >= 4 and counted["80/tcp"]["bytes"] > 0
