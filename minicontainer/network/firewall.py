@@ -38,10 +38,18 @@ Choices, and why:
   a neighbour's on the same bridge) is DNATed back into its bridge; without a
   masquerade the answer would skip the host's conntrack. Docker writes one rule
   per port (``-s CIP -d CIP --dport CPORT``); ``ct status dnat`` on the network's
-  own bridge covers those and the neighbours' case in one rule per network.
+  own bridge covers those and the neighbours' case in one rule per network. With
+  br_netfilter that DNAT happens while the frame is being bridged, so a container
+  reaching its own port needs the frame sent back out of the port it came in by:
+  ``publish`` turns on the bridge port's hairpin mode (netlink, as ``bridge link
+  set dev VETH hairpin on``), as Docker does without its proxy.
 - Isolation: as Docker's DOCKER-ISOLATION chains, a network's containers reach
-  no other of our networks; an --internal network reaches nothing but itself.
-  Only the host (not forwarded) reaches into an internal network.
+  no other of our networks, not even through a published port on the host's
+  address (Docker's userland proxy would carry that; our DNAT makes it forwarded
+  traffic between two of our bridges, which is dropped); an --internal network
+  reaches nothing but itself. Only the host (not forwarded) reaches into an
+  internal network. Nothing unasked gets into a network from outside: forwarded
+  traffic to a bridge is accepted only when established or DNATed.
 - Coexistence with Docker: dockerd (iptables-nft) keeps ``table ip filter`` with a
   FORWARD chain of policy DROP, and with br_netfilter (bridge-nf-call-iptables=1)
   even frames between two veths of one bridge pass through it. Every base chain on
@@ -58,6 +66,9 @@ Choices, and why:
 Every public function is idempotent and runs under an flock(2) on LOCK, since
 containers may start at the same time. The table goes away with the last
 network and published port, and our DOCKER-USER rules with their networks.
+``sweep`` is the crash repair: rules of containers and bridges that are gone go,
+and DOCKER-USER accepts missing for live networks (dockerd started after them)
+come back.
 nft's errors become one-line UserErrors. Only parameters of plain types: this
 module knows nothing of the runtime.
 """
