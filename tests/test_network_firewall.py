@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -323,6 +324,33 @@ def test_sweep_removes_the_dead(lab: Lab) -> None:
         f"mc:{alive[:12]} tcp/18080 -> 10.211.0.2:80",
         f"network {a}",
     ]
+    assert tables() == ""
+
+
+_ADD = """
+import sys
+from minicontainer.network import firewall
+firewall.add_network(sys.argv[1], sys.argv[2], False)
+"""
+
+
+def test_networks_added_at_once(lab: Lab) -> None:
+    """Several processes adding networks at the same time (containers starting
+    together): one skeleton, every network's rules, thanks to the lock."""
+    names = [f"mctc{n}{lab.suffix}" for n in range(8)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _ADD, name, f"10.24{n}.0.0/24"], env=env)
+        for n, name in enumerate(names)
+    ]
+    assert [p.wait(timeout=WAIT) for p in procs] == [0] * len(names)
+    listed = json.loads(run("nft", "-j", "list", "table", "ip", "minicontainer").stdout)
+    rules = [o["rule"] for o in listed["nftables"] if "rule" in o]
+    assert len([r for r in rules if r["chain"] == "forward"]) == 4
+    assert len([r for r in rules if r["chain"] == "prerouting"]) == 1
+    for name in names:
+        assert len([r for r in rules if r.get("comment") == f"mc-net:{name}"]) == 5
+    assert firewall.sweep(set(), set()) == [f"network {name}" for name in sorted(names)]
     assert tables() == ""
 
 
