@@ -38,10 +38,18 @@ Choices, and why:
   a neighbour's on the same bridge) is DNATed back into its bridge; without a
   masquerade the answer would skip the host's conntrack. Docker writes one rule
   per port (``-s CIP -d CIP --dport CPORT``); ``ct status dnat`` on the network's
-  own bridge covers those and the neighbours' case in one rule per network.
+  own bridge covers those and the neighbours' case in one rule per network. With
+  br_netfilter that DNAT happens while the frame is being bridged, so a container
+  reaching its own port needs the frame sent back out of the port it came in by:
+  ``publish`` turns on the bridge port's hairpin mode (netlink, as ``bridge link
+  set dev VETH hairpin on``), as Docker does without its proxy.
 - Isolation: as Docker's DOCKER-ISOLATION chains, a network's containers reach
-  no other of our networks; an --internal network reaches nothing but itself.
-  Only the host (not forwarded) reaches into an internal network.
+  no other of our networks, not even through a published port on the host's
+  address (Docker's userland proxy would carry that; our DNAT makes it forwarded
+  traffic between two of our bridges, which is dropped); an --internal network
+  reaches nothing but itself. Only the host (not forwarded) reaches into an
+  internal network. Nothing unasked gets into a network from outside: forwarded
+  traffic to a bridge is accepted only when established or DNATed.
 - Coexistence with Docker: dockerd (iptables-nft) keeps ``table ip filter`` with a
   FORWARD chain of policy DROP, and with br_netfilter (bridge-nf-call-iptables=1)
   even frames between two veths of one bridge pass through it. Every base chain on
@@ -58,6 +66,9 @@ Choices, and why:
 Every public function is idempotent and runs under an flock(2) on LOCK, since
 containers may start at the same time. The table goes away with the last
 network and published port, and our DOCKER-USER rules with their networks.
+``sweep`` is the crash repair: rules of containers and bridges that are gone go,
+and DOCKER-USER accepts missing for live networks (dockerd started after them)
+come back.
 nft's errors become one-line UserErrors. Only parameters of plain types: this
 module knows nothing of the runtime.
 """
@@ -75,6 +86,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Conflict, UserError
+from . import bridge as bridge_mod
 from .bridge import check_ifname
 from .ports import PortBinding
 
@@ -107,7 +119,9 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
         raise UserError(f"nft {' '.join(argv)}: no answer in {TIMEOUT:.0f} s") from None
     if done.returncode != 0:
         lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
-        msg = next((ln for ln in lines if ln.startswith("Error:")), lines[0] if lines else "")
+        # "internal:0:0-0: Error: ..." (a location in the JSON input, meaningless here).
+        msg = next((ln[ln.index("Error:") :] for ln in lines if "Error:" in ln), "")
+        msg = msg or (lines[0] if lines else "")
         raise UserError(f"nft: {msg or f'exit status {done.returncode}'}")
     return done.stdout
 
@@ -318,6 +332,20 @@ def _drop_table_if_unused(objs: list[dict[str, Any]] | None, doc: list[dict[str,
         doc.append({"delete": {"table": {"family": FAMILY, "name": TABLE}}})
 
 
+def _hairpin(container_id: str) -> None:
+    """Hairpin mode on the container's bridge port (ip-link(8) ``bridge_slave
+    hairpin on``). With br_netfilter the DNAT of a frame that came in on a bridge
+    port happens while it is being bridged, and a container reaching its own
+    published port must get the frame back out of the port it came in by, which
+    a bridge does not do unless told. Docker sets it too (no userland proxy).
+    A container with no veth on a bridge (none yet) has nothing to set."""
+    host = bridge_mod.host_ifname(container_id)
+    with bridge_mod._netlink(f"hairpin on {host}"), bridge_mod._ipr() as ipr:
+        index = bridge_mod._index(ipr, host)
+        if index is not None:
+            ipr.brport("set", index=index, mode=1)
+
+
 def _localnet(bridge: str) -> None:
     """route_localnet=1 on the bridge: 127.0.0.1:PORT is DNATed out through it."""
     path = Path("/proc/sys/net/ipv4/conf") / bridge / "route_localnet"
@@ -443,6 +471,7 @@ def publish(
                         f"Bind for {b.shown_ip}:{b.host_port} failed: port is already allocated"
                     )
         _localnet(bridge)
+        _hairpin(container_id)
         doc = [_delete(r) for r in mine]
         for b in bindings:
             expr = [_eq(_ip("daddr"), b.host_ip)] if b.host_ip else []
@@ -470,7 +499,9 @@ def unpublish(container_id: str) -> None:
 def sweep(live_container_ids: Iterable[str], live_bridges: Iterable[str]) -> list[str]:
     """Crash repair: remove the published ports of containers not in
     ``live_container_ids`` and the rules of bridges not in ``live_bridges``
-    (here and in DOCKER-USER). Returns what was removed, one line each."""
+    (here and in DOCKER-USER). Also puts back our DOCKER-USER accepts of live
+    networks when they are missing (dockerd started after them). Returns what
+    was done, one line each."""
     live = {PUB_TAG + c.lower()[:12] for c in live_container_ids}
     bridges = set(live_bridges)
     removed: list[str] = []
@@ -498,9 +529,26 @@ def sweep(live_container_ids: Iterable[str], live_bridges: Iterable[str]) -> lis
             if name in _set_elements(objs, "bridges"):
                 doc.append({"delete": {"element": _t(name="bridges", elem=[name])}})
             removed.append(f"network {name}")
+        if docker is not None:
+            # dockerd started after our networks were made: its DOCKER-USER lacks them.
+            have = {
+                r["comment"][len(DOCKER_TAG) :].rsplit(" ", 1)[0]
+                for r in _ours_in_docker(docker, None)
+            }
+            for name in sorted(_set_elements(objs, "bridges") & bridges - have):
+                doc += _docker_rules(name, _is_internal(objs, name))
+                removed.append(f"(added) DOCKER-USER accepts for {name}")
         _drop_table_if_unused(objs, doc)
         _nft(doc)
     return removed
+
+
+def _is_internal(objs: list[dict[str, Any]] | None, bridge: str) -> bool:
+    """Whether our rules make the network internal: it has no masquerade out."""
+    return not any(
+        r["chain"] == "postrouting" and '"!="' in json.dumps(r["expr"])
+        for r in _tagged(objs, NET_TAG + bridge)
+    )
 
 
 def rules_text() -> str:
