@@ -121,6 +121,9 @@ class HostSnapshot(NamedTuple):
     cgroups: frozenset[str]  # cgroup directories under .../minicontainer
     pids: frozenset[tuple[int, str]]  # (pid, cmdline) of processes mentioning minicontainer
     containers: tuple[str, ...]  # entries of <state root>/containers/
+    # our veths (ifalias "minicontainer ID"), the root's leases (on its own networks
+    # and, its own, on the shared default one) and published-port rules
+    network: frozenset[str] = frozenset()
 
 
 def _own_ancestry() -> set[int]:
@@ -169,7 +172,44 @@ def snapshot_host(root: str | os.PathLike[str] | None = None) -> HostSnapshot:
         if cdir.is_dir():
             containers = tuple(sorted(p.name for p in cdir.iterdir()))
 
-    return HostSnapshot(frozenset(mounts), frozenset(cgroups), frozenset(pids), containers)
+    return HostSnapshot(
+        frozenset(mounts), frozenset(cgroups), frozenset(pids), containers, _network_state(root)
+    )
+
+
+def _network_state(root: str | os.PathLike[str] | None) -> frozenset[str]:
+    found: set[str] = set()
+    net = Path("/sys/class/net")
+    for dev in net.iterdir() if net.is_dir() else []:
+        try:
+            alias = (dev / "ifalias").read_text().strip()
+        except OSError:
+            continue
+        if alias.startswith("minicontainer ") and alias != "minicontainer network":
+            found.add(f"veth {dev.name} ({alias})")
+    if root:
+        from minicontainer.network import objects
+
+        for ipam in objects.ipams(root):
+            for name in ipam.names():
+                try:
+                    members = ipam.endpoints(name)
+                except Exception:  # noqa: BLE001 - removed meanwhile
+                    continue
+                for cid, info in members.items():
+                    if name != objects.DEFAULT_NETWORK or info.get("root") == str(root):
+                        found.add(f"lease {info['ip']} on {name}: {cid[:12]}")
+    if os.geteuid() == 0 and shutil.which("nft"):
+        from minicontainer.network import firewall
+
+        try:
+            found |= {
+                f"published {p['host_port']}/{p['proto']}: {p['container']}"
+                for p in firewall.published()
+            }
+        except Exception:  # noqa: BLE001 - a leak check must not fail on nft's mood
+            pass
+    return frozenset(found)
 
 
 def leaks_between(before: HostSnapshot, after: HostSnapshot) -> dict[str, list]:
@@ -179,6 +219,7 @@ def leaks_between(before: HostSnapshot, after: HostSnapshot) -> dict[str, list]:
         "cgroups": sorted(after.cgroups - before.cgroups),
         "processes": sorted(after.pids - before.pids),
         "containers": sorted(set(after.containers) - set(before.containers)),
+        "network": sorted(after.network - before.network),
     }
     return {kind: items for kind, items in found.items() if items}
 

@@ -54,12 +54,17 @@ BAD_RUNS = [
     pytest.param(["-v", "/tmp", "busybox", "true"], "volume", id="volume-no-target"),
     pytest.param(["-v", "/tmp:/", "busybox", "true"], "volume", id="volume-over-root"),
     pytest.param(["-v", "/tmp:/x:rx", "busybox", "true"], "volume", id="volume-bad-mode"),
-    pytest.param(["--network", "bridge", "busybox", "true"], "network", id="network-bridge"),
+    pytest.param(["--network", "nosuch", "busybox", "true"], "nosuch not found", id="net-unknown"),
     pytest.param(["-u", "nosuchuser", "busybox", "true"], "user", id="unknown-user"),
     pytest.param(["-w", "relative/dir", "busybox", "true"], "working directory", id="workdir"),
     pytest.param(["-e", "=x", "busybox", "true"], "environment", id="env"),
     pytest.param(["--name", "-bad", "busybox", "true"], "name", id="bad-name"),
-]
+    pytest.param(["-p", "abc", "busybox", "true"], "Invalid containerPort: abc", id="publish"),
+    pytest.param(["-p", "80", "--network", "none", "busybox", "true"], "published ports need",
+                 id="publish-none"),
+    pytest.param(["--ip", "172.18.0.9", "busybox", "true"], "user specified IP address",
+                 id="ip-on-default"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("args", "needle"), BAD_RUNS)

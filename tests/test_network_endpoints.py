@@ -111,3 +111,15 @@ def test_a_full_network_is_swept_of_removed_containers_before_it_says_so(tmp_pat
         tmp_path, new, "tiny", name="new", hostname="new", hosts_file=h, live_ids=[new]
     )
     assert ep["ip"] == "10.9.9.2"
+
+
+def test_any_root_frees_the_leases_of_containers_whose_directory_is_gone(tmp_path: Path) -> None:
+    ipam = IPAM(tmp_path / "shared")
+    ipam.create("bridge", "10.9.10.0/24")
+    kept, gone = "1" * 64, "2" * 64
+    for cid in (kept, gone):
+        ipam.allocate("bridge", cid)
+        ipam.set_endpoint("bridge", cid, {"root": str(tmp_path / "a-root")})
+    (tmp_path / "a-root" / "containers" / kept).mkdir(parents=True)
+    assert ipam.sweep_orphans() == [("bridge", "10.9.10.3", gone)]
+    assert ipam.leases("bridge") == {"10.9.10.2": kept}

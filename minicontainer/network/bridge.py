@@ -263,6 +263,12 @@ def attach(
                 with _netlink(f"{ifname} in the namespace of process {netns_pid}"):
                     _configure_inside(nsfd, ifname, addr, gw, mac)
                 ipr.link("set", index=hindex, master=bindex)
+                # Hairpin (ip-link(8) bridge_slave hairpin on): with br_netfilter the
+                # DNAT of a published port happens while the frame is bridged, and
+                # a container reaching its own published port needs the frame back
+                # out of the port it came in by (Docker sets it too, without its
+                # userland proxy).
+                ipr.brport("set", index=hindex, mode=1)
                 ipr.link("set", index=hindex, state="up")
             except BaseException:
                 with contextlib.suppress(Exception):

@@ -76,7 +76,10 @@ def join(
     try:
         address = ipam.allocate(net.name, container_id, ip)
     except UserError:
-        if live_ids is None or not ipam.sweep(live_ids, owner):
+        swept = ipam.sweep_orphans() if owner else []
+        if live_ids is not None:
+            swept += ipam.sweep(live_ids, owner)
+        if not swept:
             raise
         address = ipam.allocate(net.name, container_id, ip)
     names = [name, *aliases] if net.name != DEFAULT_NETWORK else []
@@ -285,7 +288,7 @@ def sweep(
     own, default = IPAM(root), ipam_of(root, DEFAULT_NETWORK)
     freed = own.sweep(live_ids)
     if default.dir.resolve() != own.dir.resolve():
-        freed += default.sweep(live_ids, owner=str(root))
+        freed += default.sweep(live_ids, owner=str(root)) + default.sweep_orphans()
     refresh_hosts(root, {net for net, _, _ in freed})
     lines = [f"lease {ip} on {net}: container {cid[:12]} is gone" for net, ip, cid in freed]
     subnets = [ipaddress.IPv4Network(n.subnet) for n in networks(root)]

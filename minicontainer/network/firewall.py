@@ -41,7 +41,7 @@ Choices, and why:
   own bridge covers those and the neighbours' case in one rule per network. With
   br_netfilter that DNAT happens while the frame is being bridged, so a container
   reaching its own port needs the frame sent back out of the port it came in by:
-  ``publish`` turns on the bridge port's hairpin mode (netlink, as ``bridge link
+  bridge.attach turns on the bridge port's hairpin mode (netlink, as ``bridge link
   set dev VETH hairpin on``), as Docker does without its proxy.
 - Isolation: as Docker's DOCKER-ISOLATION chains, a network's containers reach
   no other of our networks, not even through a published port on the host's
@@ -86,7 +86,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Conflict, UserError
-from . import bridge as bridge_mod
 from .bridge import check_ifname
 from .ports import PortBinding
 
@@ -332,20 +331,6 @@ def _drop_table_if_unused(objs: list[dict[str, Any]] | None, doc: list[dict[str,
         doc.append({"delete": {"table": {"family": FAMILY, "name": TABLE}}})
 
 
-def _hairpin(container_id: str) -> None:
-    """Hairpin mode on the container's bridge port (ip-link(8) ``bridge_slave
-    hairpin on``). With br_netfilter the DNAT of a frame that came in on a bridge
-    port happens while it is being bridged, and a container reaching its own
-    published port must get the frame back out of the port it came in by, which
-    a bridge does not do unless told. Docker sets it too (no userland proxy).
-    A container with no veth on a bridge (none yet) has nothing to set."""
-    host = bridge_mod.host_ifname(container_id)
-    with bridge_mod._netlink(f"hairpin on {host}"), bridge_mod._ipr() as ipr:
-        index = bridge_mod._index(ipr, host)
-        if index is not None:
-            ipr.brport("set", index=index, mode=1)
-
-
 def _localnet(bridge: str) -> None:
     """route_localnet=1 on the bridge: 127.0.0.1:PORT is DNATed out through it."""
     path = Path("/proc/sys/net/ipv4/conf") / bridge / "route_localnet"
@@ -471,7 +456,6 @@ def publish(
                         f"Bind for {b.shown_ip}:{b.host_port} failed: port is already allocated"
                     )
         _localnet(bridge)
-        _hairpin(container_id)
         doc = [_delete(r) for r in mine]
         for b in bindings:
             expr = [_eq(_ip("daddr"), b.host_ip)] if b.host_ip else []

@@ -371,6 +371,29 @@ class IPAM:
         leases = self._read_leases(name)
         return {cid: {**known.get(cid, {}), "ip": ip} for ip, cid in leases.items()}
 
+    def sweep_orphans(self) -> list[tuple[str, str, str]]:
+        """Free the leases of containers whose directory is gone from the state
+        root their endpoint names (ROOT/containers/ID): any root can tell, on a
+        network all roots share, without knowing the others' containers."""
+        freed: list[tuple[str, str, str]] = []
+        with self._locked():
+            for name in self.names():
+                known = self._read_endpoints(name)
+                leases = self._read_leases(name)
+                dead = {
+                    ip: cid
+                    for ip, cid in leases.items()
+                    if known.get(cid, {}).get("root")
+                    and not (Path(known[cid]["root"]) / "containers" / cid).exists()
+                }
+                if dead:
+                    for ip, cid in dead.items():
+                        del leases[ip]
+                        freed.append((name, ip, cid))
+                    self._write_leases(name, leases)
+                    self._drop_endpoints(name, set(dead.values()))
+        return freed
+
     def sweep(
         self, live_ids: Iterable[str], owner: str | None = None
     ) -> list[tuple[str, str, str]]:

@@ -113,10 +113,12 @@ def _child(
 ) -> None:
     code = EXIT_RUNTIME
     try:
+        os.read(go_r, 1)  # wait until the parent has written our id maps
         # Non-dumpable: no process of the container may ptrace us or open our
         # /proc/PID files (exe, fd, mem) while we still run the host's Python.
+        # (Only now: until here the parent, rootless, may still open our
+        # /proc/PID/ns files for pasta; there is no process of the container yet.)
         kernel.prctl(k.PR_SET_DUMPABLE, 0)
-        os.read(go_r, 1)  # wait until the parent has written our id maps
         if parent_bound:  # in the foreground, the container dies with its CLI
             kernel.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
@@ -222,13 +224,13 @@ def launch(
         if "user" in spec.namespaces:
             uid_maps, gid_maps, helpers = namespaces.rootless_maps(os.getuid(), os.getgid())
             namespaces.write_id_maps(pid, uid_maps, gid_maps, helpers)
+        if spec.network == "pasta":  # rootless: pasta, which ends with the container
+            rootless.start(pid, [ports.PortBinding(**p) for p in spec.ports])
         os.write(go_w, b"m")  # maps written: the child may mount its root filesystem
         if cgroup is not None:
             cgroup.add(pid)  # (slow on cgroup v1: done while the child mounts)
         if spec.networks:  # its veths, before its first process runs
             endpoints.connect(spec.id, pid, spec.networks, spec.ports)
-        elif spec.network == "pasta":  # rootless: pasta, which ends with the container
-            rootless.start(pid, [ports.PortBinding(**p) for p in spec.ports])
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -322,8 +324,7 @@ def remove_files(root: StateRoot, container_id: str) -> None:
             cg.remove()
     except (OSError, ValueError):
         pass
-    if (root.root / "networks").is_dir():  # by lease, not by spec: also after a crash
-        endpoints.release(root.root, container_id)
+    endpoints.release(root.root, container_id)  # by lease, not by spec: also after a crash
     if directory.exists():
         # Rename first: a half-deleted container never shows up in ps.
         doomed = directory.with_name(f".rm-{container_id}")
