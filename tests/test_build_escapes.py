@@ -211,7 +211,7 @@ CMD cat /direct; readlink /d/l
 
 
 @pytest.mark.root
-def test_run_has_its_own_network_with_only_lo(root: Path, tmp_path: Path):
+def test_run_has_its_own_network_and_never_the_hosts_loopback(root: Path, tmp_path: Path):
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -237,8 +237,13 @@ def test_run_has_its_own_network_with_only_lo(root: Path, tmp_path: Path):
             "CMD cat /net\n"
         )
         ctx = _context(tmp_path, dockerfile, {})
+        # the default: the bridge network, as docker build's RUN has (eth0 and lo)
         ok(mc("build", "-q", "-t", "net", str(ctx)))
-        assert ok(mc("run", "--rm", "net")).split() == ["refused", "lo", "lo"]
+        seen = ok(mc("run", "--rm", "--network", "none", "net")).split()
+        assert seen[0] == "refused" and sorted(seen[1:3]) == ["eth0", "lo"], seen
+        # --network none: only lo
+        ok(mc("build", "-q", "--no-cache", "--network", "none", "-t", "net", str(ctx)))
+        assert ok(mc("run", "--rm", "--network", "none", "net")).split() == ["refused", "lo", "lo"]
     finally:
         server.shutdown(socket.SHUT_RDWR)
         server.close()

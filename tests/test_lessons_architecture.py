@@ -200,14 +200,15 @@ def test_docker_side_says_why_not_without_docker(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_tree_waits_for_a_shim_that_has_not_exec_d_yet(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the shim is a fork of the daemon until it execs the monitor: the tree
-    # waits for the exec instead of naming the fork "?" (a CI run caught it)
+    # the shim execs the monitor as the container starts: while it does, its
+    # cmdline reads empty; the tree waits instead of naming it "?" (CI caught it)
     daemon = arch.Proc(10, 1, "python", ["python", "-m", "pytest"])
     fork = arch.Proc(11, 10, "python", daemon.args)
     monitor = "... minicontainer.runtime.monitor ..."
     shim = arch.Proc(11, 10, "python", ["python", "-S", "-c", monitor])
     box = arch.Proc(12, 11, "sleep", ["sleep", "60"])
-    answers = iter([[box, fork, daemon], [box, fork, daemon], [box, shim, daemon]])
+    execing = arch.Proc(11, 10, "python", [])  # /proc/PID/cmdline while it execs
+    answers = iter([[box, fork, daemon], [box, execing, daemon], [box, shim, daemon]])
     monkeypatch.setattr(arch, "ancestry", lambda pid: next(answers))
     tree = arch.our_tree(10, 12)
     assert tree[1].startswith("└─ python -S -c ...monitor") and "the shim" in tree[1]

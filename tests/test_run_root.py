@@ -196,7 +196,7 @@ def test_dev_has_only_the_usual_nodes(root):
 
 
 def test_network_none_only_lo_and_up(root):
-    out = ok(sh("cat /proc/net/dev; echo ---; cat /sys/class/net/lo/flags"))
+    out = ok(sh("cat /proc/net/dev; echo ---; cat /sys/class/net/lo/flags", "--network", "none"))
     table, _, flags = out.partition("---")
     ifaces = {ln.split(":")[0].strip() for ln in table.strip().splitlines()[2:]}
     assert ifaces == {"lo"}

@@ -165,7 +165,10 @@ class _Scan:
                 except OSError as e:
                     if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
                         raise
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)  # what it is now
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)  # what it is now
+                    except FileNotFoundError:
+                        continue  # swapped out and gone meanwhile: nothing to record
             try:
                 c, m = self._entry(dfd, sub, name, rel, st)
             finally:

@@ -391,9 +391,10 @@ def our_tree(daemon_pid: int, container_pid: int) -> list[str]:
 
 def _settled_ancestry(daemon_pid: int, container_pid: int, timeout: float = 5.0) -> list[Proc]:
     """The container's ancestry once every process between it and the daemon
-    runs its own program. The shim starts as a fork of the daemon and execs the
-    monitor a moment after the container starts; until then it shows the
-    daemon's command line, and the tree would name it wrongly."""
+    shows its own command line. The shim execs the monitor a moment after the
+    container starts: while the kernel swaps its program, /proc/PID/cmdline
+    reads empty (and a process forked but not yet exec'd shows its parent's),
+    and the tree would name it "?"."""
     deadline = time.monotonic() + timeout
     while True:
         chain = ancestry(container_pid)
@@ -402,7 +403,7 @@ def _settled_ancestry(daemon_pid: int, container_pid: int, timeout: float = 5.0)
             return chain
         daemon = chain[pids.index(daemon_pid)]
         between = chain[1 : pids.index(daemon_pid)]
-        if not any(p.args == daemon.args for p in between):
+        if not any(not p.args or p.args == daemon.args for p in between):
             return chain
         time.sleep(0.05)
 

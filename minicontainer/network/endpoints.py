@@ -246,7 +246,7 @@ def release(root: str | os.PathLike[str], container_id: str, network: str | None
         for net_name in ipam.names():
             if ipam.release(net_name, container_id):
                 touched.append(net_name)
-    if network is None:
+    if network is None and os.geteuid() == 0:  # rootless has no firewall of its own
         from . import firewall
 
         firewall.unpublish(container_id)
