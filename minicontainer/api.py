@@ -135,6 +135,26 @@ class Runtime:
 
         return objects.remove(self.root, ref, live_ids=self.state.ids())
 
+    def prune_networks(self) -> tuple[list[str], list[str]]:
+        """``network prune``: first the repair of what a crash left (leases of
+        containers that are gone, published ports of containers that no longer
+        run, rules of bridges that are gone), then, as Docker's, the removal of
+        every user-defined network no container uses. Returns (repairs, removed)."""
+        from .network import endpoints, objects
+
+        ids = self.state.ids()
+        running = [c.id for c in self.containers(all=False)]
+        repairs = endpoints.sweep(self.root, ids, running) if os.geteuid() == 0 else []
+        removed = []
+        for net in objects.networks(self.root):
+            if net.name in objects.PREDEFINED or objects.ipam_of(self.root, net.name).leases(
+                net.name
+            ):
+                continue
+            objects.remove(self.root, net.name, live_ids=ids)
+            removed.append(net.name)
+        return repairs, removed
+
     def connect(
         self, network: str, container: str, *, ip: str | None = None, aliases: list[str] = ()
     ) -> dict:

@@ -550,6 +550,13 @@ def cmd_network(args: argparse.Namespace) -> int:
         found = [asdict(rt.network(ref)) for ref in args.names]
         print(json.dumps(found, indent=4))
         return 0
+    if args.action == "prune":
+        repairs, removed = rt.prune_networks()
+        for line in repairs:
+            print(f"repaired: {line}")
+        if removed:
+            print("Deleted Networks:\n" + "\n".join(removed))
+        return 0
     if args.action == "connect":
         rt.connect(args.network, args.container, ip=args.ip, aliases=args.alias)
         return 0
@@ -859,6 +866,7 @@ def args_network(s: argparse.ArgumentParser) -> None:
     create.add_argument("--internal", action="store_true", help="no traffic out of the subnet")
     create.add_argument("name")
     sub.add_parser("ls", help="list networks")
+    sub.add_parser("prune", help="repair what a crash left, remove unused networks")
     for verb in ("inspect", "rm"):
         sub.add_parser(verb).add_argument("names", nargs="+", metavar="NETWORK")
     connect = sub.add_parser("connect", help="connect a container to a network")

@@ -123,3 +123,26 @@ def test_any_root_frees_the_leases_of_containers_whose_directory_is_gone(tmp_pat
     (tmp_path / "a-root" / "containers" / kept).mkdir(parents=True)
     assert ipam.sweep_orphans() == [("bridge", "10.9.10.3", gone)]
     assert ipam.leases("bridge") == {"10.9.10.2": kept}
+
+
+def test_the_system_roots_sweep_spares_other_roots_leases_on_the_shared_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root, the default network's leases live in the system root, where that
+    # root's own networks live too: its sweep must still spare other roots' leases.
+    system, other = tmp_path / "system", tmp_path / "other"
+    monkeypatch.setattr(objects, "SYSTEM_ROOT", str(system))
+    from minicontainer.network import firewall
+
+    monkeypatch.setattr(firewall, "published", lambda: [])  # no nft needed here
+    monkeypatch.setattr(firewall, "sweep", lambda live, bridges: [])
+    theirs = secrets.token_hex(32)
+    hosts = _container(other, theirs, "theirs")
+    endpoints.join(other, theirs, "bridge", name="theirs", hostname="theirs", hosts_file=hosts)
+    IPAM(system).create("mine", "10.9.11.0/24")
+    IPAM(system).allocate("mine", "3" * 64)  # the system root's own, gone: swept
+    assert endpoints.sweep(system, [], []) == [
+        "lease 10.9.11.2 on mine: container 333333333333 is gone"
+    ]
+    assert theirs in objects.ipam_of(system, "bridge").leases("bridge").values()
+    endpoints.release(other, theirs)

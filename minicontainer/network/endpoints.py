@@ -41,6 +41,11 @@ HOSTS_HEAD = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 FALLBACK_DNS = ("8.8.8.8", "8.8.4.4")  # what Docker writes when the host has only local resolvers
 
 
+def owner_of(root: str | os.PathLike[str]) -> str:
+    """How an endpoint names its state root: one spelling per directory."""
+    return str(Path(root).resolve())
+
+
 def mac_for(ip: str) -> str:
     """Docker's rule: 02:42 (locally administered) and the four bytes of the IPv4."""
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
@@ -72,20 +77,20 @@ def join(
         what = "user specified IP address" if ip else "network-scoped alias"
         raise UserError(f"{what} is supported only for containers in user defined networks")
     ipam = ipam_of(root, net.name)
-    owner = str(root) if net.name == DEFAULT_NETWORK else None
+    owner = owner_of(root) if net.name == DEFAULT_NETWORK else None
     try:
         address = ipam.allocate(net.name, container_id, ip)
     except UserError:
         swept = ipam.sweep_orphans() if owner else []
         if live_ids is not None:
-            swept += ipam.sweep(live_ids, owner)
+            swept += ipam.sweep(live_ids, owner, names=[net.name])
         if not swept:
             raise
         address = ipam.allocate(net.name, container_id, ip)
     names = [name, *aliases] if net.name != DEFAULT_NETWORK else []
     if names and hostname not in names:
         names.append(hostname)
-    info = {"names": names, "hosts": hosts_file, "slot": slot, "root": str(root)}
+    info = {"names": names, "hosts": hosts_file, "slot": slot, "root": owner_of(root)}
     ipam.set_endpoint(net.name, container_id, info)
     endpoint = {
         "network": net.name,
@@ -285,10 +290,13 @@ def sweep(
     from . import firewall
 
     live_ids = list(live_ids)
-    own, default = IPAM(root), ipam_of(root, DEFAULT_NETWORK)
-    freed = own.sweep(live_ids)
-    if default.dir.resolve() != own.dir.resolve():
-        freed += default.sweep(live_ids, owner=str(root)) + default.sweep_orphans()
+    freed = []
+    for ipam in ipams(root):
+        for name in ipam.names():
+            # the default network is shared by every root: only this root's leases
+            owner = owner_of(root) if name == DEFAULT_NETWORK else None
+            freed += ipam.sweep(live_ids, owner=owner, names=[name])
+    freed += ipam_of(root, DEFAULT_NETWORK).sweep_orphans()
     refresh_hosts(root, {net for net, _, _ in freed})
     lines = [f"lease {ip} on {net}: container {cid[:12]} is gone" for net, ip, cid in freed]
     subnets = [ipaddress.IPv4Network(n.subnet) for n in networks(root)]

@@ -395,16 +395,19 @@ class IPAM:
         return freed
 
     def sweep(
-        self, live_ids: Iterable[str], owner: str | None = None
+        self,
+        live_ids: Iterable[str],
+        owner: str | None = None,
+        names: Iterable[str] | None = None,
     ) -> list[tuple[str, str, str]]:
         """Free every lease whose container is not in ``live_ids`` (the containers
         that still exist): the repair after a crash. With ``owner``, only leases
-        whose endpoint says ``root: owner`` (a network several roots share).
-        Returns (network, ip, id)."""
+        whose endpoint says ``root: owner`` (a network several roots share); with
+        ``names``, on those networks only. Returns (network, ip, id)."""
         live = set(live_ids)
         freed: list[tuple[str, str, str]] = []
         with self._locked():
-            for name in self.names():
+            for name in self.names() if names is None else [n for n in names if n in self.names()]:
                 leases = self._read_leases(name)
                 known = self._read_endpoints(name) if owner is not None else {}
                 dead = {

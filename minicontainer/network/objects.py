@@ -108,7 +108,7 @@ def remove(
         raise UserError(f"{net.name} is a pre-defined network and cannot be removed")
     ipam = IPAM(root)
     if live_ids is not None:
-        ipam.sweep(live_ids)
+        ipam.sweep(live_ids, names=[net.name])
     ipam.remove(net.name)  # refuses while containers hold leases
     from . import firewall
 
