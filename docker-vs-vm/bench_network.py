@@ -27,9 +27,9 @@ an assertion: timings depend on the machine):
 Public tools only: time.perf_counter, subprocess, busybox's ``time``. Needs
 root, a running dockerd and the docker CLI. The busybox image is made locally in
 a fresh state root and ``docker load``ed under a test tag. The default network
-``bridge`` (bridge mc0) is shared by every state root on this machine, so the
-fresh root adopts the record of /var/lib/minicontainer's (its subnet) when
-there is one, rather than give mc0 another address. Everything started is
+``bridge`` (bridge mc0) is the host's, shared by every state root (network/
+objects.py), so the fresh root's containers get addresses on it like any
+other's. Everything started is
 removed at the end, also on Ctrl-C or SIGTERM: containers and networks on both
 sides, the image in Docker, the state root, and mc0 if this run made it.
 
@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import datetime
 import http.client
-import ipaddress
 import json
 import os
 import platform
@@ -70,7 +69,6 @@ SINK = ["nc", "-ll", "-p", "5001", "-e", "sh", "-c", "cat >/dev/null"]
 LO_SINK = "nc -ll -p 5002 -e sh -c 'cat >/dev/null' & exec sleep 3600"
 HTTPD = "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www"
 PACE = 0.005  # s between two requests (untimed), see bench_latency
-DEFAULT_ROOT = Path("/var/lib/minicontainer")
 GOALS = {"throughput": (">=", 0.9), "latency": ("<=", 1.0), "start": ("<=", 0.5)}
 
 
@@ -179,7 +177,6 @@ class Bench:
     def setup(self) -> None:
         log(f"bootstrapping a fresh state root {self.root}")
         self.ours.cli("bootstrap")
-        self.adopt_default_network()
         archive = self.tmp / "busybox.tar"
         self.ours.cli("tag", "busybox", TAG)
         self.ours.cli("save", "-o", str(archive), TAG)
@@ -187,32 +184,6 @@ class Bench:
         self.loaded = True
         run(["docker", "load", "-i", str(archive)])
         archive.unlink()
-
-    def adopt_default_network(self) -> None:
-        """mc0 is one bridge for every state root. A fresh root would choose a new
-        subnet for its network ``bridge``, add that address to mc0 and rewrite mc0's
-        masquerade rule for it; so take the default root's record (and its leases,
-        which then stay taken) when there is one, or mc0's own first address."""
-        from minicontainer.network.ipam import IPAM
-
-        dest = self.root / "networks" / "bridge"
-        src = DEFAULT_ROOT / "networks" / "bridge"
-        record = src / "network.json"
-        if record.is_file() and json.loads(record.read_text()).get("bridge") == "mc0":
-            dest.mkdir(parents=True, mode=0o700)
-            for name in ("leases.json", "network.json"):  # network.json last: it makes it exist
-                if (src / name).is_file():
-                    shutil.copy(src / name, dest / name)
-            subnet = json.loads(record.read_text())["subnet"]
-            log(f"default network: {src}'s record (mc0, {subnet})")
-            return
-        if self.mc0_existed:
-            out = run(["ip", "-j", "-4", "addr", "show", "dev", "mc0"])
-            addrs = [a for i in json.loads(out) for a in i.get("addr_info", [])]
-            if addrs:
-                net = ipaddress.ip_interface(f"{addrs[0]['local']}/{addrs[0]['prefixlen']}").network
-                IPAM(self.root).create("bridge", str(net), bridge="mc0")
-                log(f"default network: mc0's subnet {net}")
 
     # ------------------------------------------------------------ 1. throughput
 

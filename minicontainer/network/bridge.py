@@ -203,6 +203,11 @@ def ensure_bridge(name: str, gateway_cidr: str) -> int:
             except _pyroute2().NetlinkError as e:
                 if _code(e) != errno.EEXIST:
                     raise
+        for address, prefixlen in have - {(str(gw.ip), gw.network.prefixlen)}:
+            # One network per bridge: an address of another subnet on our bridge is
+            # left from an earlier record of this network; its route would shadow
+            # the host's routes and keep that subnet from being chosen again.
+            ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
         ipr.link("set", index=index, state="up")
         return index
 
