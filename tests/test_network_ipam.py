@@ -221,3 +221,18 @@ def test_without_pyroute2_routes_still_count_and_bridges_name_the_install(
         bridge.ensure_bridge("mctx", "10.0.0.1/24")
     with pytest.raises(UserError, match="needs pyroute2"):
         bridge.detach("0123456789abcdef")
+
+
+def test_netlink_works_inside_a_running_event_loop() -> None:
+    # a Jupyter kernel's thread runs an asyncio loop, and pyroute2 0.9 runs one of
+    # its own per request: the notebook's calls must still work (they did not)
+    import asyncio
+    from ipaddress import IPv4Network
+
+    from minicontainer.network import bridge
+
+    async def in_a_loop() -> tuple[list[str], list[IPv4Network]]:
+        return bridge.bridge_ports("mc-nosuch0"), ipam.host_networks()
+
+    ports, nets = asyncio.run(in_a_loop())
+    assert ports == [] and IPv4Network("127.0.0.0/8") in nets

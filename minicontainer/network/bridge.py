@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import importlib.util
 import ipaddress
 import os
 import re
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -81,6 +83,39 @@ def _pyroute2() -> Any:
 _LOADED: Any = None
 
 
+def _away_from_event_loop(fn: Any) -> Any:
+    """pyroute2 0.9 runs an asyncio loop of its own for each request, which asyncio
+    refuses in a thread whose loop is running already (a Jupyter kernel's): there,
+    the call runs in a short-lived thread of its own (netlink sockets are per
+    process, so nothing else changes)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        loops = sys.modules.get("asyncio")  # not imported: no loop can be running
+        try:
+            running = loops is not None and loops.get_running_loop() is not None
+        except RuntimeError:
+            running = False
+        if not running:
+            return fn(*args, **kwargs)
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = e
+
+        worker = threading.Thread(target=work, name=f"netlink {fn.__name__}")
+        worker.start()
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return call
+
+
 def _code(e: BaseException) -> int:
     return int(getattr(e, "code", 0) or getattr(e, "errno", 0) or 0)
 
@@ -103,6 +138,20 @@ def _ipr(netns_fd: int | None = None) -> Any:
         return nl.IPRoute()
     # flags=0: never create a namespace, only enter the one the descriptor names.
     return nl.IPRoute(netns=netns_fd, flags=0)
+
+
+def host_addresses() -> list[tuple[str, int]]:
+    """Every IPv4 address on the host's interfaces, with its prefix length."""
+    return _away_from_event_loop(_host_addresses)()
+
+
+def _host_addresses() -> list[tuple[str, int]]:
+    with _netlink("the host's addresses"), _ipr() as ipr:
+        return [
+            (a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL"), a["prefixlen"])
+            for a in ipr.get_addr(family=2)
+            if a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
+        ]
 
 
 @contextlib.contextmanager
@@ -173,6 +222,7 @@ def _our_bridge(ipr: Any, index: int) -> bool:
     return not any(lk.get_attr("IFLA_MASTER") == index for lk in ipr.get_links())
 
 
+@_away_from_event_loop
 def ensure_bridge(name: str, gateway_cidr: str) -> int:
     """The bridge ``name`` with the gateway's address, up; made when absent.
     Returns its interface index."""
@@ -212,6 +262,7 @@ def ensure_bridge(name: str, gateway_cidr: str) -> int:
         return index
 
 
+@_away_from_event_loop
 def bridge_ports(name: str) -> list[str]:
     """The interfaces enslaved to the bridge (none when it does not exist)."""
     with _netlink(f"bridge {name}"), _ipr() as ipr:
@@ -225,6 +276,7 @@ def bridge_ports(name: str) -> list[str]:
         )
 
 
+@_away_from_event_loop
 def attach(
     bridge: str,
     container_id: str,
@@ -306,6 +358,7 @@ def _configure_inside(
             ns.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=index)
 
 
+@_away_from_event_loop
 def detach(container_id: str, slot: int = 0) -> bool:
     """Remove the container's veth pair (by its host end). False when it was gone."""
     host = host_ifname(container_id, slot)
@@ -324,6 +377,7 @@ def detach(container_id: str, slot: int = 0) -> bool:
         return True
 
 
+@_away_from_event_loop
 def remove_bridge(name: str) -> bool:
     """Delete the bridge when no interface is left on it. False when it was gone."""
     check_ifname(name)

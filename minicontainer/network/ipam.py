@@ -94,18 +94,13 @@ def host_networks() -> list[IPv4Network]:
     """What a new subnet must not overlap: the host's routes, and its addresses'
     networks (an address added with ``noprefixroute`` has no route)."""
     nets = _proc_routes()
+    from . import bridge
+
     try:
-        from pyroute2 import IPRoute  # optional and heavy: imported only here
-    except ImportError:
-        return nets
-    try:
-        with IPRoute() as ipr:
-            for msg in ipr.get_addr(family=2):  # AF_INET
-                addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-                if addr:
-                    nets.append(IPv4Network(f"{addr}/{msg['prefixlen']}", strict=False))
-    except OSError:
-        pass  # the routes alone are still a good answer
+        for addr, prefixlen in bridge.host_addresses():
+            nets.append(IPv4Network(f"{addr}/{prefixlen}", strict=False))
+    except UserError:
+        pass  # no pyroute2, or netlink refused: the routes alone are a good answer
     return nets
 
 

@@ -109,11 +109,15 @@ def remove(
     ipam = IPAM(root)
     if live_ids is not None:
         ipam.sweep(live_ids, names=[net.name])
-    ipam.remove(net.name)  # refuses while containers hold leases
+    if ipam.leases(net.name):
+        ipam.remove(net.name)  # refuses, with dockerd's words
     from . import firewall
 
+    # The bridge and its rules first: if they cannot go, the record stays to say so
+    # (the other way round, a failure left a bridge that no record names).
     firewall.remove_network(net.bridge)
     bridge.remove_bridge(net.bridge)
+    ipam.remove(net.name)
     return net
 
 
