@@ -146,3 +146,18 @@ def test_the_system_roots_sweep_spares_other_roots_leases_on_the_shared_network(
     ]
     assert theirs in objects.ipam_of(system, "bridge").leases("bridge").values()
     endpoints.release(other, theirs)
+
+
+@pytest.mark.root
+def test_without_a_network_namespace_the_container_is_on_the_hosts_network(
+    tmp_path: Path,
+) -> None:
+    # notebook 01 leaves out namespaces one by one: without 'net' the default
+    # must be the host's network, never a veth whose eth0 lands in the host's
+    from conftest import booted
+
+    with booted(tmp_path / "root") as rt:
+        c = rt.create("busybox", ["true"], namespaces=["mnt", "pid", "uts", "ipc"])
+        assert c.spec.network == "host" and c.spec.networks == []
+        with pytest.raises(UserError, match="needs a network namespace of its own"):
+            rt.create("busybox", ["true"], network="bridge", namespaces=["mnt", "pid"])

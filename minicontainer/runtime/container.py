@@ -664,6 +664,11 @@ def create(
         pids=_parse_pids(pids_limit),
     )
     rootless = os.geteuid() != 0
+    own_netns = namespaces_ is None or "net" in namespaces_
+    if network is None and not own_netns:
+        network = "host"  # no network namespace of its own: the host's network
+    if network not in (None, "host", "none") and not own_netns:
+        raise UserError(f"--network {network} needs a network namespace of its own: add 'net'")
     if network is None:  # Docker's default: the bridge network; rootless, pasta's
         network = (
             ("pasta" if rootless_net.available()[0] else "none") if rootless else DEFAULT_NETWORK
