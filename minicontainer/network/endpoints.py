@@ -232,17 +232,31 @@ def release(root: str | os.PathLike[str], container_id: str, network: str | None
     if network is not None:
         return _release_one(root, container_id, network)
     ipam = IPAM(root)
+    names = ipam.names()
+    # The kernel deletes a veth pair with the network namespace of either end,
+    # but the namespace is torn down by a kernel worker a few milliseconds after
+    # its last process ended: ``run --rm`` would return with the host end still
+    # on the bridge (and a ``network rm`` at once would find the bridge busy).
+    # So the pairs still there go now, before their addresses are handed out again.
+    for net_name in names:
+        info = ipam.endpoints(net_name).get(container_id)
+        if info is not None:
+            _detach_if_there(container_id, int(info.get("slot", 0)))
     touched = []
-    for net_name in ipam.names() if network is None else [network]:
+    for net_name in names:
         if ipam.release(net_name, container_id):
             touched.append(net_name)
-    if network is None:
-        from . import firewall
+    from . import firewall
 
-        firewall.unpublish(container_id)
-    # No veth to delete: ``rm`` comes after the container's processes ended, and
-    # the kernel deletes a veth pair with the network namespace of either end.
+    firewall.unpublish(container_id)
     refresh_hosts(root, touched)
+
+
+def _detach_if_there(container_id: str, slot: int) -> None:
+    """Delete the host end of the container's veth of ``slot`` if it still exists
+    (a look in /sys first: pyroute2 is loaded only when there is one)."""
+    if os.path.exists(f"/sys/class/net/{bridge.host_ifname(container_id, slot)}"):
+        bridge.detach(container_id, slot)
 
 
 def _release_one(root: str | os.PathLike[str], container_id: str, network: str) -> None:
@@ -254,6 +268,5 @@ def _release_one(root: str | os.PathLike[str], container_id: str, network: str) 
         raise UserError(f"container {container_id[:12]} is not connected to network {network}")
     slot = int(info.get("slot", 0))
     ipam.release(network, container_id)
-    if os.path.exists(f"/sys/class/net/{bridge.host_ifname(container_id, slot)}"):
-        bridge.detach(container_id, slot)
+    _detach_if_there(container_id, slot)
     refresh_hosts(root, [network])
