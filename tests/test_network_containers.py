@@ -551,6 +551,62 @@ def test_killed_supervisor_then_rm_f_leaves_no_rule_or_lease(rt):
         assert_nothing_left(rt, {cid}, [net])
 
 
+def test_killed_supervisor_and_container_then_rm_leaves_no_rule_or_lease(rt):
+    with network(rt, "crash2") as net:
+        port = free_port()
+        cid = run_d(rt, "--network", net, "-p", f"{port}:80", "busybox", "sleep", "300")
+        state = rt.container(cid).state()
+        os.kill(state.shim_pid, signal.SIGKILL)  # nobody is left to call stopped()
+        os.kill(state.pid, signal.SIGKILL)
+        assert wait_for(lambda: not pid_alive(state.pid) and not pid_alive(state.shim_pid))
+        ok(cli(rt, "rm", cid))  # no -f: it is not running any more
+        assert_nothing_left(rt, {cid}, [net])
+
+
+def test_stop_frees_the_port_and_a_new_start_publishes_it_again(rt):
+    with network(rt, "restart") as net:
+        port = free_port()
+        cid = run_d(
+            rt, "--network", net, "-p", f"{port}:80",
+            "busybox", "sh", "-c", HTTPD.format(text="again"),
+        )  # fmt: skip
+        wait_http(rt, cid)
+        assert http_get("127.0.0.1", port) == "again\n"
+        c = rt.container(cid)
+        c.stop(timeout=5)
+        assert not our_rules({cid})  # Docker frees published ports at stop
+        assert http_get("127.0.0.1", port, tries=0) is None
+        assert leases(rt, net)  # the address stays the container's until rm
+        c.start_detached()  # at once: the old pair may still be going away
+        wait_http(rt, cid)
+        assert http_get("127.0.0.1", port) == "again\n"
+        shown = inside(pid_of(rt, cid), "ip", "-4", "-o", "addr", "show", "eth0").stdout
+        assert f"inet {ip_of(rt, cid, net)}/" in shown
+
+
+def test_concurrent_detached_runs_get_distinct_addresses(rt):
+    with network(rt, "conc") as net:
+        out: list[subprocess.CompletedProcess[str]] = []
+
+        def one() -> None:
+            out.append(cli(rt, "run", "-d", "--network", net, "busybox", "sleep", "300"))
+
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        cids = [ok(p).strip() for p in out]
+        seen = set()
+        for cid in cids:
+            shown = inside(pid_of(rt, cid), "ip", "-4", "-o", "addr", "show", "eth0").stdout
+            m = re.search(r"inet (\S+)/", shown)
+            assert m, shown
+            seen.add(m.group(1))
+        assert len(seen) == 20
+        assert sorted(leases(rt, net).values()) == sorted(cids)
+
+
 def test_network_connect_and_disconnect_of_a_running_container(rt):
     with network(rt, "c1") as net1, network(rt, "c2") as net2:
         a_name, b_name = f"cona-{PID}", f"conb-{PID}"
