@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -254,9 +255,14 @@ def release(root: str | os.PathLike[str], container_id: str, network: str | None
 
 def _detach_if_there(container_id: str, slot: int) -> None:
     """Delete the host end of the container's veth of ``slot`` if it still exists
-    (a look in /sys first: pyroute2 is loaded only when there is one)."""
-    if os.path.exists(f"/sys/class/net/{bridge.host_ifname(container_id, slot)}"):
-        bridge.detach(container_id, slot)
+    (a look first, so pyroute2 is loaded only when there is one). The look is
+    if_nametoindex(3), in this process's network namespace: /sys/class/net shows
+    the namespace of whoever mounted /sys, another one under ``unshare -n``."""
+    try:
+        socket.if_nametoindex(bridge.host_ifname(container_id, slot))
+    except OSError:
+        return
+    bridge.detach(container_id, slot)
 
 
 def _release_one(root: str | os.PathLike[str], container_id: str, network: str) -> None:
