@@ -212,16 +212,16 @@ def our_veths(ids: set[str]) -> list[str]:
     """Host interfaces that are the veths of these containers (by name or alias)."""
     found = []
     shorts = {i[:7] for i in ids}
-    for dev in Path("/sys/class/net").iterdir():
+    for _, name in socket.if_nameindex():  # this network namespace's, whatever /sys shows
         try:
-            alias = (dev / "ifalias").read_text().strip()
+            alias = Path("/sys/class/net", name, "ifalias").read_text().strip()
         except OSError:
             alias = ""
         owner = alias.removeprefix("minicontainer ")
         if (alias.startswith("minicontainer ") and any(owner.startswith(i) for i in ids)) or (
-            dev.name.startswith("veth") and dev.name[4:11] in shorts
+            name.startswith("veth") and name[4:11] in shorts
         ):
-            found.append(dev.name)
+            found.append(name)
     return found
 
 
