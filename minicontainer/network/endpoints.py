@@ -29,6 +29,8 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -246,18 +248,44 @@ def release(root: str | os.PathLike[str], container_id: str, network: str | None
     after a crash left no spec), its veths and rules, and tell the peers."""
     if network is not None:
         return _release_one(root, container_id, network)
+    # The kernel deletes a veth pair with the network namespace of either end,
+    # but the namespace is torn down by a kernel worker a few milliseconds after
+    # its last process ended: ``run --rm`` would return with the host end still
+    # on the bridge (and a ``network rm`` at once would find the bridge busy).
+    # So the pairs still there go now, before their addresses are handed out again.
+    for ipam in ipams(root):
+        for net_name in ipam.names():
+            info = ipam.endpoints(net_name).get(container_id)
+            if info is not None:
+                _detach_if_there(container_id, int(info.get("slot", 0)))
     touched = []
     for ipam in ipams(root):
         for net_name in ipam.names():
             if ipam.release(net_name, container_id):
                 touched.append(net_name)
-    if network is None and os.geteuid() == 0:  # rootless has no firewall of its own
+    if os.geteuid() == 0:  # rootless has no firewall of its own
         from . import firewall
 
         firewall.unpublish(container_id)
-    # No veth to delete: ``rm`` comes after the container's processes ended, and
-    # the kernel deletes a veth pair with the network namespace of either end.
     refresh_hosts(root, touched)
+
+
+def _detach_if_there(container_id: str, slot: int, wait: float = 0.25) -> None:
+    """Delete the host end of the container's veth of ``slot`` if it still exists
+    (a look first, so pyroute2 is loaded only when there is one). The look is
+    if_nametoindex(3), in this process's network namespace: /sys/class/net shows
+    the namespace of whoever mounted /sys, another one under ``unshare -n``."""
+    name = bridge.host_ifname(container_id, slot)
+    deadline = time.monotonic() + wait
+    while True:  # the kernel's own removal is a few ms away: cheaper than pyroute2
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    bridge.detach(container_id, slot)
 
 
 def _release_one(root: str | os.PathLike[str], container_id: str, network: str) -> None:
@@ -269,8 +297,7 @@ def _release_one(root: str | os.PathLike[str], container_id: str, network: str) 
         raise UserError(f"container {container_id[:12]} is not connected to network {network}")
     slot = int(info.get("slot", 0))
     ipam.release(network, container_id)
-    if os.path.exists(f"/sys/class/net/{bridge.host_ifname(container_id, slot)}"):
-        bridge.detach(container_id, slot)
+    _detach_if_there(container_id, slot, wait=0)  # it runs: its veth stays unless deleted
     refresh_hosts(root, [network])
 
 

@@ -189,6 +189,9 @@ class Container:
         """Start under a shim process of its own that outlives us (``run -d``).
         hold: keep the output for the first client of its attach socket; keep: an
         exited --rm container stays for its owner (the daemon) to remove."""
+        # Read now: a failed --rm start has the shim remove the directory (and
+        # the spec with it) before our read below sees the end of its report.
+        auto_remove = self.spec.auto_remove
         ready_r, ready_w = os.pipe()
         import subprocess
 
@@ -212,7 +215,7 @@ class Container:
             return
         # The shim recorded the failure (and removed an --rm container); if it
         # died before it could, the directory is ours to remove.
-        if self.spec.auto_remove and not keep and self.dir.exists():
+        if auto_remove and not keep and self.dir.exists():
             shim.remove_files(self.root, self.id)
         code_text, _, message = report.decode(errors="replace").partition(" ")
         if not code_text.isdigit():

@@ -190,6 +190,16 @@ def supervise(job: dict, sink=None, stdin_relay: int | None = None) -> dict:  # 
     with open(job["state"]) as f:
         state = json.load(f)
     state.update(status="exited", exit_code=code, finished_at=now(), paused=False)
+    if job.get("network"):
+        # Its published ports go before the end is recorded, as Docker frees them
+        # at stop: ``stop`` returns once the state says exited, and a ``run -p``
+        # of the same port just after must not find it still taken.
+        try:
+            from ..network import endpoints  # imported only now: the monitor stays lean
+
+            endpoints.stopped(job["network"]["id"], job["network"]["ports"])
+        except Exception as e:  # the end is recorded all the same; rm tries again
+            print(f"minicontainer monitor: freeing the published ports: {e}", file=sys.stderr)
     if job.get("cgroup"):
         state["oom_killed"] = oom_kills(job["oom_file"]) > 0 and code == 128 + signal.SIGKILL
         remove_cgroup(job["cgroup"])
@@ -340,14 +350,10 @@ def main() -> None:
     """argv[1]: the job, as JSON (exec'd by shim.become_monitor)."""
     job = json.loads(sys.argv[1])
     supervise(job)
-    if job.get("network"):
-        # imported only now: the monitor stays lean while the container runs
+    if job.get("network") and job.get("auto_remove"):
         from ..network import endpoints
 
-        net = job["network"]
-        endpoints.stopped(net["id"], net["ports"])
-        if job.get("auto_remove"):
-            endpoints.release(net["root"], net["id"])
+        endpoints.release(job["network"]["root"], job["network"]["id"])
     if job.get("auto_remove"):
         directory = os.path.dirname(job["state"])
         doomed = os.path.join(os.path.dirname(directory), ".rm-" + os.path.basename(directory))
