@@ -9,8 +9,8 @@ network connect/disconnect and a failed start.
 
 Every test works on a private state root and networks of its own (names with
 this process's id, 10.2xx.x.0/24 subnets that no host route or address uses);
-the default network ``bridge`` is the shared ``mc0``, so only its gateway address
-of this state root is taken off it at the end."""
+the default network ``bridge`` is the host's ``mc0``, shared by every root (its
+record and leases in the system root), and stays."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from probe import (
 
 import minicontainer as mcpkg
 from conftest import booted
-from minicontainer.network import bridge, firewall, ipam
+from minicontainer.network import bridge, firewall, ipam, objects
 from minicontainer.network.objects import DEFAULT_BRIDGE
 
 pytestmark = pytest.mark.root
@@ -68,19 +68,6 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mcpkg.Runtime]:
                 if net.name != "bridge":
                     with contextlib.suppress(Exception):
                         runtime.remove_network(net.name)
-            _forget_default_gateway(runtime)
-
-
-def _forget_default_gateway(runtime: mcpkg.Runtime) -> None:
-    """mc0 is shared by every state root on the machine and keeps the gateway of
-    each one's ``bridge`` network: take this root's off again (ours: the subnet was
-    chosen free of every host route when this root first used the network)."""
-    if "bridge" not in ipam.IPAM(runtime.root).names():
-        return
-    net = ipam.IPAM(runtime.root).get("bridge")
-    subprocess.run(
-        ["ip", "addr", "del", net.gateway_cidr, "dev", DEFAULT_BRIDGE], capture_output=True
-    )
 
 
 def cli(rt: mcpkg.Runtime, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -138,7 +125,7 @@ def ip_of(rt: mcpkg.Runtime, cid: str, network: str) -> str:
 
 
 def net_of(rt: mcpkg.Runtime, name: str) -> ipam.Network:
-    return ipam.IPAM(rt.root).get(name)
+    return objects.ipam_of(rt.root, name).get(name)
 
 
 def pid_of(rt: mcpkg.Runtime, cid: str) -> int:
@@ -232,7 +219,7 @@ def our_rules(ids: set[str]) -> list[str]:
 
 
 def leases(rt: mcpkg.Runtime, network: str) -> dict[str, str]:
-    return ipam.IPAM(rt.root).leases(network)
+    return objects.ipam_of(rt.root, network).leases(network)
 
 
 def assert_nothing_left(rt: mcpkg.Runtime, ids: set[str], networks: list[str]) -> None:
@@ -245,7 +232,7 @@ def assert_nothing_left(rt: mcpkg.Runtime, ids: set[str], networks: list[str]) -
             ip: cid for ip, cid in leases(rt, net).items() if any(cid.startswith(i) for i in ids)
         }
         assert not held, f"leases left on {net}: {held}"
-        known = ipam.IPAM(rt.root).dir / net / "endpoints.json"
+        known = objects.ipam_of(rt.root, net).dir / net / "endpoints.json"
         names = json.loads(known.read_text()) if known.exists() else {}
         assert not [c for c in names if any(c.startswith(i) for i in ids)], names
     for cid in ids:
