@@ -308,15 +308,16 @@ class Bench:
         """What of a bridge start can be timed from here: pyroute2's load in a lean
         ``python -S`` (as the shim loads it) and one firewall.add_network on the
         default network (the nft round trips each start makes), medians of 5."""
-        from minicontainer.network import firewall
-        from minicontainer.network.ipam import IPAM
-        from minicontainer.runtime.shim import _library_dirs
+        import importlib.util
 
+        from minicontainer.network import firewall, objects
+
+        found = importlib.util.find_spec("pyroute2")
+        where = os.path.dirname(list(found.submodule_search_locations)[0]) if found else ""
         code = (
             f"import sys, time; sys.path[:] = [{str(REPO)!r}] + [p for p in sys.path if p]"
-            + "".join(f" + [{d!r}]" for d in _library_dirs())
-            + "; t = time.perf_counter(); from minicontainer.network import bridge; "
-            "bridge._pyroute2(); print(time.perf_counter() - t)"
+            f" + [{where!r}]; t = time.perf_counter(); from minicontainer.network import bridge; "
+            "bridge.host_addresses(); print(time.perf_counter() - t)"
         )
         lean = [self.args.python, "-S", "-c", code]
         pyroute2 = statistics.median(float(run(lean)) for _ in range(5))
@@ -326,7 +327,7 @@ class Bench:
             start = time.perf_counter()
             run(bare)
             interp.append(time.perf_counter() - start)
-        net = IPAM(self.root).get("bridge")
+        net = objects.ipam_of(self.root, "bridge").get("bridge")
         nft = []
         for _ in range(5):
             start = time.perf_counter()
