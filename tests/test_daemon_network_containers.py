@@ -10,6 +10,7 @@ container is made with a unique name and removed at the end."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -34,6 +35,14 @@ pytestmark = pytest.mark.root
 
 PREFIX = f"mcdn{os.getpid()}"
 Docker = Callable[..., subprocess.CompletedProcess]
+# dockerd 20.10's words (POST /networks/{id}/connect), as a real one answered them
+NONE_WORDS = (
+    "container cannot be connected to multiple networks with one of the networks "
+    "in private (none) mode"
+)
+HOST_WORDS = "container cannot be disconnected from host network or connected to host network"
+IP_WORDS = "user specified IP address is supported on user defined networks only"
+ALIAS_WORDS = "network-scoped alias is supported only for containers in user defined networks"
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +114,32 @@ def addresses(docker: Docker, name: str) -> set[str]:
 def test_names_between_containers_of_a_network(docker: Docker) -> None:
     net, web = f"{PREFIX}n1", f"{PREFIX}web"
     ok(docker("network", "create", net))
-    ok(docker("run", "-d", "--network", net, "--name", web, "busybox", "httpd", "-f", "-p", "80", "-h", "/etc"))  # fmt: skip
+    ok(
+        docker(
+            "run",
+            "-d",
+            "--network",
+            net,
+            "--name",
+            web,
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/etc",
+        )
+    )
     hostname = ok(docker("inspect", "-f", "{{.Config.Hostname}}", web)).strip()
-    got = docker("run", "--rm", "--network", net, "busybox", "wget", "-qO-", f"http://{web}/hostname")
+    got = docker(
+        "run", "--rm", "--network", net, "busybox", "wget", "-qO-", f"http://{web}/hostname"
+    )
     assert ok(got).strip() == hostname
     inspected = json.loads(ok(docker("network", "inspect", net)))[0]
     (entry,) = inspected["Containers"].values()
-    assert entry["Name"] == web and entry["IPv4Address"].endswith("/" + inspected["IPAM"]["Config"][0]["Subnet"].split("/")[1])  # fmt: skip
+    prefix = inspected["IPAM"]["Config"][0]["Subnet"].split("/")[1]
+    assert entry["Name"] == web and entry["IPv4Address"].endswith("/" + prefix)
     networks = json.loads(ok(docker("inspect", web)))[0]["NetworkSettings"]["Networks"]
     assert entry["IPv4Address"].split("/")[0] == networks[net]["IPAddress"]
     assert entry["MacAddress"] == networks[net]["MacAddress"]
@@ -124,7 +152,25 @@ def test_names_between_containers_of_a_network(docker: Docker) -> None:
 def test_a_published_port_answers_on_the_hosts_loopback(docker: Docker) -> None:
     net, name, port = f"{PREFIX}n2", f"{PREFIX}pub", free_port()
     ok(docker("network", "create", net))
-    ok(docker("run", "-d", "--network", net, "-p", f"127.0.0.1:{port}:80", "--name", name, "busybox", "httpd", "-f", "-p", "80", "-h", "/etc"))  # fmt: skip
+    ok(
+        docker(
+            "run",
+            "-d",
+            "--network",
+            net,
+            "-p",
+            f"127.0.0.1:{port}:80",
+            "--name",
+            name,
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/etc",
+        )
+    )
     hostname = ok(docker("inspect", "-f", "{{.Config.Hostname}}", name)).strip()
 
     def answered() -> bool:
@@ -164,8 +210,6 @@ def test_connect_and_disconnect_a_running_container(docker: Docker, daemon: Daem
         subnet = json.loads(ok(docker("network", "inspect", second)))[0]["IPAM"]["Config"][0]
         after = addresses(docker, name)
         (added,) = after - before
-        import ipaddress
-
         assert ipaddress.ip_interface(added) in ipaddress.ip_network(subnet["Subnet"])
         again = docker("network", "connect", second, name)
         assert again.returncode == 1
@@ -203,7 +247,9 @@ def test_the_sdk_creates_and_connects(daemon: Daemon, rt: mc.Runtime) -> None:
     client = sdk.DockerClient(base_url=f"unix://{daemon.socket_path}", version="1.41", timeout=WAIT)
     try:
         net = client.networks.create(f"{PREFIX}sdk", driver="bridge")
-        c = client.containers.run("busybox", ["sleep", "600"], detach=True, name=f"{PREFIX}sdkc", network=f"{PREFIX}sdk")  # fmt: skip
+        c = client.containers.run(
+            "busybox", ["sleep", "600"], detach=True, name=f"{PREFIX}sdkc", network=f"{PREFIX}sdk"
+        )
         other = client.networks.create(f"{PREFIX}sdk2")
         other.connect(c, aliases=["x"])
         c.reload()
@@ -230,17 +276,43 @@ def test_refusals_in_dockerds_words(daemon: Daemon, rt: mc.Runtime) -> None:
     c = rt.create("busybox", ["sleep", "600"], name=f"{PREFIX}refc", network=net.name)
     c.start_detached()
     base = "/v1.41/networks"
+    fixed, alias = {"IPAMConfig": {"IPv4Address": "172.17.0.99"}}, {"Aliases": ["x"]}
     cases = [
-        (f"{base}/{net.name}/connect", {"Container": c.name}, 403, f"endpoint with name {c.name} already exists in network {net.name}"),  # fmt: skip
+        (
+            f"{base}/{net.name}/connect",
+            {"Container": c.name},
+            403,
+            f"endpoint with name {c.name} already exists in network {net.name}",
+        ),
         (f"{base}/{net.name}/connect", {"Container": "nosuchc"}, 404, "No such container: nosuchc"),
         (f"{base}/nosuchnet/connect", {"Container": c.name}, 404, "network nosuchnet not found"),
-        (f"{base}/none/connect", {"Container": c.name}, 400, "container cannot be connected to multiple networks with one of the networks in private (none) mode"),  # fmt: skip
-        (f"{base}/host/connect", {"Container": c.name}, 400, "container cannot be disconnected from host network or connected to host network"),  # fmt: skip
-        (f"{base}/bridge/connect", {"Container": c.name, "EndpointConfig": {"IPAMConfig": {"IPv4Address": "172.17.0.99"}}}, 400, "user specified IP address is supported on user defined networks only"),  # fmt: skip
-        (f"{base}/bridge/connect", {"Container": c.name, "EndpointConfig": {"Aliases": ["x"]}}, 400, "network-scoped alias is supported only for containers in user defined networks"),  # fmt: skip
-        (f"{base}/bridge/disconnect", {"Container": c.name}, 500, f"container {c.id} is not connected to network bridge"),  # fmt: skip
-        (f"{base}/{net.name}/disconnect", {"Container": "nosuchc"}, 404, "No such container: nosuchc"),  # fmt: skip
-        (f"{base}/{net.name}/disconnect", {"Container": "nosuchc", "Force": True}, 404, "endpoint nosuchc not found"),  # fmt: skip
+        (f"{base}/none/connect", {"Container": c.name}, 400, NONE_WORDS),
+        (f"{base}/host/connect", {"Container": c.name}, 400, HOST_WORDS),
+        (f"{base}/bridge/connect", {"Container": c.name, "EndpointConfig": fixed}, 400, IP_WORDS),
+        (
+            f"{base}/bridge/connect",
+            {"Container": c.name, "EndpointConfig": alias},
+            400,
+            ALIAS_WORDS,
+        ),
+        (
+            f"{base}/bridge/disconnect",
+            {"Container": c.name},
+            500,
+            f"container {c.id} is not connected to network bridge",
+        ),
+        (
+            f"{base}/{net.name}/disconnect",
+            {"Container": "nosuchc"},
+            404,
+            "No such container: nosuchc",
+        ),
+        (
+            f"{base}/{net.name}/disconnect",
+            {"Container": "nosuchc", "Force": True},
+            404,
+            "endpoint nosuchc not found",
+        ),
         (f"{base}/{net.name}/connect", {}, 400, 'invalid name or ID supplied: ""'),
     ]
     try:
@@ -254,19 +326,39 @@ def test_refusals_in_dockerds_words(daemon: Daemon, rt: mc.Runtime) -> None:
 def test_the_cli_goes_through_the_daemon(daemon: Daemon, rt: mc.Runtime) -> None:
     net, name, port = f"{PREFIX}cli", f"{PREFIX}clic", free_port()
     cli = [sys.executable, "-m", "minicontainer", "--root", str(rt.root)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MINICONTAINER_HOST": f"unix://{daemon.socket_path}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MINICONTAINER_HOST": f"unix://{daemon.socket_path}",
+    }
 
     def run(*argv: str) -> str:
-        got = subprocess.run([*cli, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=WAIT)  # fmt: skip
+        got = subprocess.run(
+            [*cli, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=WAIT
+        )
         assert got.returncode == 0, got.stderr
         return got.stdout
 
     run("network", "create", net)
     try:
-        run("run", "-d", "--network", net, "-p", f"127.0.0.1:{port}:80", "--name", name, "busybox", "sleep", "600")  # fmt: skip
+        run(
+            "run",
+            "-d",
+            "--network",
+            net,
+            "-p",
+            f"127.0.0.1:{port}:80",
+            "--name",
+            name,
+            "busybox",
+            "sleep",
+            "600",
+        )
         assert run("port", name).splitlines() == [f"80/tcp -> 127.0.0.1:{port}"]
         inspected = daemon.runtime.container(name).inspect()
-        assert inspected["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}  # fmt: skip
+        assert inspected["HostConfig"]["PortBindings"] == {
+            "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        }
         other = f"{PREFIX}cli2"
         run("network", "create", other)
         run("network", "connect", other, name)
@@ -277,3 +369,18 @@ def test_the_cli_goes_through_the_daemon(daemon: Daemon, rt: mc.Runtime) -> None
         run("network", "rm", other)
     finally:
         run("network", "rm", net)
+
+
+def test_the_daemon_sweeps_leases_of_vanished_containers_at_boot(tmp_path: Path) -> None:
+    from minicontainer.network.ipam import IPAM
+
+    runtime = mc.Runtime(tmp_path / "root")
+    net = runtime.create_network(f"{PREFIX}sw")
+    try:
+        ghost = "f" * 64  # a container removed while no daemon ran (its lease stayed)
+        IPAM(runtime.root).allocate(net.name, ghost)
+        assert ghost in IPAM(runtime.root).leases(net.name).values()
+        with Daemon(runtime.root).start():
+            assert ghost not in IPAM(runtime.root).leases(net.name).values()
+    finally:
+        runtime.remove_network(net.name)

@@ -336,7 +336,27 @@ _ADDED = (
     "AppArmorProfile",
     "ExecIDs",
     "Mounts",
-    "NetworkSettings",
+)
+# NetworkSettings: the runtime's fields (runtime/container.py network_settings), in its order
+_LOCAL_SETTINGS = (
+    "Bridge",
+    "SandboxKey",
+    "Ports",
+    "IPAddress",
+    "IPPrefixLen",
+    "Gateway",
+    "MacAddress",
+    "Networks",
+)
+_LOCAL_ENDPOINT = (
+    "IPAMConfig",
+    "Aliases",
+    "NetworkID",
+    "EndpointID",
+    "Gateway",
+    "IPAddress",
+    "IPPrefixLen",
+    "MacAddress",
 )
 _ADDED_STATE = ("Restarting", "Dead")
 _ADDED_CONFIG = (
@@ -359,6 +379,19 @@ def local_inspect(data: dict[str, Any]) -> dict[str, Any]:
             state[key] = _time(state[key])
     out["State"] = state
     out["Config"] = {k: v for k, v in (data.get("Config") or {}).items() if k not in _ADDED_CONFIG}
+    if "NetworkSettings" in data:
+        out["NetworkSettings"] = _local_settings(data)
+    return out
+
+
+def _local_settings(data: dict[str, Any]) -> dict[str, Any]:
+    settings = data.get("NetworkSettings") or {}
+    mode = (data.get("HostConfig") or {}).get("NetworkMode")
+    out = {k: settings[k] for k in _LOCAL_SETTINGS if k in settings}
+    out["Networks"] = {
+        name: {} if mode in ("none", "host") else {k: e[k] for k in _LOCAL_ENDPOINT if k in e}
+        for name, e in (settings.get("Networks") or {}).items()
+    }
     return out
 
 
