@@ -66,6 +66,8 @@ def _served(args: argparse.Namespace) -> bool:
         return True
     if args.verb == "image":
         return args.action == "inspect"
+    if args.verb == "network":  # the others read the same files locally
+        return args.action in ("connect", "disconnect")
     if args.verb == "save" and args.format != "docker":
         return False  # the daemon writes docker archives only
     if args.verb == "load" and args.input and os.path.isdir(args.input):
@@ -557,6 +559,8 @@ def cmd_network(args: argparse.Namespace) -> int:
         if removed:
             print("Deleted Networks:\n" + "\n".join(removed))
         return 0
+    if args.action in ("connect", "disconnect"):
+        rt = _runtime(args)  # through the daemon when one answers
     if args.action == "connect":
         rt.connect(args.network, args.container, ip=args.ip, aliases=args.alias)
         return 0

@@ -64,6 +64,7 @@ NORMALISE = [
     (re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?Z?"), "<time>"),
     (re.compile(r"(Up|Exited \(\d+\)) (Less than a second|\d+ \w+)"), r"\1 <ago>"),
     (re.compile(r'"Pid": \d+'), '"Pid": -1'),
+    (re.compile(r"/proc/\d+/ns/net"), "/proc/<pid>/ns/net"),  # NetworkSettings.SandboxKey
     (re.compile(r"(?<=\S) {3,}(?=\S)"), "   "),  # table columns as wide as their values
 ]
 

@@ -398,7 +398,11 @@ def test_docker_network_ls_and_inspect_as_against_dockerd(docker: Docker, real: 
     ours = docker("network", "ls", "--format", fmt)
     theirs = real("network", "ls", "--format", fmt)
     assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
-    assert sorted(ours.stdout.splitlines()) == ["host host local", "none null local"]
+    assert sorted(ours.stdout.splitlines()) == [
+        "bridge bridge local",
+        "host host local",
+        "none null local",
+    ]
     assert set(ours.stdout.splitlines()) <= set(theirs.stdout.splitlines())
     header = docker("network", "ls").stdout.splitlines()[0].split()
     assert header == real("network", "ls").stdout.splitlines()[0].split()
@@ -407,6 +411,10 @@ def test_docker_network_ls_and_inspect_as_against_dockerd(docker: Docker, real: 
     for key in ("Name", "Scope", "Driver", "EnableIPv6", "IPAM", "Internal", "Attachable"):
         assert mine[key] == their[key], key
     assert re.fullmatch(r"[0-9a-f]{64}", mine["Id"])
+    assert mine["Containers"] == {}  # counter and changer are on bridge (the default now)
+    mine, their = (json.loads(r("network", "inspect", "bridge").stdout)[0] for r in (docker, real))
+    assert set(mine) == set(their) and set(mine["Options"]) == set(their["Options"])
+    assert mine["Options"]["com.docker.network.bridge.name"] == "mc0"
     assert {c["Name"] for c in mine["Containers"].values()} == {"counter", "changer"}
     same_error(docker("network", "inspect", "nosuch"), real("network", "inspect", "nosuch"))
 
@@ -414,7 +422,7 @@ def test_docker_network_ls_and_inspect_as_against_dockerd(docker: Docker, real: 
 def test_networks_over_the_api(sock: str) -> None:
     listed = call(sock, "GET", "/v1.41/networks").json()
     ids = {n["Name"]: n["Id"] for n in listed}
-    assert set(ids) == {"none", "host"}
+    assert set(ids) == {"bridge", "none", "host"}
     assert call(sock, "GET", "/networks").json() == listed  # stable
     by_id = call(sock, "GET", f"/networks/{ids['host']}").json()
     by_prefix = call(sock, "GET", f"/networks/{ids['host'][:12]}").json()
@@ -427,11 +435,11 @@ def test_networks_over_the_api(sock: str) -> None:
     assert names({"driver": {"null": True}}) == {"none"}
     assert names({"name": {"ho": True}}) == {"host"}
     assert names({"id": {ids["none"][:8]: True}}) == {"none"}
-    assert names({"type": {"builtin": True}}) == {"none", "host"}
+    assert names({"type": {"builtin": True}}) == {"bridge", "none", "host"}
     assert names({"type": {"custom": True}}) == set()
     bad = call(sock, "GET", "/networks?filters=" + urllib.parse.quote('{"bogus": {"x": true}}'))
     assert (bad.status, bad.json()) == (400, {"message": "Invalid filter 'bogus'"})
-    missing = call(sock, "GET", "/networks/bridge")
-    assert (missing.status, missing.json()) == (404, {"message": "network bridge not found"})
+    missing = call(sock, "GET", "/networks/nosuch")
+    assert (missing.status, missing.json()) == (404, {"message": "network nosuch not found"})
     assert call(sock, "POST", "/networks/create").status == 400  # no name: a bad request
     assert call(sock, "POST", "/networks/prune").status == 501  # the rest stays unimplemented

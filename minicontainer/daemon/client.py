@@ -16,12 +16,15 @@ Which verbs go through the daemon (the others stay local, in this process):
 
     through the daemon   run, exec, ps, logs, stop, kill, pause, unpause, rm,
                          inspect, images, rmi, tag, diff, stats, history, export,
-                         save, load, version, image inspect
+                         save, load, version, image inspect, port,
+                         network connect/disconnect
     local                commit, import,
                          build, push, pull, image prune/verify, system df (its
                          "Unreferenced" row), save --format oci, load -i DIR,
-                         network, login, logout, registry, bootstrap, check (no endpoint
-                         yet, or client-side work)
+                         network create/ls/inspect/rm (the same files the daemon
+                         reads: its answers would be the same), login, logout,
+                         registry, bootstrap, check (no endpoint yet, or
+                         client-side work)
 
 How the CLI finds a daemon (``choose``): ``--host unix:///PATH`` or
 $MINICONTAINER_HOST (``local`` or ``none``: the local path); an explicit host
@@ -89,6 +92,8 @@ REMOTE_VERBS = {
     "export",
     "save",
     "load",
+    "port",
+    "network",  # connect and disconnect only (cli.py _served)
 }
 
 
@@ -331,7 +336,27 @@ _ADDED = (
     "AppArmorProfile",
     "ExecIDs",
     "Mounts",
-    "NetworkSettings",
+)
+# NetworkSettings: the runtime's fields (runtime/container.py network_settings), in its order
+_LOCAL_SETTINGS = (
+    "Bridge",
+    "SandboxKey",
+    "Ports",
+    "IPAddress",
+    "IPPrefixLen",
+    "Gateway",
+    "MacAddress",
+    "Networks",
+)
+_LOCAL_ENDPOINT = (
+    "IPAMConfig",
+    "Aliases",
+    "NetworkID",
+    "EndpointID",
+    "Gateway",
+    "IPAddress",
+    "IPPrefixLen",
+    "MacAddress",
 )
 _ADDED_STATE = ("Restarting", "Dead")
 _ADDED_CONFIG = (
@@ -354,6 +379,19 @@ def local_inspect(data: dict[str, Any]) -> dict[str, Any]:
             state[key] = _time(state[key])
     out["State"] = state
     out["Config"] = {k: v for k, v in (data.get("Config") or {}).items() if k not in _ADDED_CONFIG}
+    if "NetworkSettings" in data:
+        out["NetworkSettings"] = _local_settings(data)
+    return out
+
+
+def _local_settings(data: dict[str, Any]) -> dict[str, Any]:
+    settings = data.get("NetworkSettings") or {}
+    mode = (data.get("HostConfig") or {}).get("NetworkMode")
+    out = {k: settings[k] for k in _LOCAL_SETTINGS if k in settings}
+    out["Networks"] = {
+        name: {} if mode in ("none", "host") else {k: e[k] for k in _LOCAL_ENDPOINT if k in e}
+        for name, e in (settings.get("Networks") or {}).items()
+    }
     return out
 
 
@@ -690,6 +728,26 @@ def _devices(items: list[str]) -> list[dict[str, str]]:
     return out
 
 
+def _port_bindings(options: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """-p parsed on this side, as the docker CLI does (its errors before any request)."""
+    from ..network import ports
+
+    bindings = [b for text in options.get("publish") or [] for b in ports.parse_publish(text)]
+    return ports.docker_ports(bindings)
+
+
+def _networking(options: dict[str, Any]) -> dict[str, Any]:
+    """--ip and --network-alias as the docker CLI sends them: the endpoint config of
+    the one network (``default`` when none is named)."""
+    ip, aliases = options.get("ip"), list(options.get("network_aliases") or [])
+    if not ip and not aliases:
+        return {"EndpointsConfig": {}}
+    config: dict[str, Any] = {"Aliases": aliases or None}
+    if ip:
+        config["IPAMConfig"] = {"IPv4Address": ip}
+    return {"EndpointsConfig": {options.get("network") or "default": config}}
+
+
 def create_body(image: str, command: list[str] | None, options: dict[str, Any]) -> dict[str, Any]:
     """Runtime.create's keywords as ContainerConfig + HostConfig, checked on this side
     where the docker CLI checks them (sizes, -e K taken from our environment)."""
@@ -730,12 +788,15 @@ def create_body(image: str, command: list[str] | None, options: dict[str, Any]) 
         "StdinOnce": interactive,
         "AttachStdout": not options.get("detach"),
         "AttachStderr": not options.get("detach"),
+        "NetworkingConfig": _networking(options),
         "HostConfig": {
             "Binds": list(options.get("volumes") or []),
             "Memory": memory or 0,
             "NanoCpus": int((cpus or 0) * 1e9),
             "PidsLimit": pids,
-            "NetworkMode": options.get("network") or "none",
+            "NetworkMode": options.get("network") or "default",
+            "PortBindings": _port_bindings(options),
+            "PublishAllPorts": bool(options.get("publish_all")),
             "Init": bool(options.get("init")),
             "AutoRemove": bool(options.get("remove")),
             "Devices": _devices(list(options.get("device") or [])),
@@ -776,6 +837,20 @@ class RemoteRuntime:
             except ContainerNotFound:
                 continue  # removed meanwhile
         return out
+
+    # -- networks (connect and disconnect; the rest is local, see the docstring)
+    def connect(
+        self, network: str, container: str, *, ip: str | None = None, aliases: list[str] = ()
+    ) -> None:
+        config: dict[str, Any] = {"Aliases": list(aliases) or None}
+        if ip:
+            config["IPAMConfig"] = {"IPv4Address": ip}
+        body = {"Container": container, "EndpointConfig": config}
+        self.client.call("POST", f"/networks/{quote(network, safe='')}/connect", None, body)
+
+    def disconnect(self, network: str, container: str) -> None:
+        body = {"Container": container, "Force": False}
+        self.client.call("POST", f"/networks/{quote(network, safe='')}/disconnect", None, body)
 
     def diff(self, container: str) -> list[tuple[str, str]]:
         kinds = {0: "C", 1: "A", 2: "D"}

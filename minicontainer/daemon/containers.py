@@ -85,6 +85,18 @@ class Owner:
     def attributes(self, c: Container) -> dict[str, str]:
         return {"name": c.name, "image": c.spec.image}
 
+    def network_events(self, c: Container, action: str, endpoints: Any = None) -> None:
+        """dockerd's ``network connect``/``disconnect`` events, one per endpoint: at
+        each start and end of the container, and at ``network connect/disconnect``."""
+        try:
+            # read afresh: a `network connect` meanwhile wrote a new spec
+            endpoints = Container(c.root, c.id).spec.networks if endpoints is None else endpoints
+        except (UserError, ValueError):
+            return
+        for ep in endpoints:
+            attrs = {"container": c.id, "name": ep["network"], "type": "bridge"}
+            self.events.emit("network", action, ep["network_id"], attrs)
+
     def restarting(self) -> dict[str, Backoff]:
         """The containers in their restart back-off now (for list and inspect)."""
         with self._changed:
@@ -174,6 +186,7 @@ class Owner:
             raise ApiError(400 if e.exit_code != 125 else 500, str(e)) from None
         for ready in pending:
             ready.set()
+        self.network_events(c, "connect")  # dockerd's order: the networks, then the start
         self.events.emit("container", "start", c.id, self.attributes(c))
         self.watch(c)
         return True
@@ -204,6 +217,7 @@ class Owner:
         code = state.exit_code if state and state.exit_code is not None else 255
         attrs = {**self.attributes(c), "exitCode": str(code)}
         self.events.emit("container", "die", c.id, attrs)
+        self.network_events(c, "disconnect")  # its veths went with its namespace
         if state is not None and not self._stopped_by_client(c) and should_restart(c):
             backoff = Backoff(code, state.finished_at)
             with self._changed:
@@ -541,7 +555,8 @@ def _options(body: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(400, "privileged containers are not supported by minicontainerd")
     network = host.get("NetworkMode") or "default"
     if network == "default":
-        network = "none"
+        network = None  # the runtime's default: bridge (rootless: none), as dockerd's
+    ip, aliases = _endpoint_config(body, network)
     entry = body.get("Entrypoint")
     cmd = list(body.get("Cmd") or [])
     entrypoint = None
@@ -569,6 +584,10 @@ def _options(body: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
         "cpus": cpus / 1e9 if cpus else None,
         "pids_limit": host.get("PidsLimit") or None,
         "network": network,
+        "ip": ip,
+        "network_aliases": aliases,
+        "bindings": _port_bindings(host.get("PortBindings") or {}),
+        "publish_all": bool(host.get("PublishAllPorts")),
         "entrypoint": entrypoint,
         "tty": bool(body.get("Tty")),
         "interactive": bool(body.get("OpenStdin")),
@@ -580,6 +599,49 @@ def _options(body: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
         "security_opt": list(host.get("SecurityOpt") or []),
     }
     return options
+
+
+def _endpoint_config(body: dict[str, Any], network: str | None) -> tuple[str | None, list[str]]:
+    """NetworkingConfig.EndpointsConfig: the address and aliases on the one network
+    the container is created on (dockerd 20.10 takes one endpoint at create too)."""
+    configs = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    if not configs:
+        return None, []
+    if len(configs) > 1:
+        raise ApiError(
+            400,
+            "Container cannot be connected to network endpoints: " + ", ".join(sorted(configs)),
+        )
+    ((name, config),) = configs.items()
+    config = config or {}
+    if network not in (None, name) and not (network == "bridge" and name == "default"):
+        raise ApiError(400, f"the endpoint config names network {name}, NetworkMode {network}")
+    for key in ("Links", "IPv6Gateway", "GlobalIPv6Address", "MacAddress", "DriverOpts"):
+        if config.get(key):
+            raise ApiError(400, f"EndpointsConfig.{key} is not supported by minicontainerd")
+    ipam = config.get("IPAMConfig") or {}
+    if ipam.get("IPv6Address") or ipam.get("LinkLocalIPs"):
+        raise ApiError(400, "IPv6 and link-local addresses are not supported by minicontainerd")
+    return ipam.get("IPv4Address") or None, [str(a) for a in config.get("Aliases") or []]
+
+
+def _port_bindings(bindings: dict[str, Any]) -> list[Any]:
+    """HostConfig.PortBindings ({"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}) as
+    ports.PortBinding, read with the -p parser (the docker CLI sends what it parsed;
+    another client's "8000-8010" stays a range to choose from)."""
+    from ..network import ports
+
+    out = []
+    for key, items in bindings.items():
+        for item in items or [{}]:
+            ip = (item or {}).get("HostIp") or ""
+            host_port = (item or {}).get("HostPort") or ""
+            text = (f"{ip}:" if ip else "") + (f"{host_port}:" if host_port or ip else "") + key
+            try:
+                out += ports.parse_publish(text)
+            except UserError as e:
+                raise ApiError(400, str(e)) from None
+    return out
 
 
 def _restart_text(policy: dict[str, Any]) -> str:

@@ -394,12 +394,12 @@ def container_summary(
         "ImageID": spec.image_id,
         "Command": " ".join(spec.args),
         "Created": unix_time(spec.created),
-        "Ports": [],
+        "Ports": _port_rows(spec),
         "Labels": {},
         "State": status,
         "Status": text,
         "HostConfig": {"NetworkMode": spec.network},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": _networks(spec, aliases=False)},
         "Mounts": [
             {
                 "Type": "bind",
@@ -472,7 +472,96 @@ def container_inspect(
             "AppArmorProfile": "",
             "ExecIDs": None,
             "Mounts": container_summary(c)["Mounts"],
-            "NetworkSettings": {"Networks": {}, "Ports": {}},
+            "NetworkSettings": network_settings(c, out["NetworkSettings"]),
         }
     )
     return out
+
+
+# --------------------------------------------------------------------------- networks
+
+# dockerd's fields of an endpoint (types.EndpointSettings) and of NetworkSettings
+# that we have no counterpart for (no IPv6, no links), at its zero values.
+_ENDPOINT_ZERO = {
+    "IPAMConfig": None,
+    "Links": None,
+    "Aliases": None,
+    "NetworkID": "",
+    "EndpointID": "",
+    "Gateway": "",
+    "IPAddress": "",
+    "IPPrefixLen": 0,
+    "IPv6Gateway": "",
+    "GlobalIPv6Address": "",
+    "GlobalIPv6PrefixLen": 0,
+    "MacAddress": "",
+    "DriverOpts": None,
+}
+_SETTINGS_ZERO = {
+    "Bridge": "",
+    "SandboxID": "",
+    "HairpinMode": False,
+    "LinkLocalIPv6Address": "",
+    "LinkLocalIPv6PrefixLen": 0,
+    "Ports": {},
+    "SandboxKey": "",
+    "SecondaryIPAddresses": None,
+    "SecondaryIPv6Addresses": None,
+    "EndpointID": "",
+    "Gateway": "",
+    "GlobalIPv6Address": "",
+    "GlobalIPv6PrefixLen": 0,
+    "IPAddress": "",
+    "IPPrefixLen": 0,
+    "IPv6Gateway": "",
+    "MacAddress": "",
+    "Networks": {},
+}
+
+
+def _networks(spec: Any, *, aliases: bool = True) -> dict[str, Any]:
+    """NetworkSettings.Networks in dockerd's shape, from the runtime's (one entry per
+    endpoint; ``none``/``host``: the mode's network with its id only). The list's
+    rows carry no Aliases, as dockerd's carry none."""
+    from ..runtime.container import network_settings as runtime_settings
+    from .networks import network_id
+
+    nets = runtime_settings(spec, State())["Networks"]
+    out = {}
+    for name, entry in nets.items():
+        full = {**_ENDPOINT_ZERO, **entry}
+        if not entry:  # none, host: no endpoint of ours, dockerd's network id
+            full["NetworkID"] = network_id(name)
+        if not aliases:
+            full["Aliases"] = None
+        out[name] = full
+    return out
+
+
+def network_settings(c: Container, ours: dict[str, Any]) -> dict[str, Any]:
+    """GET /containers/{id}/json's NetworkSettings: the runtime's (runtime/container.py
+    network_settings) with dockerd's other fields; EndpointID at the top as dockerd
+    fills it, for the default network only."""
+    out = {**_SETTINGS_ZERO, **ours, "Networks": _networks(c.spec)}
+    default = out["Networks"].get("bridge")
+    if default is not None:
+        out["EndpointID"] = default["EndpointID"]
+    return out
+
+
+def _port_rows(spec: Any) -> list[dict[str, Any]]:
+    """types.Port rows of GET /containers/json (what `docker ps` shows as PORTS)."""
+    from ..network.ports import PortBinding
+
+    rows = []
+    for p in spec.ports:
+        b = PortBinding(**p)
+        rows.append(
+            {
+                "IP": b.shown_ip,
+                "PrivatePort": b.container_port,
+                "PublicPort": b.host_port,
+                "Type": b.proto,
+            }
+        )
+    return rows

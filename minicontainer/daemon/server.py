@@ -120,6 +120,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/networks/(?P<ref>[^/]+)\Z"), "network_inspect"),
     ("POST", re.compile(r"/networks/create\Z"), "network_create"),
     ("DELETE", re.compile(r"/networks/(?P<ref>[^/]+)\Z"), "network_delete"),
+    ("POST", re.compile(r"/networks/(?P<ref>[^/]+)/connect\Z"), "network_connect"),
+    ("POST", re.compile(r"/networks/(?P<ref>[^/]+)/disconnect\Z"), "network_disconnect"),
 ]
 UPLOADS: set[str] = {"build", "images_load"}
 
@@ -633,10 +635,32 @@ class Handler(BaseHTTPRequestHandler):
         self.events.emit("network", "create", net.id, {"name": net.name, "type": "bridge"})
         self.reply_json(201, {"Id": net.id, "Warning": ""})
 
+    def ep_network_connect(self, query: dict[str, list[str]], ref: str) -> None:
+        c, endpoint = networks.network_connect(self.runtime, ref, self.read_json())
+        if c.running():  # dockerd's event when the endpoint joins the sandbox
+            self.owner.network_events(c, "connect", [endpoint])
+        self.reply(200, b"", "text/plain", {})
+
+    def ep_network_disconnect(self, query: dict[str, list[str]], ref: str) -> None:
+        c, endpoint = networks.network_disconnect(self.runtime, ref, self.read_json())
+        if c.running():
+            self.owner.network_events(c, "disconnect", [endpoint])
+        self.reply(200, b"", "text/plain", {})
+
     def ep_network_delete(self, query: dict[str, list[str]], ref: str) -> None:
         net = networks.network_remove(self.runtime, ref)
         self.events.emit("network", "destroy", net.id, {"name": net.name, "type": "bridge"})
         self.reply(204, b"", "text/plain", {})
+
+
+def _sweep_leases(rt: Runtime) -> None:
+    """At boot: the address leases of containers that no longer exist (a crash, a
+    removal the daemon was not there for) go back to their networks."""
+    if not (rt.root / "networks").is_dir():
+        return
+    from ..network.ipam import IPAM
+
+    IPAM(rt.root).sweep(rt.state.ids())
 
 
 def _version_tuple(text: str) -> tuple[int, int]:
@@ -815,6 +839,7 @@ class Daemon:
         server.timeout = self.timeout
         server.connections = Connections(self.timeout)
         self._server = server
+        _sweep_leases(self.runtime)
         self.owner.restore()  # live-restore: watch what still runs
         self._thread = threading.Thread(
             target=server.serve_forever, name="minicontainerd", daemon=True

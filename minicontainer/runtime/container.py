@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -468,8 +468,17 @@ class Container:
 
     # -- networks (docker network connect / disconnect)
 
-    def connect(self, network: str, *, ip: str | None = None, aliases: list[str] = ()) -> dict:
-        """Join one more network: at once when running (the next ethN), else at start."""
+    def connect(
+        self,
+        network: str,
+        *,
+        ip: str | None = None,
+        aliases: list[str] = (),
+        wire: Callable[[str, int, list[dict]], None] | None = None,
+    ) -> dict:
+        """Join one more network: at once when running (the next ethN), else at start.
+        ``wire(id, pid, [endpoint])`` makes the veth of a running container
+        (default: endpoints.connect in this process; the daemon runs it elsewhere)."""
         spec = self.spec
         if spec.network in NETWORK_MODES:
             raise UserError(
@@ -493,7 +502,7 @@ class Container:
         )
         try:
             if self.running():
-                endpoints.connect(self.id, self.state().pid, [endpoint], [])
+                (wire or _wire_here)(self.id, self.state().pid, [endpoint])
             spec.networks.append(endpoint)
             self._write_spec(spec)
         except BaseException:
@@ -648,6 +657,7 @@ def create(
     network_aliases: list[str] = (),
     publish: list[str] = (),
     publish_all: bool = False,
+    bindings: list[ports.PortBinding] = (),
     namespaces_: list[str] | None = None,
     entrypoint: str | None = None,
     tty: bool = False,
@@ -688,7 +698,8 @@ def create(
             raise NotSupported(why if rootless else "--network pasta is for rootless containers")
     if (ip or network_aliases) and not bridged:
         raise UserError(f"--ip and --network-alias need a bridge network, not {network}")
-    bindings = [b for text in publish for b in ports.parse_publish(text)]
+    # bindings: already parsed (the daemon's HostConfig.PortBindings), after -p's
+    bindings = [*(b for text in publish for b in ports.parse_publish(text)), *bindings]
     if (bindings or publish_all) and not (bridged or network == "pasta"):
         raise UserError(f"published ports need a bridge network (or pasta), not {network}")
     mounts = [parse_volume(v) for v in volumes]
@@ -838,6 +849,10 @@ def create(
         shim.remove_files(root, container_id)
         raise
     return Container(root, container_id)
+
+
+def _wire_here(container_id: str, pid: int, endpoints_: list[dict]) -> None:
+    endpoints.connect(container_id, pid, endpoints_, [])
 
 
 def network_settings(spec: Spec, state: State) -> dict:
