@@ -75,6 +75,13 @@ def _served(args: argparse.Namespace) -> bool:
     return args.verb in REMOTE_VERBS
 
 
+def _bridged(args: argparse.Namespace) -> bool:
+    """Whether this run is likely to join a bridge network (runtime.create decides:
+    the default as root, or a network named)."""
+    mode = args.network or ("bridge" if os.geteuid() == 0 else "none")
+    return mode not in ("none", "host", "pasta") and not mode.startswith("container:")
+
+
 def _write(fd: int, data: bytes) -> None:
     while data:
         written = os.write(fd, data)
@@ -85,6 +92,12 @@ def _write(fd: int, data: bytes) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .network import wiring
+
+    if _bridged(args) and _daemon(args) is None:
+        wiring.warm_up()  # a helper wires the network while the container is prepared
+    else:
+        wiring.discard()  # __main__'s guess was wrong: no bridge here
     rt = _runtime(args)
     command = args.command or None
     container = rt.create(
@@ -547,9 +560,7 @@ def cmd_network(args: argparse.Namespace) -> int:
         _table(["NETWORK ID", "NAME", "DRIVER", "SUBNET"], rows)
         return 0
     if args.action == "inspect":
-        from dataclasses import asdict
-
-        found = [asdict(rt.network(ref)) for ref in args.names]
+        found = [rt.network(ref)._asdict() for ref in args.names]
         print(json.dumps(found, indent=4))
         return 0
     if args.action == "prune":

@@ -354,6 +354,36 @@ def test_networks_added_at_once(lab: Lab) -> None:
     assert tables() == ""
 
 
+def _handles(bridge_name: str) -> list[int]:
+    listed = json.loads(run("nft", "-j", "list", "table", "ip", "minicontainer").stdout)
+    tag = f"mc-net:{bridge_name}"
+    return sorted(
+        o["rule"]["handle"] for o in listed["nftables"] if o.get("rule", {}).get("comment") == tag
+    )
+
+
+def test_add_network_again_rewrites_only_what_changed(lab: Lab) -> None:
+    """Each container start asks for its network's rules: when they are there as
+    asked, nothing is written (the same rule handles); another subnet, --internal,
+    or a rule someone deleted gets them written again."""
+    br = lab.network("re", "10.225.0")
+    first = _handles(br)
+    assert len(first) == 5
+    firewall.add_network(br, "10.225.0.0/24", internal=False)
+    assert _handles(br) == first
+    firewall.add_network(br, "10.226.0.0/24", internal=False)  # the subnet changed
+    moved = _handles(br)
+    assert len(moved) == 5 and not set(moved) & set(first)
+    rules = run("nft", "list", "chain", "ip", "minicontainer", "postrouting").stdout
+    assert "10.226.0.0/24" in rules and "10.225.0.0/24" not in rules
+    firewall.add_network(br, "10.226.0.0/24", internal=True)  # internal: no way out
+    internal = _handles(br)
+    assert len(internal) == 6 and not set(internal) & set(moved)
+    run("nft", "delete", "rule", "ip", "minicontainer", "isolate", "handle", str(internal[0]))
+    firewall.add_network(br, "10.226.0.0/24", internal=True)
+    assert len(_handles(br)) == 6 and internal[0] not in _handles(br)
+
+
 def test_errors(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match="no network rules"):
         firewall.publish(

@@ -27,6 +27,7 @@ network is used (the runtime's own dependencies stay the standard library).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import importlib.util
@@ -83,6 +84,11 @@ def _pyroute2() -> Any:
 _LOADED: Any = None
 
 
+def load_netlink() -> None:
+    """Load pyroute2 now (a helper or the daemon does it ahead of the first start)."""
+    _pyroute2()
+
+
 def _away_from_event_loop(fn: Any) -> Any:
     """pyroute2 0.9 runs an asyncio loop of its own for each request, which asyncio
     refuses in a thread whose loop is running already (a Jupyter kernel's): there,
@@ -137,7 +143,14 @@ def _ipr(netns_fd: int | None = None) -> Any:
     if netns_fd is None:
         return nl.IPRoute()
     # flags=0: never create a namespace, only enter the one the descriptor names.
-    return nl.IPRoute(netns=netns_fd, flags=0)
+    # libc given: pyroute2 would look for it with ctypes.util.find_library, which
+    # runs ``ldconfig -p`` (a process, ~8 ms of each start).
+    return nl.IPRoute(netns=netns_fd, flags=0, libc=_libc())
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def host_addresses() -> list[tuple[str, int]]:
@@ -196,6 +209,25 @@ def _ours(ipr: Any, index: int, container_id: str) -> bool:
 def check_ifname(name: str) -> None:
     if not _IFNAME.match(name) or name in (".", ".."):
         raise UserError(f"invalid interface name {name!r}: 1 to {IFNAMSIZ - 1} of [a-zA-Z0-9_.-]")
+
+
+def attach_endpoints(container_id: str, pid: int, endpoints: list[dict[str, Any]]) -> None:
+    """Each endpoint's bridge made sure of and the veth of ``pid`` on it (the
+    endpoint records of network/endpoints.py); only eth0's network routes, and an
+    internal one never."""
+    for ep in endpoints:
+        ensure_bridge(ep["bridge"], f"{ep['gateway']}/{ep['prefix']}")
+        route = None if ep["internal"] or ep["slot"] else ep["gateway"]
+        attach(
+            ep["bridge"],
+            container_id,
+            pid,
+            f"{ep['ip']}/{ep['prefix']}",
+            route,
+            ifname=ep["ifname"],
+            mac=ep["mac"],
+            slot=ep["slot"],
+        )
 
 
 def host_ifname(container_id: str, slot: int = 0) -> str:

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UserError
-from . import bridge
+from . import bridge, wiring
 from .ipam import IPAM
 from .objects import DEFAULT_NETWORK, ipam_of, ipams, network_named, networks
 
@@ -202,24 +202,22 @@ def connect(container_id: str, pid: int, endpoints: list[dict], ports: list[dict
     """Wire the network namespace of ``pid`` (the container's first process, not
     yet exec'd, or a running one at ``network connect``) to each endpoint's
     bridge; eth0's network carries the default route and the published ports.
-    Undone on failure (the caller kills ``pid``: the veths go with its namespace)."""
+    Undone on failure (the caller kills ``pid``: the veths go with its namespace).
+    The links are made by the helper wiring.warm_up forked, when there is one,
+    while this process writes the firewall's rules."""
     from . import firewall
 
-    for ep in endpoints:
-        gateway_cidr = f"{ep['gateway']}/{ep['prefix']}"
-        bridge.ensure_bridge(ep["bridge"], gateway_cidr)
-        firewall.add_network(ep["bridge"], ep["subnet"], ep["internal"])
-        route = None if ep["internal"] or ep["slot"] else ep["gateway"]
-        bridge.attach(
-            ep["bridge"],
-            container_id,
-            pid,
-            f"{ep['ip']}/{ep['prefix']}",
-            route,
-            ifname=ep["ifname"],
-            mac=ep["mac"],
-            slot=ep["slot"],
-        )
+    helper = wiring.take()
+    if helper is not None:
+        helper.send(bridge.attach_endpoints, container_id, pid, endpoints)
+    try:
+        for ep in endpoints:
+            firewall.add_network(ep["bridge"], ep["subnet"], ep["internal"])
+    finally:
+        if helper is not None:
+            helper.result()  # its error first: without a bridge the rules mean nothing
+    if helper is None:
+        bridge.attach_endpoints(container_id, pid, endpoints)
     if ports and endpoints:
         from .ports import PortBinding
 
@@ -243,9 +241,16 @@ def stopped(container_id: str, ports: list[dict]) -> None:
 # --- 4. release
 
 
-def release(root: str | os.PathLike[str], container_id: str, network: str | None = None) -> None:
+def release(
+    root: str | os.PathLike[str],
+    container_id: str,
+    network: str | None = None,
+    *,
+    published: bool = True,
+) -> None:
     """Give back the container's leases (on ``network``, or on every network: also
-    after a crash left no spec), its veths and rules, and tell the peers."""
+    after a crash left no spec), its veths and rules, and tell the peers.
+    published=False: its spec, read, had no published port (no nft run to look)."""
     if network is not None:
         return _release_one(root, container_id, network)
     # The kernel deletes a veth pair with the network namespace of either end,
@@ -263,7 +268,7 @@ def release(root: str | os.PathLike[str], container_id: str, network: str | None
         for net_name in ipam.names():
             if ipam.release(net_name, container_id):
                 touched.append(net_name)
-    if os.geteuid() == 0:  # rootless has no firewall of its own
+    if published and os.geteuid() == 0:  # rootless has no firewall of its own
         from . import firewall
 
         firewall.unpublish(container_id)
@@ -284,7 +289,7 @@ def _detach_if_there(container_id: str, slot: int, wait: float = 0.25) -> None:
             return
         if time.monotonic() > deadline:
             break
-        time.sleep(0.005)
+        time.sleep(0.001)
     bridge.detach(container_id, slot)
 
 

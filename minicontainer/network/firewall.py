@@ -75,6 +75,7 @@ module knows nothing of the runtime.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import ipaddress
@@ -353,14 +354,45 @@ def add_network(bridge: str, subnet: str, internal: bool = False) -> None:
     net = ipaddress.IPv4Network(subnet, strict=False)
     with _locked():
         objs = _table()
+        docker = _docker_user()
+        if _in_place(objs, docker, bridge, net, internal):
+            return  # each start asks again: the rewrite would cost a third nft run
         doc = _skeleton() if objs is None else []
         doc += [_delete(r) for r in _tagged(objs, NET_TAG + bridge)]
         doc += _network_rules(bridge, net, internal)
-        docker = _docker_user()
         if docker is not None:
             doc += [_delete(r) for r in _ours_in_docker(docker, bridge)]
             doc += _docker_rules(bridge, internal)
         _nft(doc)
+
+
+def _in_place(
+    objs: list[dict[str, Any]] | None,
+    docker: list[dict[str, Any]] | None,
+    bridge: str,
+    net: ipaddress.IPv4Network,
+    internal: bool,
+) -> bool:
+    """Whether the network's rules are there as add_network would write them: the
+    bridge in the set, per chain as many rules with its tag and its subnet (nft
+    lists a rule in its own words, so the shapes are compared, not the text), and
+    its accepts in DOCKER-USER when that chain exists."""
+    if objs is None or bridge not in _set_elements(objs, "bridges"):
+        return False
+    subnet = json.dumps(_prefix(net)["prefix"], sort_keys=True)
+
+    def shape(rules: list[dict[str, Any]]) -> collections.Counter[tuple[str, bool]]:
+        return collections.Counter(
+            (r["chain"], subnet in json.dumps(r, sort_keys=True)) for r in rules
+        )
+
+    wanted = [c["add"]["rule"] for c in _network_rules(bridge, net, internal) if "rule" in c["add"]]
+    if shape(_tagged(objs, NET_TAG + bridge)) != shape(wanted):
+        return False
+    if docker is None:
+        return True
+    have = sorted(r.get("comment", "") for r in _ours_in_docker(docker, bridge))
+    return have == sorted(c["insert"]["rule"]["comment"] for c in _docker_rules(bridge, internal))
 
 
 def remove_network(bridge: str) -> None:

@@ -32,10 +32,9 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import files
 from ..errors import Conflict, UserError
@@ -104,8 +103,7 @@ def host_networks() -> list[IPv4Network]:
     return nets
 
 
-@dataclass(frozen=True)
-class Network:
+class Network(NamedTuple):
     name: str
     id: str
     subnet: str
@@ -247,7 +245,7 @@ class IPAM:
                         )
             if gw is None:
                 gw = net.network_address + 1
-            nid = secrets.token_hex(32)
+            nid = os.urandom(32).hex()
             ifname = bridge or f"mc-{nid[:12]}"
             check_ifname(ifname)
             if any(n.bridge == ifname for n in self.list()):
@@ -256,7 +254,7 @@ class IPAM:
             files.private_dir(ndir)
             files.write_atomic(ndir / "leases.json", "{}", 0o600)
             # network.json last: it is what makes the network exist.
-            files.write_atomic(ndir / "network.json", json.dumps(asdict(record), indent=1), 0o600)
+            files.write_atomic(ndir / "network.json", json.dumps(record._asdict(), indent=1), 0o600)
             return record
 
     def remove(self, name: str) -> None:

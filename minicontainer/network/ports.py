@@ -22,15 +22,14 @@ import errno
 import ipaddress
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from ..errors import UserError
 
 PROTOS = ("tcp", "udp", "sctp")  # Docker's validateProto
 
 
-@dataclass(frozen=True)
-class PortBinding:
+class PortBinding(NamedTuple):
     """One container port published on the host. ``host_ip`` "" is every address
     (Docker's 0.0.0.0); ``host_port`` 0 is "choose one"; ``host_port_end`` > 0 makes
     ``host_port``..``host_port_end`` the range to choose from (``-p 8000-8010:80``)."""
@@ -236,7 +235,7 @@ def choose_host_ports(
             else:
                 raise UserError(f"no free host port for {b.key}")
         taken.add((b.proto, port))
-        out.append(replace(b, host_port=port, host_port_end=0))
+        out.append(b._replace(host_port=port, host_port_end=0))
     return out
 
 

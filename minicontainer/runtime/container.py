@@ -19,13 +19,12 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import files
 from ..errors import EXIT_NOT_EXECUTABLE, Conflict, ContainerNotFound, NotSupported, UserError
-from ..network import endpoints, ports
+from ..network import endpoints, ports, wiring
 from ..network import rootless as rootless_net
 from ..network.objects import DEFAULT_NETWORK, network_named
 from ..record import Record
@@ -196,16 +195,23 @@ class Container:
         import subprocess
 
         flags = [*(["--hold"] if hold else []), *(["--keep"] if keep else [])]
+        helper = wiring.hand_over() if self.spec.networks else None
+        if helper is not None:  # the CLI's network helper, already loaded: the shim's
+            flags.append(f"--wiring={helper[0]},{helper[1]}")
         log = open(self.dir / "shim.log", "ab")
-        subprocess.Popen(
-            [*shim.package_python("shim"), str(self.root.root), self.id, str(ready_w), *flags],
-            pass_fds=(ready_w,),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
+        try:
+            subprocess.Popen(
+                [*shim.package_python("shim"), str(self.root.root), self.id, str(ready_w), *flags],
+                pass_fds=(ready_w, *(helper or ())),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+            if helper is not None:
+                wiring.let_go()
         os.close(ready_w)
         report = b""
         while chunk := os.read(ready_r, 4096):
@@ -819,11 +825,11 @@ def create(
         rootfs.write_etc_files(directory, spec.hostname, own_netns="net" in chosen)
         if network == "pasta":
             (directory / "resolv.conf").write_text(rootless_net.resolv_conf())
-            spec.ports = [asdict(b) for b in ports.choose_host_ports(bindings)]
+            spec.ports = [b._asdict() for b in ports.choose_host_ports(bindings)]
         if bridged:
             # The network: an address (and the peers' names) now, the veth at start.
             spec.network = network_named(root.root, network).name
-            spec.ports = [asdict(b) for b in ports.choose_host_ports(bindings)]
+            spec.ports = [b._asdict() for b in ports.choose_host_ports(bindings)]
             spec.networks = [
                 endpoints.join(
                     root.root,

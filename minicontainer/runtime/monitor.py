@@ -353,7 +353,8 @@ def main() -> None:
     if job.get("network") and job.get("auto_remove"):
         from ..network import endpoints
 
-        endpoints.release(job["network"]["root"], job["network"]["id"])
+        net = job["network"]
+        endpoints.release(net["root"], net["id"], published=bool(net.get("ports", True)))
     if job.get("auto_remove"):
         directory = os.path.dirname(job["state"])
         doomed = os.path.join(os.path.dirname(directory), ".rm-" + os.path.basename(directory))

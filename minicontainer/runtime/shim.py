@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from ..errors import EXIT_RUNTIME, UserError
 from ..files import rmtree
-from ..network import endpoints, ports, rootless
+from ..network import endpoints, ports, rootless, wiring
 from ..record import Record
 from . import cgroups, console, init, monitor, namespaces, rootfs, security
 from . import kernel as k
@@ -318,13 +318,16 @@ def stop_signal(spec: Spec) -> int:
 def remove_files(root: StateRoot, container_id: str) -> None:
     """Delete the container's directory (its R/W layer, logs, state) and its cgroup."""
     directory = root.container_dir(container_id)
+    published = True  # unless its spec says it published nothing
     try:
         spec = Spec.from_json((directory / "config.json").read_text())
+        published = bool(spec.ports)
         if spec.cgroup and (cg := cgroups.Cgroup.open(spec.cgroup)) is not None:
             cg.remove()
     except (OSError, ValueError):
         pass
-    endpoints.release(root.root, container_id)  # by lease, not by spec: also after a crash
+    # By lease, not by spec: also after a crash.
+    endpoints.release(root.root, container_id, published=published)
     if directory.exists():
         # Rename first: a half-deleted container never shows up in ps.
         doomed = directory.with_name(f".rm-{container_id}")
@@ -513,6 +516,11 @@ def main() -> None:
     flags = set(sys.argv[4:])
     os.set_inheritable(ready, False)  # or the container would hold it open, and `run -d` wait
     spec = Spec.from_json((root.container_dir(container_id) / "config.json").read_text())
+    handed = next((f.partition("=")[2] for f in flags if f.startswith("--wiring=")), "")
+    if handed:
+        wiring.adopt(handed)  # the CLI's network helper, loaded while we started
+    elif spec.networks:
+        wiring.warm_up()  # one of our own, loading while we prepare
     from . import attach
 
     directory = str(root.container_dir(container_id))
