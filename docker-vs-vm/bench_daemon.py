@@ -112,7 +112,8 @@ def docker_memory(ids: list[str]) -> dict[str, tuple[int, int]]:
 
 
 def our_memory(daemon: int) -> dict[str, tuple[int, int]]:
-    """minicontainerd and its shims (its children: each a container's monitor)."""
+    """minicontainerd and its shims (its children: each a container's monitor, and
+    the spare shim it keeps ready for the next start, runtime/spare.py)."""
     shims = (0, 0)
     for pid, parent, _ in processes():
         if parent == daemon:
@@ -239,7 +240,11 @@ def main() -> int:
         )
         busy, docker = our_memory(daemon.pid), docker_memory(theirs_ids)
         rss_idle, pss_idle = idle["minicontainerd"]
-        print(f"memory idle: minicontainerd RSS {mib(rss_idle)}, PSS {mib(pss_idle)}")
+        rss_spare, pss_spare = idle["shims"]
+        print(
+            f"memory idle: minicontainerd RSS {mib(rss_idle)}, PSS {mib(pss_idle)};"
+            f" with its spare shim RSS {mib(rss_idle + rss_spare)}, PSS {mib(pss_idle + pss_spare)}"
+        )
         for which, kind in ((0, "RSS"), (1, "PSS")):
             mine, mine_total = memory_line("ours:", busy, which)
             theirs, theirs_total = memory_line("Docker's:", docker, which)

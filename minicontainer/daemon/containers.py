@@ -32,6 +32,7 @@ from ..errors import Conflict, UserError
 from ..httpd import hung_up
 from ..runtime import attach
 from ..runtime.container import Container, LogEntry, LogReader
+from ..runtime.spare import Spare
 from ..runtime.spec import parse_restart
 from .engine import ApiError, api_error
 from .events import Events
@@ -74,6 +75,8 @@ class Owner:
         # the restart policy, which would undo the client's stop.
         self._stopping: dict[str, int] = {}
         self.listing = Listing(rt)  # GET /containers/json's rows, read when changed
+        # A shim started ahead, netlink loaded, for the next start (Daemon.start).
+        self.spare: Spare | None = None
 
     # -- lookup
     def get(self, ref: str) -> Container:
@@ -178,7 +181,12 @@ class Owner:
         # even when the container ends and is removed before the shim's first line.
         (c.dir / "log.json").touch()
         try:
-            c.start_detached(hold=bool(pending), keep=True)
+            spare = self.spare.take() if self.spare is not None else None
+            try:
+                c.start_detached(hold=bool(pending), keep=True, spare=spare)
+            finally:
+                if spare is not None and self.spare is not None:
+                    self.spare.refill()  # now: loading it during the start would slow it
         except UserError as e:
             for ready in pending:
                 ready.set()

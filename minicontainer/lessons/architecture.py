@@ -409,7 +409,9 @@ def _settled_ancestry(daemon_pid: int, container_pid: int, timeout: float = 5.0)
 
 
 def _is_shim(p: Proc) -> bool:
-    return any("minicontainer.runtime.monitor" in a or "runtime.shim" in a for a in p.args)
+    # runtime.spare: a shim the daemon started ahead, before it execs the monitor
+    marks = ("minicontainer.runtime.monitor", "runtime.shim", "runtime.spare")
+    return any(m in a for a in p.args for m in marks)
 
 
 def _name(p: Proc) -> str:

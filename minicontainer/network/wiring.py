@@ -53,9 +53,9 @@ def warm_up() -> None:
     """Get ready to wire the next container: in a single-threaded program (the
     CLI, a shim) a helper process loads the netlink library and will do the
     wiring while the container is being prepared; elsewhere the library is
-    loaded here. Again with a helper ready does nothing."""
+    loaded here. Again with a helper ready, or the library loaded, does nothing."""
     global _helper
-    if _helper is None:
+    if _helper is None and not _preloaded:
         _helper = Helper.fork()
         if _helper is None:
             preload()
@@ -75,21 +75,6 @@ def discard() -> None:
         helper.close()
 
 
-def hand_over() -> tuple[int, int] | None:
-    """The pipe ends of this process's helper, for a process started next (the
-    shim of a ``run -d``) to adopt; ``let_go`` after it started."""
-    return _helper.fds() if _helper is not None else None
-
-
-def let_go() -> None:
-    """Close this process's ends of a helper handed over (it is another's now,
-    and exits when that one is done with it)."""
-    helper = take()
-    if helper is not None:
-        helper.pid = 0
-        helper.close()
-
-
 def adopt(fds: str) -> None:
     """Wire with the helper whose pipe ends another process handed over."""
     global _helper
@@ -98,9 +83,14 @@ def adopt(fds: str) -> None:
 
 def preload() -> None:
     """Load the netlink library in this process."""
+    global _preloaded
     from . import bridge
 
     bridge.load_netlink()
+    _preloaded = True
+
+
+_preloaded = False  # preload ran here: wiring in this process costs no load
 
 
 class Helper:
@@ -137,6 +127,16 @@ class Helper:
     def fds(self) -> tuple[int, int]:
         """The two pipe ends to hand to another process (``adopt``), then ``close``."""
         return self._jobs, self._answers
+
+    def handed_over(self) -> None:
+        """Another process adopted it: close our ends, and reap it (it is still
+        our child) once it is done, from a thread of its own."""
+        pid, self.pid = self.pid, 0
+        self.close()
+        if pid:
+            import threading
+
+            threading.Thread(target=_reap, args=(pid,), name="wiring-reap", daemon=True).start()
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the helper: its value, or its error raised here."""
@@ -185,6 +185,13 @@ class Helper:
             except ChildProcessError:
                 pass
             self.pid = 0
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _serve(jobs: int, answers: int) -> None:

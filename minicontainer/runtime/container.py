@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import files
 from ..errors import EXIT_NOT_EXECUTABLE, Conflict, ContainerNotFound, NotSupported, UserError
@@ -41,6 +41,9 @@ from .spec import (
     parse_volume,
 )
 from .state import State, StateRoot, now
+
+if TYPE_CHECKING:
+    from .spare import Taken
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 _ADJECTIVES = (
@@ -184,25 +187,34 @@ class Container:
             if spec.auto_remove:
                 shim.remove_files(self.root, self.id)
 
-    def start_detached(self, *, hold: bool = False, keep: bool = False) -> None:
+    def start_detached(
+        self, *, hold: bool = False, keep: bool = False, spare: Taken | None = None
+    ) -> None:
         """Start under a shim process of its own that outlives us (``run -d``).
         hold: keep the output for the first client of its attach socket; keep: an
-        exited --rm container stays for its owner (the daemon) to remove."""
+        exited --rm container stays for its owner (the daemon) to remove; spare:
+        a shim started ahead (the daemon's, spare.py) to become this one's."""
         # Read now: a failed --rm start has the shim remove the directory (and
         # the spec with it) before our read below sees the end of its report.
         auto_remove = self.spec.auto_remove
+        flags = [*(["--hold"] if hold else []), *(["--keep"] if keep else [])]
+        if spare is not None and spare.send(str(self.root.root), self.id, flags):
+            self._read_report(spare.ready, auto_remove, keep)
+            return
+        if spare is not None:
+            os.close(spare.ready)  # that spare was gone: a shim of its own, then
         ready_r, ready_w = os.pipe()
         import subprocess
 
-        flags = [*(["--hold"] if hold else []), *(["--keep"] if keep else [])]
-        helper = wiring.hand_over() if self.spec.networks else None
-        if helper is not None:  # the CLI's network helper, already loaded: the shim's
-            flags.append(f"--wiring={helper[0]},{helper[1]}")
+        helper = wiring.take() if self.spec.networks else None  # the CLI's, loading
+        if helper is not None:  # a network helper, loaded already: the shim's to use
+            fds = helper.fds()
+            flags.append(f"--wiring={fds[0]},{fds[1]}")
         log = open(self.dir / "shim.log", "ab")
         try:
             subprocess.Popen(
                 [*shim.package_python("shim"), str(self.root.root), self.id, str(ready_w), *flags],
-                pass_fds=(ready_w, *(helper or ())),
+                pass_fds=(ready_w, *(helper.fds() if helper is not None else ())),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -211,8 +223,12 @@ class Container:
         finally:
             log.close()
             if helper is not None:
-                wiring.let_go()
+                helper.handed_over()
         os.close(ready_w)
+        self._read_report(ready_r, auto_remove, keep)
+
+    def _read_report(self, ready_r: int, auto_remove: bool, keep: bool) -> None:
+        """The shim's "ok", or its "CODE message" raised."""
         report = b""
         while chunk := os.read(ready_r, 4096):
             report += chunk

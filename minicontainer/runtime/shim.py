@@ -512,8 +512,11 @@ def main() -> None:
     "CODE message" on READY_FD. --hold keeps the output for the first attached
     client (``docker run`` attaches before it starts); --keep leaves an exited
     ``--rm`` container for the daemon to remove (it reports the exit code first)."""
-    root, container_id, ready = StateRoot(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    flags = set(sys.argv[4:])
+    serve(StateRoot(sys.argv[1]), sys.argv[2], int(sys.argv[3]), set(sys.argv[4:]))
+
+
+def serve(root: StateRoot, container_id: str, ready: int, flags: set[str]) -> None:
+    """main's work, also for a shim started ahead of its container (spare.py)."""
     os.set_inheritable(ready, False)  # or the container would hold it open, and `run -d` wait
     spec = Spec.from_json((root.container_dir(container_id) / "config.json").read_text())
     handed = next((f.partition("=")[2] for f in flags if f.startswith("--wiring=")), "")
@@ -570,7 +573,8 @@ PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath
 
 
 def package_python(module: str) -> list[str]:
-    """The command that runs ``minicontainer.runtime.MODULE``'s main() in a lean
+    """The command that runs ``minicontainer.runtime.MODULE``'s main() (or
+    ``minicontainer.MODULE``'s, for a dotted one: ``network.wiring``) in a lean
     interpreter: ``-S`` (no site-packages: only what the module imports is
     loaded, and the process lives as long as the container) and a sys.path of
     this package's parent and the standard library only, never the current
@@ -581,7 +585,8 @@ def package_python(module: str) -> list[str]:
     code = (
         f"import sys; sys.path[:] = [{PACKAGE_PARENT!r}] + [p for p in sys.path if p]"
         + "".join(f" + [{d!r}]" for d in _library_dirs())
-        + f"; from minicontainer.runtime.{module} import main; main()"
+        + f"; from minicontainer.{module if '.' in module else 'runtime.' + module}"
+        + " import main; main()"
     )
     return [sys.executable, "-S", "-c", code]
 
