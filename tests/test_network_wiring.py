@@ -180,3 +180,35 @@ def test_an_error_in_the_helper_is_one_line_and_leaves_nothing(rt: mcpkg.Runtime
         cli(rt, "rm", "-f", cid)
         for left in set(rt.state.ids()) - {cid}:
             cli(rt, "rm", "-f", left)
+
+
+@pytest.mark.parametrize(
+    ("argv", "guess"),
+    [
+        (["run", "busybox"], True),
+        (["--root", "/x", "run", "busybox"], True),
+        (["--root=/x", "--host", "local", "run", "-p", "80:80", "busybox"], True),
+        (["run", "--network", "mynet", "busybox"], True),
+        (["--host", "unix:///run/d.sock", "run", "busybox"], False),  # the daemon's job
+        (["run", "--network", "none", "busybox"], False),
+        (["run", "--network=host", "busybox"], False),
+        (["run", "--network", "container:web", "busybox"], False),
+        (["ps"], False),
+        (["--root"], False),
+        (["--bogus", "run"], False),
+    ],
+)
+def test_the_early_guess_from_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], guess: bool
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv("MINICONTAINER_HOST", raising=False)
+    assert wiring.likely_needed(argv) is guess
+
+
+def test_no_early_guess_rootless_or_for_a_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert not wiring.likely_needed(["run", "busybox"])  # rootless: pasta, no bridge
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("MINICONTAINER_HOST", "unix:///run/d.sock")
+    assert not wiring.likely_needed(["run", "busybox"])

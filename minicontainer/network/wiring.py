@@ -36,9 +36,20 @@ _helper: Helper | None = None  # this process's helper, until a connect takes it
 
 def likely_needed(argv: list[str]) -> bool:
     """A first guess from the command line alone, before it is parsed (the earlier
-    the fork, the more of the load is hidden): ``run`` as root without a network
-    mode that has no bridge. cmd_run knows for sure, and discards a wrong guess."""
-    if not argv or argv[0] != "run" or os.geteuid() != 0:
+    the fork, the more of the load is hidden): ``run`` as root, not sent to a
+    daemon, without a network mode that has no bridge. cmd_run knows for sure,
+    and discards a wrong guess."""
+    host = os.environ.get("MINICONTAINER_HOST")
+    while argv and argv[0].startswith("--"):  # the global options (cli.parse's)
+        name, eq, value = argv[0].partition("=")
+        if name not in ("--root", "--host") or (not eq and len(argv) < 2):
+            return False
+        if not eq:
+            value, argv = argv[1], argv[1:]
+        if name == "--host":
+            host = value
+        argv = argv[1:]
+    if not argv or argv[0] != "run" or os.geteuid() != 0 or host not in (None, "local"):
         return False
     for i, arg in enumerate(argv):
         mode = arg.partition("=")[2] if arg.startswith("--network=") else None
