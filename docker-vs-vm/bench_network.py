@@ -71,6 +71,7 @@ SINK = ["nc", "-ll", "-p", "5001", "-e", "sh", "-c", "cat >/dev/null"]
 LO_SINK = "nc -ll -p 5002 -e sh -c 'cat >/dev/null' & exec sleep 3600"
 HTTPD = "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www"
 PACE = 0.005  # s between two requests (untimed), see bench_latency
+SETTLE = 0.5  # seconds between two timed starts
 CLIENT_CASE = "minicontainer via minicontainerd --network bridge"
 GOALS = {"throughput": (">=", 0.9), "latency": ("<=", 1.0), "start": ("<=", 0.5)}
 
@@ -323,6 +324,10 @@ class Bench:
             log(f"3. start: 2 warm-ups + {runs} interleaved runs of {', '.join(cases)}")
             for i in range(2 + runs):
                 for name, fn in cases.items():
+                    # A moment between runs: what a daemon does after one (dockerd's
+                    # cleanup, minicontainerd's next spare shim) must not land in
+                    # the next case's time.
+                    time.sleep(SETTLE)
                     t = fn()
                     if i >= 2:
                         samples[name].append(t)
