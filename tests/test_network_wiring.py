@@ -15,14 +15,15 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from probe import mc, one_line_error
 
 import minicontainer as mcpkg
 from conftest import booted
-from minicontainer.errors import Conflict
-from minicontainer.network import bridge, objects, wiring
+from minicontainer.errors import Conflict, UserError
+from minicontainer.network import bridge, endpoints, firewall, objects, wiring
 from minicontainer.network.objects import DEFAULT_BRIDGE
 
 WAIT = 30.0
@@ -113,6 +114,58 @@ def test_the_helper_exits_when_no_job_comes() -> None:
         assert time.monotonic() < deadline, "the helper did not exit"
         time.sleep(0.01)
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def napping() -> None:
+    time.sleep(10 * WAIT)
+
+
+def killed(h: wiring.Helper) -> None:
+    """SIGKILL the helper and wait until it is a zombie (its pipes closed), unreaped."""
+    os.kill(h.pid, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while Path(f"/proc/{h.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the killed helper did not die"
+        time.sleep(0.01)
+
+
+def test_a_helper_killed_before_its_job_says_so_and_nothing_was_done() -> None:
+    h = wiring.Helper.fork()
+    assert h is not None
+    killed(h)
+    with pytest.raises(UserError, match=r"had ended \(killed by signal 9\) before its job"):
+        h.call(twice, 1)
+
+
+def test_a_helper_killed_during_its_job_is_one_clear_error() -> None:
+    h = wiring.Helper.fork()
+    assert h is not None
+    assert h.send(napping)
+    os.kill(h.pid, signal.SIGKILL)
+    with pytest.raises(UserError, match=r"ended \(killed by signal 9\) before it answered"):
+        h.result()
+
+
+def test_connect_wires_in_this_process_when_the_helper_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """endpoints.connect gives the links to the helper; one that had ended (killed
+    before the job) leaves them to this process, and the start goes on."""
+    made: list[tuple[str, int]] = []
+    monkeypatch.setattr(bridge, "attach_endpoints", lambda cid, pid, eps: made.append((cid, pid)))
+    monkeypatch.setattr(firewall, "add_network", lambda *a: None)
+    h = wiring.Helper.fork()
+    assert h is not None
+    jobs, answers = h.fds()
+    os.kill(h.pid, signal.SIGKILL)
+    os.waitpid(h.pid, 0)  # gone, its pipe closed
+    wiring.adopt(f"{os.dup(jobs)},{os.dup(answers)}")
+    h.close()
+    endpoints.connect(
+        "ab" * 32, 12345, [{"bridge": "mcx", "subnet": "10.9.0.0/24", "internal": False}], []
+    )
+    assert made == [("ab" * 32, 12345)]
+    assert wiring.take() is None  # used up
 
 
 # --------------------------------------------------------------------------- the CLI's runs

@@ -208,8 +208,10 @@ def connect(container_id: str, pid: int, endpoints: list[dict], ports: list[dict
     from . import firewall
 
     helper = wiring.take()
-    if helper is not None:
-        helper.send(bridge.attach_endpoints, container_id, pid, endpoints)
+    if helper is not None and not helper.send(
+        bridge.attach_endpoints, container_id, pid, endpoints
+    ):
+        helper = None  # it had ended before its job (killed?): made here, then
     try:
         for ep in endpoints:
             firewall.add_network(ep["bridge"], ep["subnet"], ep["internal"])

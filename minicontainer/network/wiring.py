@@ -109,6 +109,7 @@ class Helper:
 
     def __init__(self, pid: int, jobs: int, answers: int) -> None:
         self.pid, self._jobs, self._answers = pid, jobs, answers
+        self.ended = "its end not seen here"  # how it ended, once reaped by close
 
     @classmethod
     def fork(cls) -> Helper | None:
@@ -151,11 +152,14 @@ class Helper:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the helper: its value, or its error raised here."""
-        self.send(fn, *args)
+        if not self.send(fn, *args):
+            raise UserError(f"the network helper had ended ({self.ended}) before its job")
         return self.result()
 
-    def send(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Give the helper its job and go on; ``result`` waits for it."""
+    def send(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Give the helper its job and go on; ``result`` waits for it. False: the
+        helper had ended (killed?) before it: nothing was done, the caller may do
+        the job itself."""
         import json
 
         job = json.dumps([fn.__module__, fn.__qualname__, args]).encode()
@@ -163,8 +167,10 @@ class Helper:
         # copy of this pipe's end until it execs, so no end of file comes.
         try:
             _write_all(self._jobs, len(job).to_bytes(8, "big") + job)
-        except OSError:
-            pass  # the helper is gone: result says so
+        except BrokenPipeError:
+            self.close()
+            return False
+        return True
 
     def result(self) -> Any:
         import json
@@ -173,8 +179,8 @@ class Helper:
             answer = _read_all(self._answers)
         finally:
             self.close()
-        if not answer:
-            raise RuntimeError("the network helper ended without an answer")
+        if not answer:  # it died during the job: what it made goes with the container
+            raise UserError(f"the network helper ended ({self.ended}) before it answered")
         kind, *rest = json.loads(answer)
         if kind == "ok":
             return rest[0]
@@ -192,9 +198,12 @@ class Helper:
         self._jobs = self._answers = -1
         if self.pid:
             try:
-                os.waitpid(self.pid, 0)
+                _, status = os.waitpid(self.pid, 0)
             except ChildProcessError:
                 pass
+            else:
+                code = os.waitstatus_to_exitcode(status)
+                self.ended = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
             self.pid = 0
 
 
