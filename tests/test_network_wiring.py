@@ -10,18 +10,21 @@ one line, and nothing left behind."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from probe import mc, one_line_error
 
 import minicontainer as mcpkg
-from conftest import booted
+from conftest import REPO, booted
 from minicontainer.errors import Conflict, UserError
 from minicontainer.network import bridge, endpoints, firewall, objects, wiring
 from minicontainer.network.objects import DEFAULT_BRIDGE
@@ -45,6 +48,30 @@ def my_stdout() -> str:
     return os.readlink("/proc/self/fd/1")
 
 
+ALONE = "MC_TEST_ALONE"  # set to the test's name in the pytest that runs it alone
+
+
+def alone(test: Callable[..., None]) -> Callable[..., None]:
+    """Run the test in a pytest of its own: Helper.fork refuses to fork a process
+    that has threads (a fork could deadlock on a lock one of them holds), and the
+    suite's process has some by then (other tests' daemons)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        if os.environ.get(ALONE) == test.__name__:
+            assert len(os.listdir("/proc/self/task")) == 1, "not alone after all"
+            return test(*args, **kwargs)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             f"{__file__}::{test.__name__}"],
+            env={**os.environ, ALONE: test.__name__}, cwd=REPO,
+            capture_output=True, text=True, timeout=WAIT * 4,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+    return wrapper
+
+
 @contextlib.contextmanager
 def helper() -> Iterator[wiring.Helper]:
     h = wiring.Helper.fork()
@@ -55,6 +82,7 @@ def helper() -> Iterator[wiring.Helper]:
         h.close()
 
 
+@alone
 def test_a_value_comes_back_and_the_helper_is_reaped() -> None:
     with helper() as h:
         pid = h.pid
@@ -63,6 +91,7 @@ def test_a_value_comes_back_and_the_helper_is_reaped() -> None:
         os.waitpid(pid, os.WNOHANG)  # reaped by call: no zombie left
 
 
+@alone
 def test_a_user_error_comes_back_as_itself() -> None:
     with helper() as h, pytest.raises(Conflict) as caught:
         h.call(refuse, "port is already allocated")
@@ -70,16 +99,19 @@ def test_a_user_error_comes_back_as_itself() -> None:
     assert caught.value.exit_code == 3
 
 
+@alone
 def test_a_bug_comes_back_with_the_helpers_traceback() -> None:
     with helper() as h, pytest.raises(RuntimeError, match="ValueError: a bug in the helper"):
         h.call(crash)
 
 
+@alone
 def test_the_helper_does_not_hold_the_callers_output() -> None:
     with helper() as h:
         assert h.call(my_stdout) == "/dev/null"
 
 
+@alone
 def test_a_process_forked_after_the_helper_does_not_stall_the_job() -> None:
     """A container is cloned before its network is wired, and holds the helper's
     pipe until it execs: the job must not wait for that pipe's end of file."""
@@ -103,6 +135,7 @@ def test_a_process_forked_after_the_helper_does_not_stall_the_job() -> None:
             os.waitpid(holder, 0)
 
 
+@alone
 def test_the_helper_exits_when_no_job_comes() -> None:
     h = wiring.Helper.fork()
     assert h is not None
@@ -129,6 +162,7 @@ def killed(h: wiring.Helper) -> None:
         time.sleep(0.01)
 
 
+@alone
 def test_a_helper_killed_before_its_job_says_so_and_nothing_was_done() -> None:
     h = wiring.Helper.fork()
     assert h is not None
@@ -137,6 +171,7 @@ def test_a_helper_killed_before_its_job_says_so_and_nothing_was_done() -> None:
         h.call(twice, 1)
 
 
+@alone
 def test_a_helper_killed_during_its_job_is_one_clear_error() -> None:
     h = wiring.Helper.fork()
     assert h is not None
@@ -146,6 +181,7 @@ def test_a_helper_killed_during_its_job_is_one_clear_error() -> None:
         h.result()
 
 
+@alone
 def test_connect_wires_in_this_process_when_the_helper_is_gone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -34,6 +34,7 @@ import importlib.util
 import ipaddress
 import os
 import re
+import socket
 import sys
 import threading
 import types
@@ -181,6 +182,19 @@ def _index(ipr: Any, name: str) -> int | None:
     return found[0] if found else None
 
 
+def _here(name: str) -> int | None:
+    """The index of ``name`` in this process's network namespace, the one an
+    ``_ipr()`` socket talks to: if_nametoindex(3), no netlink round trip."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+LOOPBACK_INDEX = 1  # lo is the first interface of every network namespace
+IFF_UP = 0x1  # linux/if.h
+
+
 def _kind(ipr: Any, index: int) -> str | None:
     (link,) = ipr.get_links(index)
     info = link.get_attr("IFLA_LINKINFO")
@@ -243,11 +257,10 @@ def host_ifname(container_id: str, slot: int = 0) -> str:
 BRIDGE_ALIAS = "minicontainer network"
 
 
-def _our_bridge(ipr: Any, index: int) -> bool:
+def _our_bridge(ipr: Any, index: int, link: Any) -> bool:
     """A bridge we made carries BRIDGE_ALIAS; one with no alias and no port is one
     we were making (the alias is set right after RTM_NEWLINK) or an unused one that
     may be adopted. docker0 and anyone else's bridges are never changed."""
-    (link,) = ipr.get_links(index)
     name = link.get_attr("IFLA_IFALIAS")
     if name is not None:
         return name == BRIDGE_ALIAS
@@ -261,21 +274,26 @@ def ensure_bridge(name: str, gateway_cidr: str) -> int:
     check_ifname(name)
     gw = ipaddress.IPv4Interface(gateway_cidr)
     with _netlink(f"bridge {name}"), _ipr() as ipr:
-        index = _index(ipr, name)
+        index = _here(name)
         if index is None:
             try:
                 ipr.link("add", ifname=name, kind="bridge")
             except _pyroute2().NetlinkError as e:
                 if _code(e) != errno.EEXIST:  # made meanwhile by someone else: fine
                     raise
-            index = _index(ipr, name)
+            index = _here(name)
             if index is None:
                 raise UserError(f"bridge {name}: vanished while being made")
-        if _kind(ipr, index) != "bridge":
+        # One look at the link for its kind, alias and flags (each start comes
+        # here: the requests an existing bridge needs no change for are skipped).
+        (link,) = ipr.get_links(index)
+        info = link.get_attr("IFLA_LINKINFO")
+        if (info.get_attr("IFLA_INFO_KIND") if info else None) != "bridge":
             raise Conflict(f"{name} exists and is not a bridge")
-        if not _our_bridge(ipr, index):
+        if not _our_bridge(ipr, index, link):
             raise Conflict(f"bridge {name} exists and is not minicontainer's (e.g. Docker's)")
-        ipr.link("set", index=index, ifalias=BRIDGE_ALIAS)
+        if link.get_attr("IFLA_IFALIAS") != BRIDGE_ALIAS:
+            ipr.link("set", index=index, ifalias=BRIDGE_ALIAS)
         have = {
             (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)
         }
@@ -290,7 +308,8 @@ def ensure_bridge(name: str, gateway_cidr: str) -> int:
             # left from an earlier record of this network; its route would shadow
             # the host's routes and keep that subnet from being chosen again.
             ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
-        ipr.link("set", index=index, state="up")
+        if not link["flags"] & IFF_UP:
+            ipr.link("set", index=index, state="up")
         return index
 
 
@@ -337,20 +356,25 @@ def attach(
         raise UserError(f"process {netns_pid}: no network namespace ({e.strerror})") from None
     try:
         with _netlink(f"veth {host}"), _ipr() as ipr:
-            bindex = _index(ipr, bridge)
+            bindex = _here(bridge)
             if bindex is None:
                 raise UserError(f"bridge {bridge}: no such interface")
-            stale = _index(ipr, host)
+            stale = _here(host)
             if stale is not None:
                 if not _ours(ipr, stale, container_id):
                     raise Conflict(f"{host} exists and is not this container's: not touching it")
                 ipr.link("del", index=stale)  # its peer goes with it (veth(4))
-            ipr.link("add", ifname=host, kind="veth", peer={"ifname": ifname, "net_ns_fd": nsfd})
+            peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": nsfd}
+            if mac is not None:
+                peer["address"] = mac  # made with it: one request less inside
+            ipr.link("add", ifname=host, kind="veth", peer=peer)
             try:
-                hindex = _index(ipr, host)
+                hindex = _here(host)
+                if hindex is None:
+                    raise UserError(f"veth {host}: vanished while being made")
                 ipr.link("set", index=hindex, ifalias=alias(container_id))
                 with _netlink(f"{ifname} in the namespace of process {netns_pid}"):
-                    _configure_inside(nsfd, ifname, addr, gw, mac)
+                    _configure_inside(nsfd, ifname, addr, gw)
                 ipr.link("set", index=hindex, master=bindex)
                 # Hairpin (ip-link(8) bridge_slave hairpin on): with br_netfilter the
                 # DNAT of a published port happens while the frame is bridged, and
@@ -373,17 +397,12 @@ def _configure_inside(
     ifname: str,
     addr: ipaddress.IPv4Interface,
     gw: ipaddress.IPv4Address | None,
-    mac: str | None,
 ) -> None:
     with _ipr(nsfd) as ns:
-        lo = _index(ns, "lo")
-        if lo is not None:
-            ns.link("set", index=lo, state="up")
+        ns.link("set", index=LOOPBACK_INDEX, state="up")
         index = _index(ns, ifname)
         if index is None:
             raise UserError(f"{ifname}: not found in the container's namespace")
-        if mac is not None:
-            ns.link("set", index=index, address=mac)
         ns.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
         ns.link("set", index=index, state="up")
         if gw is not None:
@@ -422,7 +441,8 @@ def remove_bridge(name: str) -> bool:
             return False
         if _kind(ipr, index) != "bridge":
             raise Conflict(f"{name} is not a bridge: not removing it")
-        if not _our_bridge(ipr, index):
+        (link,) = ipr.get_links(index)
+        if not _our_bridge(ipr, index, link):
             raise Conflict(f"bridge {name} is not minicontainer's: not removing it")
         try:
             ipr.link("del", index=index)
