@@ -27,7 +27,6 @@ network is used (the runtime's own dependencies stay the standard library).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import importlib.util
@@ -143,15 +142,31 @@ def _ipr(netns_fd: int | None = None) -> Any:
     nl = _pyroute2()
     if netns_fd is None:
         return nl.IPRoute()
-    # flags=0: never create a namespace, only enter the one the descriptor names.
-    # libc given: pyroute2 would look for it with ctypes.util.find_library, which
-    # runs ``ldconfig -p`` (a process, ~8 ms of each start).
-    return nl.IPRoute(netns=netns_fd, flags=0, libc=_libc())
+    # The socket is made by a thread that entered the namespace (setns(2) moves
+    # only the calling thread), and stays bound to it: pyroute2's own netns= forks
+    # a child to make it, twice as long (~6 ms of each start).
+    made: list[socket.socket | BaseException] = []
+
+    def make() -> None:
+        from ..runtime import kernel
+
+        try:
+            kernel.real().setns(netns_fd, kernel.CLONE_NEWNET)
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+        except BaseException as e:  # noqa: BLE001 (given back to the caller's thread)
+            made.append(e)
+
+    thread = threading.Thread(target=make, name="netns-socket")
+    thread.start()
+    thread.join()
+    if isinstance(made[0], PermissionError):
+        raise UserError("entering a container's network namespace needs CAP_SYS_ADMIN: run as root")
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return nl.IPRoute(use_socket=made[0])
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+NETLINK_ROUTE = 0  # linux/netlink.h
 
 
 def host_addresses() -> list[tuple[str, int]]:
@@ -372,17 +387,19 @@ def attach(
                 hindex = _here(host)
                 if hindex is None:
                     raise UserError(f"veth {host}: vanished while being made")
-                ipr.link("set", index=hindex, ifalias=alias(container_id))
                 with _netlink(f"{ifname} in the namespace of process {netns_pid}"):
                     _configure_inside(nsfd, ifname, addr, gw)
-                ipr.link("set", index=hindex, master=bindex)
+                # Our alias, on the bridge, up: one request (the alias and the
+                # master come together, so a pair with neither is one being made).
+                ipr.link(
+                    "set", index=hindex, ifalias=alias(container_id), master=bindex, state="up"
+                )
                 # Hairpin (ip-link(8) bridge_slave hairpin on): with br_netfilter the
                 # DNAT of a published port happens while the frame is bridged, and
                 # a container reaching its own published port needs the frame back
                 # out of the port it came in by (Docker sets it too, without its
                 # userland proxy).
                 ipr.brport("set", index=hindex, mode=1)
-                ipr.link("set", index=hindex, state="up")
             except BaseException:
                 with contextlib.suppress(Exception):
                     ipr.link("del", ifname=host)
