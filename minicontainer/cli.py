@@ -75,13 +75,6 @@ def _served(args: argparse.Namespace) -> bool:
     return args.verb in REMOTE_VERBS
 
 
-def _bridged(args: argparse.Namespace) -> bool:
-    """Whether this run is likely to join a bridge network (runtime.create decides:
-    the default as root, or a network named)."""
-    mode = args.network or ("bridge" if os.geteuid() == 0 else "none")
-    return mode not in ("none", "host", "pasta") and not mode.startswith("container:")
-
-
 def _write(fd: int, data: bytes) -> None:
     while data:
         written = os.write(fd, data)
@@ -94,7 +87,9 @@ def _write(fd: int, data: bytes) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .network import wiring
 
-    if _bridged(args) and _daemon(args) is None:
+    # runtime.create decides; the default is the bridge as root, pasta or none rootless
+    mode = args.network or ("bridge" if os.geteuid() == 0 else "none")
+    if wiring.has_bridge(mode) and _daemon(args) is None:
         wiring.warm_up()  # a helper wires the network while the container is prepared
     else:
         wiring.discard()  # __main__'s guess was wrong: no bridge here

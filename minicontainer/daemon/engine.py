@@ -10,6 +10,7 @@ and message, which the server sends as ``{"message": ...}``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -519,12 +520,16 @@ _SETTINGS_ZERO = {
 }
 
 
+def network_id(name: str) -> str:
+    """The id of a network that has no record of ours (``none``, ``host``)."""
+    return hashlib.sha256(f"minicontainer network {name}".encode()).hexdigest()
+
+
 def _networks(spec: Any, *, aliases: bool = True) -> dict[str, Any]:
     """NetworkSettings.Networks in dockerd's shape, from the runtime's (one entry per
     endpoint; ``none``/``host``: the mode's network with its id only). The list's
     rows carry no Aliases, as dockerd's carry none."""
     from ..runtime.container import network_settings as runtime_settings
-    from .networks import network_id
 
     nets = runtime_settings(spec, State())["Networks"]
     out = {}

@@ -42,15 +42,11 @@ from ..network import objects
 from ..network.ipam import Network
 from ..network.objects import DEFAULT_NETWORK
 from ..runtime.spec import NETWORK_MODES
-from .engine import ApiError
+from .engine import ApiError, network_id
 
 DRIVERS = {"none": "null", "host": "host"}
 BUILTIN = ("none", "host", DEFAULT_NETWORK)
 FILTERS = ("name", "id", "driver", "type", "scope", "label")
-
-
-def network_id(name: str) -> str:
-    return hashlib.sha256(f"minicontainer network {name}".encode()).hexdigest()
 
 
 def _created(rt: Runtime) -> str:

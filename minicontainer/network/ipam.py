@@ -137,11 +137,7 @@ def check_name(name: str) -> None:
 class IPAM:
     """The networks and leases under one state root."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        if root is None:
-            from ..runtime.state import default_root
-
-            root = default_root()
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.dir = Path(root) / "networks"
 
     # ----------------------------------------------------------- plumbing

@@ -55,9 +55,15 @@ def likely_needed(argv: list[str]) -> bool:
         mode = arg.partition("=")[2] if arg.startswith("--network=") else None
         if arg == "--network" and i + 1 < len(argv):
             mode = argv[i + 1]
-        if mode is not None and (mode in ("none", "host") or mode.startswith("container:")):
+        if mode is not None and not has_bridge(mode):
             return False
     return True
+
+
+def has_bridge(mode: str) -> bool:
+    """Whether ``--network MODE`` puts the container on a bridge network (any
+    network's name does; these modes do not)."""
+    return mode not in ("none", "host", "pasta") and not mode.startswith("container:")
 
 
 def warm_up() -> None:

@@ -207,14 +207,14 @@ class Container:
         import subprocess
 
         helper = wiring.take() if self.spec.networks else None  # the CLI's, loading
-        if helper is not None:  # a network helper, loaded already: the shim's to use
-            fds = helper.fds()
+        fds = helper.fds() if helper is not None else ()
+        if fds:  # a network helper, loaded already: the shim's to use
             flags.append(f"--wiring={fds[0]},{fds[1]}")
         log = open(self.dir / "shim.log", "ab")
         try:
             subprocess.Popen(
                 [*shim.package_python("shim"), str(self.root.root), self.id, str(ready_w), *flags],
-                pass_fds=(ready_w, *(helper.fds() if helper is not None else ())),
+                pass_fds=(ready_w, *fds),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

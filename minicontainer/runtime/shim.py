@@ -573,8 +573,7 @@ PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath
 
 
 def package_python(module: str) -> list[str]:
-    """The command that runs ``minicontainer.runtime.MODULE``'s main() (or
-    ``minicontainer.MODULE``'s, for a dotted one: ``network.wiring``) in a lean
+    """The command that runs ``minicontainer.runtime.MODULE``'s main() in a lean
     interpreter: ``-S`` (no site-packages: only what the module imports is
     loaded, and the process lives as long as the container) and a sys.path of
     this package's parent and the standard library only, never the current
@@ -585,8 +584,7 @@ def package_python(module: str) -> list[str]:
     code = (
         f"import sys; sys.path[:] = [{PACKAGE_PARENT!r}] + [p for p in sys.path if p]"
         + "".join(f" + [{d!r}]" for d in _library_dirs())
-        + f"; from minicontainer.{module if '.' in module else 'runtime.' + module}"
-        + " import main; main()"
+        + f"; from minicontainer.runtime.{module} import main; main()"
     )
     return [sys.executable, "-S", "-c", code]
 
